@@ -1,0 +1,277 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::clock::{to_micros, Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::ids::{MemoryLogId, SessionId, UserId};
+use crate::memory::{validate_batch, MemoryLog, MemoryPage, MemoryQuery, MemoryStore, NewMemoryLog, UserStore};
+use crate::session::{validate_data, NewSession, Session, SessionStore};
+
+/// Users, memory logs and sessions in memory: implements [`UserStore`],
+/// [`MemoryStore`] and [`SessionStore`] over one shared state, so deleting a
+/// user deletes its logs and sessions, as the Postgres backend does.
+///
+/// Clones share the same data.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    clock: Arc<dyn Clock>,
+    // A std mutex: no critical section awaits, and each is short.
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    users: HashMap<UserId, UserData>,
+    /// Owner and timestamp of every memory log id (ids are unique across
+    /// users).
+    log_owner: HashMap<MemoryLogId, (UserId, OffsetDateTime)>,
+    /// Owner of every session id.
+    session_owner: HashMap<SessionId, UserId>,
+}
+
+#[derive(Debug, Default)]
+struct UserData {
+    /// Logs by (timestamp, id): iterating backwards is newest first.
+    logs: BTreeMap<(OffsetDateTime, MemoryLogId), MemoryLog>,
+    sessions: HashMap<SessionId, Session>,
+}
+
+impl Default for LocalStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An empty store reading time from `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self { inner: Arc::new(Inner { clock, state: Mutex::new(State::default()) }) }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way later calls would misread, so poisoning is ignored.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        to_micros(self.inner.clock.now())
+    }
+}
+
+impl State {
+    fn user_mut(&mut self, user: UserId) -> Result<&mut UserData> {
+        self.users.get_mut(&user).ok_or_else(|| Error::user_not_found(user))
+    }
+
+    fn live_session(&mut self, user: UserId, id: SessionId, now: OffsetDateTime) -> Option<&mut Session> {
+        let data = self.users.get_mut(&user)?;
+        if data.sessions.get(&id)?.is_expired_at(now) {
+            data.sessions.remove(&id);
+            self.session_owner.remove(&id);
+            return None;
+        }
+        data.sessions.get_mut(&id)
+    }
+}
+
+#[async_trait]
+impl UserStore for LocalStore {
+    async fn create_user(&self) -> Result<UserId> {
+        let id = UserId::new();
+        self.state().users.insert(id, UserData::default());
+        Ok(id)
+    }
+
+    async fn ensure_user(&self, id: UserId) -> Result<bool> {
+        let mut state = self.state();
+        if state.users.contains_key(&id) {
+            return Ok(false);
+        }
+        state.users.insert(id, UserData::default());
+        Ok(true)
+    }
+
+    async fn user_exists(&self, id: UserId) -> Result<bool> {
+        Ok(self.state().users.contains_key(&id))
+    }
+
+    async fn delete_user(&self, id: UserId) -> Result<bool> {
+        let mut state = self.state();
+        let Some(data) = state.users.remove(&id) else {
+            return Ok(false);
+        };
+        for log_id in data.logs.values().map(|l| l.id) {
+            state.log_owner.remove(&log_id);
+        }
+        for session_id in data.sessions.keys() {
+            state.session_owner.remove(session_id);
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl MemoryStore for LocalStore {
+    async fn append(&self, user: UserId, log: NewMemoryLog) -> Result<MemoryLog> {
+        let mut out = self.append_batch(user, vec![log]).await?;
+        Ok(out.remove(0))
+    }
+
+    async fn append_batch(&self, user: UserId, logs: Vec<NewMemoryLog>) -> Result<Vec<MemoryLog>> {
+        validate_batch(&logs)?;
+        let mut state = self.state();
+        // Check everything before writing anything: all or nothing.
+        if !state.users.contains_key(&user) {
+            return Err(Error::user_not_found(user));
+        }
+        if let Some(taken) = logs.iter().find(|l| state.log_owner.contains_key(&l.id())) {
+            return Err(Error::Conflict { what: "memory log", id: taken.id().to_string() });
+        }
+        let stored: Vec<MemoryLog> = logs.into_iter().map(|l| l.into_log(user)).collect();
+        for log in &stored {
+            state.log_owner.insert(log.id, (user, log.timestamp));
+        }
+        let data = state.user_mut(user)?;
+        for log in &stored {
+            data.logs.insert((log.timestamp, log.id), log.clone());
+        }
+        Ok(stored)
+    }
+
+    async fn get(&self, user: UserId, id: MemoryLogId) -> Result<Option<MemoryLog>> {
+        let state = self.state();
+        let Some(&(owner, ts)) = state.log_owner.get(&id) else {
+            return Ok(None);
+        };
+        if owner != user {
+            return Ok(None);
+        }
+        Ok(state.users.get(&user).and_then(|d| d.logs.get(&(ts, id)).cloned()))
+    }
+
+    async fn query(&self, user: UserId, query: &MemoryQuery) -> Result<MemoryPage> {
+        query.validate()?;
+        let limit = query.effective_limit() as usize;
+        let state = self.state();
+        let Some(data) = state.users.get(&user) else {
+            return Ok(MemoryPage { logs: Vec::new(), next: None });
+        };
+        // Fetch one extra row to know whether another page exists.
+        let mut logs: Vec<MemoryLog> =
+            data.logs.values().rev().filter(|l| query.matches(l)).take(limit + 1).cloned().collect();
+        let next = if logs.len() > limit {
+            logs.truncate(limit);
+            logs.last().map(MemoryLog::cursor)
+        } else {
+            None
+        };
+        Ok(MemoryPage { logs, next })
+    }
+
+    async fn delete(&self, user: UserId, id: MemoryLogId) -> Result<bool> {
+        let mut state = self.state();
+        let Some(&(owner, ts)) = state.log_owner.get(&id) else {
+            return Ok(false);
+        };
+        if owner != user {
+            return Ok(false);
+        }
+        state.log_owner.remove(&id);
+        Ok(state.user_mut(user)?.logs.remove(&(ts, id)).is_some())
+    }
+}
+
+#[async_trait]
+impl SessionStore for LocalStore {
+    async fn create(&self, user: UserId, session: NewSession) -> Result<Session> {
+        let now = self.now();
+        let mut state = self.state();
+        if !state.users.contains_key(&user) {
+            return Err(Error::user_not_found(user));
+        }
+        let mut id = SessionId::generate();
+        while state.session_owner.contains_key(&id) {
+            id = SessionId::generate();
+        }
+        let session = session.into_session(id, user, now);
+        state.session_owner.insert(id, user);
+        state.user_mut(user)?.sessions.insert(id, session.clone());
+        Ok(session)
+    }
+
+    async fn get(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
+        let now = self.now();
+        Ok(self.state().live_session(user, id, now).map(|s| s.clone()))
+    }
+
+    async fn touch(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
+        let now = self.now();
+        let mut state = self.state();
+        Ok(state.live_session(user, id, now).map(|s| {
+            *s = s.clone().touched_at(now);
+            s.clone()
+        }))
+    }
+
+    async fn set_data(&self, user: UserId, id: SessionId, data: Map<String, Value>) -> Result<Option<Session>> {
+        validate_data(&data)?;
+        let now = self.now();
+        let mut state = self.state();
+        Ok(state.live_session(user, id, now).map(|s| {
+            s.data = data;
+            s.clone()
+        }))
+    }
+
+    async fn list(&self, user: UserId) -> Result<Vec<Session>> {
+        let now = self.now();
+        let state = self.state();
+        let mut live: Vec<Session> = state
+            .users
+            .get(&user)
+            .map(|d| d.sessions.values().filter(|s| !s.is_expired_at(now)).cloned().collect())
+            .unwrap_or_default();
+        live.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+        Ok(live)
+    }
+
+    async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
+        let now = self.now();
+        let mut state = self.state();
+        let live = state.live_session(user, id, now).is_some();
+        if live {
+            state.session_owner.remove(&id);
+            state.user_mut(user)?.sessions.remove(&id);
+        }
+        Ok(live)
+    }
+
+    async fn revoke_all(&self, user: UserId) -> Result<u64> {
+        let now = self.now();
+        let mut state = self.state();
+        let Some(data) = state.users.get_mut(&user) else {
+            return Ok(0);
+        };
+        let sessions = std::mem::take(&mut data.sessions);
+        let live = sessions.values().filter(|s| !s.is_expired_at(now)).count() as u64;
+        for id in sessions.keys() {
+            state.session_owner.remove(id);
+        }
+        Ok(live)
+    }
+}

@@ -1,0 +1,625 @@
+//! Memory logs: per-user, append-only records, queried by user and time range.
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::clock::to_micros;
+use crate::error::{Error, Result};
+use crate::ids::{MemoryLogId, UserId};
+use crate::validate;
+
+/// The kind of a memory log (`type` column), e.g. `chat.user`, `fact`,
+/// `summary`.
+///
+/// 1 to 64 ASCII characters: letters, digits, `_`, `-`, `.` and `:`,
+/// starting with a letter.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MemoryType(String);
+
+impl MemoryType {
+    /// The longest type, in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// Checks and wraps a type name.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`type`) when the rules above are broken.
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(Error::invalid("type", "must not be empty"));
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(Error::invalid("type", format!("is {} bytes, the limit is {}", name.len(), Self::MAX_LEN)));
+        }
+        if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            return Err(Error::invalid("type", "must start with an ASCII letter"));
+        }
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))) {
+            return Err(Error::invalid(
+                "type",
+                format!("may hold only ASCII letters, digits, `_`, `-`, `.` and `:`, found {bad:?}"),
+            ));
+        }
+        Ok(Self(name))
+    }
+
+    /// The type as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MemoryType {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<&str> for MemoryType {
+    type Error = Error;
+    fn try_from(s: &str) -> Result<Self> {
+        Self::new(s)
+    }
+}
+
+/// Things that can become a [`MemoryType`]: the type itself, or a string that
+/// is checked.
+pub trait IntoMemoryType {
+    /// Converts, checking strings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`type`) for a string that breaks the rules.
+    fn into_memory_type(self) -> Result<MemoryType>;
+}
+
+impl IntoMemoryType for MemoryType {
+    fn into_memory_type(self) -> Result<MemoryType> {
+        Ok(self)
+    }
+}
+
+impl IntoMemoryType for &MemoryType {
+    fn into_memory_type(self) -> Result<MemoryType> {
+        Ok(self.clone())
+    }
+}
+
+impl IntoMemoryType for &str {
+    fn into_memory_type(self) -> Result<MemoryType> {
+        MemoryType::new(self)
+    }
+}
+
+impl IntoMemoryType for String {
+    fn into_memory_type(self) -> Result<MemoryType> {
+        MemoryType::new(self)
+    }
+}
+
+impl From<MemoryType> for String {
+    fn from(t: MemoryType) -> String {
+        t.0
+    }
+}
+
+impl FromStr for MemoryType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for MemoryType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for MemoryType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MemoryType({:?})", self.0)
+    }
+}
+
+/// A memory log to append: checked when built, so a store only ever receives
+/// valid input.
+///
+/// Rules: `content` is 1 byte to [`NewMemoryLog::MAX_CONTENT_BYTES`] with no
+/// NUL byte; `metadata` is a JSON object of at most 64 KiB with no NUL byte
+/// in any key or string; the timestamp (default: now) is kept to the
+/// microsecond, the precision of Postgres.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawNewMemoryLog")]
+pub struct NewMemoryLog {
+    id: MemoryLogId,
+    #[serde(rename = "type")]
+    kind: MemoryType,
+    content: String,
+    metadata: Map<String, Value>,
+    timestamp: OffsetDateTime,
+}
+
+#[derive(Deserialize)]
+struct RawNewMemoryLog {
+    id: Option<MemoryLogId>,
+    #[serde(rename = "type")]
+    kind: String,
+    content: String,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    timestamp: Option<OffsetDateTime>,
+}
+
+impl TryFrom<RawNewMemoryLog> for NewMemoryLog {
+    type Error = Error;
+    fn try_from(raw: RawNewMemoryLog) -> Result<Self> {
+        let mut log = NewMemoryLog::new(MemoryType::new(raw.kind)?, raw.content)?;
+        if let Some(id) = raw.id {
+            log = log.with_id(id);
+        }
+        if let Some(meta) = raw.metadata {
+            log = log.with_metadata(meta)?;
+        }
+        if let Some(ts) = raw.timestamp {
+            log = log.at(ts);
+        }
+        Ok(log)
+    }
+}
+
+impl NewMemoryLog {
+    /// The largest `content`, in bytes (1 MiB).
+    pub const MAX_CONTENT_BYTES: usize = 1024 * 1024;
+
+    /// A log of type `kind` with `content`, no metadata, stamped now.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `type` or `content`.
+    pub fn new(kind: impl IntoMemoryType, content: impl Into<String>) -> Result<Self> {
+        let kind = kind.into_memory_type()?;
+        let content = content.into();
+        if content.is_empty() {
+            return Err(Error::invalid("content", "must not be empty"));
+        }
+        validate::text("content", &content, Self::MAX_CONTENT_BYTES)?;
+        Ok(Self {
+            id: MemoryLogId::new(),
+            kind,
+            content,
+            metadata: Map::new(),
+            timestamp: to_micros(OffsetDateTime::now_utc()),
+        })
+    }
+
+    /// Sets the metadata, which must be a JSON object.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`metadata`) for a non-object, NUL bytes, more
+    /// than 64 KiB or more than 32 levels of nesting.
+    pub fn with_metadata(mut self, metadata: Value) -> Result<Self> {
+        self.metadata = validate::json_object("metadata", metadata)?;
+        Ok(self)
+    }
+
+    /// Sets the timestamp (truncated to microseconds). Use it to import
+    /// history; by default a log is stamped when it is built.
+    pub fn at(mut self, timestamp: OffsetDateTime) -> Self {
+        self.timestamp = to_micros(timestamp.to_offset(time::UtcOffset::UTC));
+        self
+    }
+
+    /// Sets the id, for imports that must keep ids. A store refuses an id
+    /// that is already taken with [`Error::Conflict`].
+    pub fn with_id(mut self, id: MemoryLogId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// The id the log will have.
+    pub fn id(&self) -> MemoryLogId {
+        self.id
+    }
+    /// The log's type.
+    pub fn kind(&self) -> &MemoryType {
+        &self.kind
+    }
+    /// The log's content.
+    pub fn content(&self) -> &str {
+        &self.content
+    }
+    /// The log's metadata.
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.metadata
+    }
+    /// The log's timestamp.
+    pub fn timestamp(&self) -> OffsetDateTime {
+        self.timestamp
+    }
+
+    /// The stored record this log becomes for `user`.
+    pub fn into_log(self, user_id: UserId) -> MemoryLog {
+        MemoryLog {
+            id: self.id,
+            user_id,
+            kind: self.kind,
+            content: self.content,
+            metadata: self.metadata,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// A stored memory log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryLog {
+    /// The record's id.
+    pub id: MemoryLogId,
+    /// The user who owns it.
+    pub user_id: UserId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: MemoryType,
+    /// Its content.
+    pub content: String,
+    /// Its metadata (a JSON object, `{}` when none was given).
+    pub metadata: Map<String, Value>,
+    /// When it happened (UTC, microsecond precision).
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+}
+
+impl MemoryLog {
+    /// The position of this log in "newest first" order, for a
+    /// [`MemoryQuery::after`] cursor.
+    pub fn cursor(&self) -> Cursor {
+        Cursor { timestamp: self.timestamp, id: self.id }
+    }
+}
+
+/// A keyset-pagination position: the `(timestamp, id)` of the last record of
+/// a page. The next page holds records strictly older in that order, so
+/// records appended meanwhile never shift pages (no duplicates, no gaps).
+///
+/// Its string form (`Display` / `FromStr`) is opaque and URL-safe, for handing
+/// to API clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cursor {
+    /// Timestamp of the last record seen.
+    pub timestamp: OffsetDateTime,
+    /// Id of the last record seen.
+    pub id: MemoryLogId,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.timestamp.unix_timestamp_nanos();
+        write!(f, "{nanos}_{}", self.id.as_uuid().simple())
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::invalid("cursor", "not a cursor produced by this library");
+        let (nanos, id) = s.split_once('_').ok_or_else(bad)?;
+        let nanos: i128 = nanos.parse().map_err(|_| bad())?;
+        let timestamp = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad())?;
+        let id = MemoryLogId::parse(id).map_err(|_| bad())?;
+        Ok(Cursor { timestamp, id })
+    }
+}
+
+/// A query over one user's memory logs, newest first.
+///
+/// Build it with the methods below; a store checks it with
+/// [`MemoryQuery::validate`] before running it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MemoryQuery {
+    /// Only logs at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Only logs strictly before this time.
+    pub until: Option<OffsetDateTime>,
+    /// Only logs of one of these types (empty: any type).
+    pub types: Vec<MemoryType>,
+    /// Only logs whose metadata contains this JSON object (Postgres `@>`
+    /// semantics: every key of the filter is present with a containing value).
+    pub metadata_contains: Option<Map<String, Value>>,
+    /// Continue after this cursor (from [`MemoryPage::next`]).
+    pub after: Option<Cursor>,
+    /// Page size, 1 to [`MemoryQuery::MAX_LIMIT`]; `None` means
+    /// [`MemoryQuery::DEFAULT_LIMIT`].
+    pub limit: Option<u32>,
+}
+
+impl MemoryQuery {
+    /// Page size when none is set.
+    pub const DEFAULT_LIMIT: u32 = 50;
+    /// Largest page size.
+    pub const MAX_LIMIT: u32 = 1000;
+
+    /// A query for the newest logs of any type.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only logs at or after `t`.
+    pub fn since(mut self, t: OffsetDateTime) -> Self {
+        self.since = Some(t);
+        self
+    }
+
+    /// Only logs strictly before `t`.
+    pub fn until(mut self, t: OffsetDateTime) -> Self {
+        self.until = Some(t);
+        self
+    }
+
+    /// Only logs of type `kind` (call again to allow several types).
+    pub fn of_type(mut self, kind: MemoryType) -> Self {
+        self.types.push(kind);
+        self
+    }
+
+    /// Only logs whose metadata contains `filter` (a JSON object).
+    pub fn metadata_contains(mut self, filter: Map<String, Value>) -> Self {
+        self.metadata_contains = Some(filter);
+        self
+    }
+
+    /// Continue after `cursor`.
+    pub fn after(mut self, cursor: Cursor) -> Self {
+        self.after = Some(cursor);
+        self
+    }
+
+    /// Page size.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The page size in effect.
+    pub fn effective_limit(&self) -> u32 {
+        self.limit.unwrap_or(Self::DEFAULT_LIMIT)
+    }
+
+    /// Checks the query.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `limit` (0 or above the maximum),
+    /// `until` (not after `since`), `types` (more than 64), or
+    /// `metadata_contains` (NUL bytes, too large).
+    pub fn validate(&self) -> Result<()> {
+        let limit = self.effective_limit();
+        if limit == 0 || limit > Self::MAX_LIMIT {
+            return Err(Error::invalid("limit", format!("must be between 1 and {}, got {limit}", Self::MAX_LIMIT)));
+        }
+        if let (Some(since), Some(until)) = (self.since, self.until) {
+            if until <= since {
+                return Err(Error::invalid("until", "must be after `since`"));
+            }
+        }
+        if self.types.len() > 64 {
+            return Err(Error::invalid("types", "at most 64 types per query"));
+        }
+        if let Some(filter) = &self.metadata_contains {
+            validate::json_map("metadata_contains", filter)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `log` passes the query's filters (time range, types, metadata,
+    /// cursor). The reference semantics every backend implements.
+    pub fn matches(&self, log: &MemoryLog) -> bool {
+        if self.since.is_some_and(|s| log.timestamp < s) {
+            return false;
+        }
+        if self.until.is_some_and(|u| log.timestamp >= u) {
+            return false;
+        }
+        if !self.types.is_empty() && !self.types.contains(&log.kind) {
+            return false;
+        }
+        if let Some(filter) = &self.metadata_contains {
+            if !json_contains_map(&log.metadata, filter) {
+                return false;
+            }
+        }
+        if let Some(after) = &self.after {
+            // Newest first: the next page holds strictly older positions.
+            if (log.timestamp, log.id) >= (after.timestamp, after.id) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Postgres `jsonb @>` semantics on values.
+pub fn json_contains(haystack: &Value, needle: &Value) -> bool {
+    match (haystack, needle) {
+        (Value::Object(h), Value::Object(n)) => json_contains_map(h, n),
+        (Value::Array(h), Value::Array(n)) => n.iter().all(|nv| h.iter().any(|hv| json_contains(hv, nv))),
+        // Postgres lets a top-level array contain a bare primitive; here the
+        // top level is always an object, so nested values must match in kind.
+        (Value::Number(h), Value::Number(n)) => h.as_f64() == n.as_f64(),
+        (h, n) => h == n,
+    }
+}
+
+fn json_contains_map(haystack: &Map<String, Value>, needle: &Map<String, Value>) -> bool {
+    needle.iter().all(|(k, nv)| haystack.get(k).is_some_and(|hv| json_contains(hv, nv)))
+}
+
+/// One page of a [`MemoryQuery`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPage {
+    /// The logs, newest first (by `timestamp`, then `id`, both descending).
+    pub logs: Vec<MemoryLog>,
+    /// Where the next page starts, or `None` when this page is the last.
+    pub next: Option<Cursor>,
+}
+
+/// Largest batch accepted by [`MemoryStore::append_batch`].
+pub const MAX_BATCH: usize = 10_000;
+
+/// Per-user, append-only memory logs.
+///
+/// # Contract
+/// - Every method is scoped to `user`: a record of another user is invisible
+///   (reads return `None` or leave it out, deletes do nothing), even when its
+///   id is given.
+/// - Writes for a user that does not exist fail with [`Error::NotFound`]
+///   (`what = "user"`); reads for such a user return nothing.
+/// - Query results are ordered newest first by `(timestamp, id)` descending,
+///   and pages are keyset-paginated on that pair.
+#[async_trait]
+pub trait MemoryStore: fmt::Debug + Send + Sync + 'static {
+    /// Appends one log for `user` and returns the stored record.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown user, [`Error::Conflict`] when the
+    /// log's id is taken; backend errors otherwise.
+    async fn append(&self, user: UserId, log: NewMemoryLog) -> Result<MemoryLog>;
+
+    /// Appends `logs` for `user` atomically: either all are stored or none.
+    /// An empty batch is a no-op.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`logs`) for more than [`MAX_BATCH`] logs or
+    /// the same id twice; [`Error::Conflict`] when an id is taken;
+    /// [`Error::NotFound`] for an unknown user. Nothing is written on error.
+    async fn append_batch(&self, user: UserId, logs: Vec<NewMemoryLog>) -> Result<Vec<MemoryLog>>;
+
+    /// The log `id` of `user`, or `None` when absent or owned by another user.
+    async fn get(&self, user: UserId, id: MemoryLogId) -> Result<Option<MemoryLog>>;
+
+    /// One page of `user`'s logs matching `query`, newest first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when [`MemoryQuery::validate`] fails.
+    async fn query(&self, user: UserId, query: &MemoryQuery) -> Result<MemoryPage>;
+
+    /// Deletes the log `id` of `user`; returns whether it existed. Another
+    /// user's log is never deleted.
+    async fn delete(&self, user: UserId, id: MemoryLogId) -> Result<bool>;
+}
+
+/// The users that own memory logs and sessions.
+///
+/// # Contract
+/// Deleting a user deletes everything the user owns in the same store
+/// (memory logs, sessions): in Postgres by `ON DELETE CASCADE`.
+#[async_trait]
+pub trait UserStore: fmt::Debug + Send + Sync + 'static {
+    /// Creates a user with a new id.
+    async fn create_user(&self) -> Result<UserId>;
+
+    /// Creates the user `id` if it does not exist; returns whether it was
+    /// created. For ids that come from an existing identity system.
+    async fn ensure_user(&self, id: UserId) -> Result<bool>;
+
+    /// Whether the user exists.
+    async fn user_exists(&self, id: UserId) -> Result<bool>;
+
+    /// Deletes the user and everything it owns; returns whether it existed.
+    async fn delete_user(&self, id: UserId) -> Result<bool>;
+}
+
+/// Checks the batch rules of [`MemoryStore::append_batch`] that do not need
+/// the store: size and duplicate ids.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`logs`).
+pub fn validate_batch(logs: &[NewMemoryLog]) -> Result<()> {
+    if logs.len() > MAX_BATCH {
+        return Err(Error::invalid("logs", format!("{} logs in one batch, the limit is {MAX_BATCH}", logs.len())));
+    }
+    let mut ids: Vec<_> = logs.iter().map(|l| l.id).collect();
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::invalid("logs", format!("memory log id {} appears twice in the batch", w[0])));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn type_rules() {
+        assert!(MemoryType::new("chat.user").is_ok());
+        assert!(MemoryType::new("a:b-c_d.e1").is_ok());
+        for bad in ["", "1abc", "with space", "é", &"x".repeat(65)] {
+            assert_eq!(MemoryType::new(bad).unwrap_err().field(), Some("type"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn content_and_metadata_rules() {
+        assert_eq!(NewMemoryLog::new("fact", "").unwrap_err().field(), Some("content"));
+        assert_eq!(NewMemoryLog::new("fact", "a\0").unwrap_err().field(), Some("content"));
+        let big = "x".repeat(NewMemoryLog::MAX_CONTENT_BYTES + 1);
+        assert_eq!(NewMemoryLog::new("fact", big).unwrap_err().field(), Some("content"));
+        let log = NewMemoryLog::new("fact", "ok").unwrap();
+        assert_eq!(log.clone().with_metadata(json!([1])).unwrap_err().field(), Some("metadata"));
+        assert!(log.with_metadata(json!({"k": 1})).is_ok());
+    }
+
+    #[test]
+    fn deserialize_validates() {
+        let ok: NewMemoryLog =
+            serde_json::from_value(json!({"type": "fact", "content": "x", "metadata": {"a": 1}})).unwrap();
+        assert_eq!(ok.metadata()["a"], 1);
+        assert!(serde_json::from_value::<NewMemoryLog>(json!({"type": "fact", "content": ""})).is_err());
+        assert!(serde_json::from_value::<NewMemoryLog>(json!({"type": "fact", "content": "x", "metadata": 3})).is_err());
+    }
+
+    #[test]
+    fn query_validation() {
+        assert!(MemoryQuery::new().validate().is_ok());
+        assert_eq!(MemoryQuery::new().limit(0).validate().unwrap_err().field(), Some("limit"));
+        assert_eq!(MemoryQuery::new().limit(1001).validate().unwrap_err().field(), Some("limit"));
+        let t = OffsetDateTime::now_utc();
+        assert_eq!(MemoryQuery::new().since(t).until(t).validate().unwrap_err().field(), Some("until"));
+    }
+
+    #[test]
+    fn cursor_round_trips() {
+        let log = NewMemoryLog::new("fact", "x").unwrap().into_log(UserId::new());
+        let c = log.cursor();
+        assert_eq!(c.to_string().parse::<Cursor>().unwrap(), c);
+        assert_eq!("garbage".parse::<Cursor>().unwrap_err().field(), Some("cursor"));
+    }
+
+    #[test]
+    fn containment_follows_postgres() {
+        let doc = json!({"a": 1, "tags": ["x", "y"], "n": {"b": true, "c": 2}});
+        assert!(json_contains(&doc, &json!({})));
+        assert!(json_contains(&doc, &json!({"a": 1})));
+        assert!(json_contains(&doc, &json!({"tags": ["y"]})));
+        assert!(json_contains(&doc, &json!({"n": {"b": true}})));
+        assert!(!json_contains(&doc, &json!({"a": 2})));
+        assert!(!json_contains(&doc, &json!({"tags": ["z"]})));
+        assert!(!json_contains(&doc, &json!({"missing": null})));
+        assert!(!json_contains(&doc, &json!({"tags": "x"})));
+    }
+
+    #[test]
+    fn batch_rules() {
+        let a = NewMemoryLog::new("fact", "a").unwrap();
+        assert!(validate_batch(&[a.clone()]).is_ok());
+        assert_eq!(validate_batch(&[a.clone(), a]).unwrap_err().field(), Some("logs"));
+    }
+}

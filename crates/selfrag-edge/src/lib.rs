@@ -1,0 +1,1 @@
+//! Embedded VectorIndex for selfrag storage: the Qdrant engine in-process (qdrant-edge)

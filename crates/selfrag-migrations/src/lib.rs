@@ -1,0 +1,1 @@
+//! Embedded, checksummed Postgres migrations for selfrag storage

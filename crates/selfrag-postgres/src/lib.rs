@@ -1,0 +1,1 @@
+//! Postgres MemoryStore and SessionStore for selfrag storage (tokio-postgres + deadpool)

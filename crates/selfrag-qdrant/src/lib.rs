@@ -1,0 +1,1 @@
+//! Qdrant server VectorIndex for selfrag storage (qdrant-client, gRPC)

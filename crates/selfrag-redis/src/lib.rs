@@ -1,0 +1,1 @@
+//! Redis SessionStore and RateLimiter for selfrag storage (deadpool-redis, atomic Lua)

@@ -1,0 +1,1 @@
+//! Conformance suites and test-server provisioning for selfrag storage backends

@@ -1,0 +1,31 @@
+//! selfrag storage: the storage layer of a self-RAG service, behind small
+//! traits.
+//!
+//! This facade re-exports [`selfrag_core`] (the traits, ids, input types,
+//! errors and the in-process `local` backends) and, behind features, the
+//! server backends:
+//!
+//! | feature | module | backend |
+//! | --- | --- | --- |
+//! | `postgres` | [`postgres`], [`migrations`] | memory logs, users and sessions in Postgres |
+//! | `redis` | [`redis`] | sessions and rate limits in Redis |
+//! | `qdrant` | [`qdrant`] | vectors in a Qdrant server |
+//! | `edge` | [`edge`] | vectors in the Qdrant engine embedded in-process |
+//!
+//! With no feature, everything runs in process (see `examples/quickstart.rs`).
+
+pub use selfrag_core::*;
+
+#[cfg(feature = "postgres")]
+pub use selfrag_migrations as migrations;
+#[cfg(feature = "postgres")]
+pub use selfrag_postgres as postgres;
+
+#[cfg(feature = "redis")]
+pub use selfrag_redis as redis;
+
+#[cfg(feature = "qdrant")]
+pub use selfrag_qdrant as qdrant;
+
+#[cfg(feature = "edge")]
+pub use selfrag_edge as edge;
