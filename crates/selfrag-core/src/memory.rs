@@ -619,7 +619,7 @@ mod tests {
     #[test]
     fn batch_rules() {
         let a = NewMemoryLog::new("fact", "a").unwrap();
-        assert!(validate_batch(&[a.clone()]).is_ok());
+        assert!(validate_batch(std::slice::from_ref(&a)).is_ok());
         assert_eq!(validate_batch(&[a.clone(), a]).unwrap_err().field(), Some("logs"));
     }
 }

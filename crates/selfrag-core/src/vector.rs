@@ -57,6 +57,12 @@ pub enum Distance {
 impl Distance {
     /// The score of `a` against `b` under the convention of this module
     /// (higher is better), computed exactly. The reference for every backend.
+    // Summed in f64 for accuracy, then narrowed to the f32 every backend
+    // returns: the narrowing is the point, not an accident.
+    #[allow(clippy::cast_possible_truncation)]
+    // Accumulated in f64 so the reference is more exact than any backend;
+    // narrowing the result back to the f32 of the API is intended.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn score(self, a: &[f32], b: &[f32]) -> f32 {
         match self {
             Distance::Cosine => {

@@ -246,7 +246,7 @@ impl SessionStore for LocalStore {
             .get(&user)
             .map(|d| d.sessions.values().filter(|s| !s.is_expired_at(now)).cloned().collect())
             .unwrap_or_default();
-        live.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+        live.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
         Ok(live)
     }
 

@@ -1,0 +1,551 @@
+//! Proof that the suites can fail: each deliberately broken wrapper of a
+//! local reference backend is run through its whole suite, and the checks
+//! that must catch the bug are named. A suite that passed a broken backend
+//! would be worthless.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use selfrag_core::local::{LocalRateLimiter, LocalStore, LocalVectorIndex};
+use selfrag_core::{
+    Chunk, ChunkId, ChunkRecord, Filter, IndexSpec, ManualClock, MemoryLog, MemoryLogId, MemoryPage, MemoryQuery,
+    MemoryStore, NewMemoryLog, NewSession, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter, Result,
+    ScoredChunk, SearchRequest, Session, SessionId, SessionStore, Tenant, UserId, VectorIndex,
+};
+use selfrag_testkit::{
+    memory, ratelimit, run_suite, session, vector, ManualTestClock, MemoryFixture, RateLimitFixture, SessionFixture,
+    SuiteReport, VectorFixture,
+};
+use serde_json::{Map, Value};
+
+/// Asserts that the suite failed, and that each of `expected` is among the
+/// failed checks.
+fn assert_caught(bug: &str, report: &SuiteReport, expected: &[&str]) {
+    assert!(!report.is_success(), "{bug}: the whole suite passed a broken backend");
+    for name in expected {
+        assert!(report.failed(name), "{bug}: check `{name}` did not catch it; report:\n{report}");
+    }
+    eprintln!("{bug}: caught by {:?}", report.failed_names());
+}
+
+// ---------------------------------------------------------------- memory --
+
+/// How a broken memory store misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MemoryBug {
+    /// `get` ignores the user: any user reads any log by id.
+    LeaksAcrossUsers,
+    /// `append_batch` appends one by one and stops at the first error,
+    /// leaving the earlier logs stored.
+    BatchNotAtomic,
+    /// `query` drops `since` and `until`.
+    IgnoresTimeRange,
+    /// `query` ignores the cursor: every page is the first.
+    IgnoresCursor,
+    /// Pages by offset (the cursor stands for a row count), so appends
+    /// between pages shift them.
+    OffsetPaging,
+}
+
+#[derive(Debug)]
+struct BrokenMemory {
+    inner: LocalStore,
+    bug: MemoryBug,
+    owners: Mutex<HashMap<MemoryLogId, UserId>>,
+    offsets: Mutex<HashMap<String, usize>>,
+}
+
+#[async_trait]
+impl MemoryStore for BrokenMemory {
+    async fn append(&self, user: UserId, log: NewMemoryLog) -> Result<MemoryLog> {
+        let stored = self.inner.append(user, log).await?;
+        self.owners.lock().unwrap().insert(stored.id, user);
+        Ok(stored)
+    }
+
+    async fn append_batch(&self, user: UserId, logs: Vec<NewMemoryLog>) -> Result<Vec<MemoryLog>> {
+        if self.bug == MemoryBug::BatchNotAtomic {
+            let mut out = Vec::new();
+            for log in logs {
+                out.push(self.append(user, log).await?);
+            }
+            return Ok(out);
+        }
+        let stored = self.inner.append_batch(user, logs).await?;
+        self.owners.lock().unwrap().extend(stored.iter().map(|l| (l.id, user)));
+        Ok(stored)
+    }
+
+    async fn get(&self, user: UserId, id: MemoryLogId) -> Result<Option<MemoryLog>> {
+        if self.bug == MemoryBug::LeaksAcrossUsers {
+            let owner = self.owners.lock().unwrap().get(&id).copied();
+            if let Some(owner) = owner {
+                return MemoryStore::get(&self.inner, owner, id).await;
+            }
+        }
+        MemoryStore::get(&self.inner, user, id).await
+    }
+
+    async fn query(&self, user: UserId, query: &MemoryQuery) -> Result<MemoryPage> {
+        match self.bug {
+            MemoryBug::IgnoresTimeRange => {
+                let q = MemoryQuery { since: None, until: None, ..query.clone() };
+                self.inner.query(user, &q).await
+            }
+            MemoryBug::IgnoresCursor => {
+                let q = MemoryQuery { after: None, ..query.clone() };
+                self.inner.query(user, &q).await
+            }
+            MemoryBug::OffsetPaging => {
+                query.validate()?;
+                let limit = query.effective_limit() as usize;
+                let offset = match &query.after {
+                    Some(c) => self.offsets.lock().unwrap().get(&c.to_string()).copied().unwrap_or(0),
+                    None => 0,
+                };
+                let all = MemoryQuery { after: None, limit: Some(MemoryQuery::MAX_LIMIT), ..query.clone() };
+                let mut logs = self.inner.query(user, &all).await?.logs;
+                let more = logs.len() > offset + limit;
+                logs = logs.into_iter().skip(offset).take(limit).collect();
+                let next = if more { logs.last().map(MemoryLog::cursor) } else { None };
+                if let Some(c) = &next {
+                    self.offsets.lock().unwrap().insert(c.to_string(), offset + limit);
+                }
+                Ok(MemoryPage { logs, next })
+            }
+            _ => self.inner.query(user, query).await,
+        }
+    }
+
+    async fn delete(&self, user: UserId, id: MemoryLogId) -> Result<bool> {
+        self.inner.delete(user, id).await
+    }
+}
+
+async fn memory_report(bug: MemoryBug) -> SuiteReport {
+    run_suite(memory::checks(), || async move {
+        let inner = LocalStore::with_clock(Arc::new(ManualClock::starting_now()));
+        let store = BrokenMemory { inner: inner.clone(), bug, owners: Mutex::default(), offsets: Mutex::default() };
+        Some(MemoryFixture::new(Arc::new(store), Arc::new(inner)))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_leaking_across_users_is_caught() {
+    let report = memory_report(MemoryBug::LeaksAcrossUsers).await;
+    assert_caught("memory get ignores the user", &report, &["user_isolation"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_batch_that_is_not_all_or_nothing_is_caught() {
+    let report = memory_report(MemoryBug::BatchNotAtomic).await;
+    assert_caught("memory batch not atomic", &report, &["batch_is_all_or_nothing", "bad_batches_write_nothing"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_query_ignoring_the_time_range_is_caught() {
+    let report = memory_report(MemoryBug::IgnoresTimeRange).await;
+    assert_caught("memory query ignores since/until", &report, &["time_range_filters", "filters_match_reference"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_query_ignoring_the_cursor_is_caught() {
+    let report = memory_report(MemoryBug::IgnoresCursor).await;
+    assert_caught(
+        "memory query ignores the cursor",
+        &report,
+        &["pagination_has_no_duplicates_or_gaps", "pagination_under_concurrent_appends", "time_range_filters"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_offset_paging_is_caught() {
+    let report = memory_report(MemoryBug::OffsetPaging).await;
+    assert_caught("memory pages by offset", &report, &["pagination_under_concurrent_appends"]);
+    // Without concurrent writes, offset paging looks right: only the
+    // concurrency check can tell.
+    assert!(!report.failed("pagination_has_no_duplicates_or_gaps"), "{report}");
+}
+
+// -------------------------------------------------------------- sessions --
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SessionBug {
+    /// `get` hands out sessions past their expiry.
+    ForgetsExpiry,
+    /// `touch` marks nothing: the expiry does not slide.
+    TouchDoesNotSlide,
+}
+
+#[derive(Debug)]
+struct BrokenSessions {
+    inner: LocalStore,
+    bug: SessionBug,
+    /// Every session ever handed out and not revoked, as last seen.
+    seen: Mutex<HashMap<SessionId, Session>>,
+}
+
+impl BrokenSessions {
+    fn remember(&self, s: &Option<Session>) {
+        if let Some(s) = s {
+            self.seen.lock().unwrap().insert(s.id, s.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for BrokenSessions {
+    async fn create(&self, user: UserId, session: NewSession) -> Result<Session> {
+        let s = self.inner.create(user, session).await?;
+        self.remember(&Some(s.clone()));
+        Ok(s)
+    }
+
+    async fn get(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
+        let s = SessionStore::get(&self.inner, user, id).await?;
+        if s.is_none() && self.bug == SessionBug::ForgetsExpiry {
+            let stale = self.seen.lock().unwrap().get(&id).cloned();
+            return Ok(stale.filter(|s| s.user_id == user));
+        }
+        Ok(s)
+    }
+
+    async fn touch(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
+        let s = match self.bug {
+            SessionBug::TouchDoesNotSlide => SessionStore::get(&self.inner, user, id).await?,
+            SessionBug::ForgetsExpiry => self.inner.touch(user, id).await?,
+        };
+        self.remember(&s);
+        Ok(s)
+    }
+
+    async fn set_data(&self, user: UserId, id: SessionId, data: Map<String, Value>) -> Result<Option<Session>> {
+        let s = self.inner.set_data(user, id, data).await?;
+        self.remember(&s);
+        Ok(s)
+    }
+
+    async fn list(&self, user: UserId) -> Result<Vec<Session>> {
+        self.inner.list(user).await
+    }
+
+    async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
+        let live = self.inner.revoke(user, id).await?;
+        if live {
+            self.seen.lock().unwrap().remove(&id);
+        }
+        Ok(live)
+    }
+
+    async fn revoke_all(&self, user: UserId) -> Result<u64> {
+        self.seen.lock().unwrap().retain(|_, s| s.user_id != user);
+        self.inner.revoke_all(user).await
+    }
+}
+
+async fn session_report(bug: SessionBug) -> SuiteReport {
+    run_suite(session::checks(), || async move {
+        let clock = ManualClock::starting_now();
+        let inner = LocalStore::with_clock(Arc::new(clock.clone()));
+        let store = BrokenSessions { inner: inner.clone(), bug, seen: Mutex::default() };
+        Some(SessionFixture::new(Arc::new(store), Some(Arc::new(inner)), Arc::new(ManualTestClock(clock))))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_store_forgetting_expiry_is_caught() {
+    let report = session_report(SessionBug::ForgetsExpiry).await;
+    assert_caught(
+        "sessions returned past expiry",
+        &report,
+        &["expired_sessions_are_gone", "get_does_not_extend", "set_data_replaces_without_extending"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_touch_that_does_not_slide_is_caught() {
+    let report = session_report(SessionBug::TouchDoesNotSlide).await;
+    assert_caught("touch does not slide", &report, &["touch_slides_expiry"]);
+}
+
+// ----------------------------------------------------------- rate limits --
+
+/// Checks each window separately, consuming in every window that allows,
+/// even when another denies.
+#[derive(Debug)]
+struct ConsumesOnDenial {
+    policy: RateLimitPolicy,
+    per_window: Vec<LocalRateLimiter>,
+}
+
+#[async_trait]
+impl RateLimiter for ConsumesOnDenial {
+    fn policy(&self) -> &RateLimitPolicy {
+        &self.policy
+    }
+
+    async fn check(&self, key: &RateLimitKey, cost: u32) -> Result<RateLimitDecision> {
+        self.policy.check_cost(cost)?;
+        let mut windows = Vec::new();
+        let mut retry_after = None;
+        for limiter in &self.per_window {
+            let d = limiter.check(key, cost).await?;
+            windows.extend(d.windows);
+            retry_after = retry_after.max(d.retry_after);
+        }
+        let allowed = windows.iter().all(|w| w.allowed);
+        Ok(RateLimitDecision { allowed, windows, retry_after: if allowed { None } else { retry_after } })
+    }
+
+    async fn reset(&self, key: &RateLimitKey) -> Result<()> {
+        for l in &self.per_window {
+            l.reset(key).await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LimiterBug {
+    /// Turns every denial into an allowance.
+    NeverDenies,
+    /// Reports a quarter of the real `retry_after`.
+    RetryAfterTooShort,
+}
+
+#[derive(Debug)]
+struct BrokenLimiter {
+    inner: LocalRateLimiter,
+    bug: LimiterBug,
+}
+
+#[async_trait]
+impl RateLimiter for BrokenLimiter {
+    fn policy(&self) -> &RateLimitPolicy {
+        self.inner.policy()
+    }
+
+    async fn check(&self, key: &RateLimitKey, cost: u32) -> Result<RateLimitDecision> {
+        let mut d = self.inner.check(key, cost).await?;
+        match self.bug {
+            LimiterBug::NeverDenies => {
+                d.allowed = true;
+                d.retry_after = None;
+                for w in &mut d.windows {
+                    w.allowed = true;
+                }
+            }
+            LimiterBug::RetryAfterTooShort => d.retry_after = d.retry_after.map(|r| r / 4),
+        }
+        Ok(d)
+    }
+
+    async fn reset(&self, key: &RateLimitKey) -> Result<()> {
+        self.inner.reset(key).await
+    }
+}
+
+async fn limiter_report(
+    make: impl Fn(RateLimitPolicy, ManualClock) -> Arc<dyn RateLimiter> + Send + Sync + Copy + 'static,
+) -> SuiteReport {
+    run_suite(ratelimit::checks(), || async move {
+        let clock = ManualClock::starting_now();
+        let shared = clock.clone();
+        Some(RateLimitFixture::new(move |policy| make(policy, shared.clone()), Arc::new(ManualTestClock(clock))))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limiter_consuming_on_denial_is_caught() {
+    let report = limiter_report(|policy, clock| {
+        let per_window = policy
+            .windows()
+            .iter()
+            .map(|w| LocalRateLimiter::with_clock(RateLimitPolicy::new([*w]).unwrap(), Arc::new(clock.clone())))
+            .collect();
+        Arc::new(ConsumesOnDenial { policy, per_window })
+    })
+    .await;
+    assert_caught(
+        "limiter consumes on denial",
+        &report,
+        &["denial_is_atomic_across_windows", "remaining_budget_is_reported", "concurrent_checks_respect_the_limit"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limiter_that_never_denies_is_caught() {
+    let report = limiter_report(|policy, clock| {
+        Arc::new(BrokenLimiter {
+            inner: LocalRateLimiter::with_clock(policy, Arc::new(clock)),
+            bug: LimiterBug::NeverDenies,
+        })
+    })
+    .await;
+    assert_caught(
+        "limiter never denies",
+        &report,
+        &["allows_up_to_the_limit", "costs_are_units", "concurrent_checks_respect_the_limit", "keys_are_isolated"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limiter_with_a_short_retry_after_is_caught() {
+    let report = limiter_report(|policy, clock| {
+        Arc::new(BrokenLimiter {
+            inner: LocalRateLimiter::with_clock(policy, Arc::new(clock)),
+            bug: LimiterBug::RetryAfterTooShort,
+        })
+    })
+    .await;
+    assert_caught("retry_after too short", &report, &["retry_after_is_honest"]);
+}
+
+// --------------------------------------------------------------- vectors --
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum VectorBug {
+    /// `search` and `count` drop the filter.
+    IgnoresFilter,
+    /// Every call works on one shared tenant.
+    LeaksAcrossTenants,
+    /// Non-finite components are quietly stored as 0 instead of rejected.
+    AcceptsNaN,
+}
+
+#[derive(Debug)]
+struct BrokenIndex {
+    inner: LocalVectorIndex,
+    bug: VectorBug,
+    everyone: Tenant,
+}
+
+impl BrokenIndex {
+    fn tenant<'a>(&'a self, t: &'a Tenant) -> &'a Tenant {
+        if self.bug == VectorBug::LeaksAcrossTenants {
+            &self.everyone
+        } else {
+            t
+        }
+    }
+}
+
+#[async_trait]
+impl VectorIndex for BrokenIndex {
+    fn spec(&self) -> &IndexSpec {
+        self.inner.spec()
+    }
+
+    async fn upsert(&self, tenant: &Tenant, mut chunks: Vec<Chunk>) -> Result<()> {
+        if self.bug == VectorBug::AcceptsNaN {
+            for c in &mut chunks {
+                for x in &mut c.vector {
+                    if !x.is_finite() {
+                        *x = 0.0;
+                    }
+                }
+            }
+        }
+        self.inner.upsert(self.tenant(tenant), chunks).await
+    }
+
+    async fn search(&self, tenant: &Tenant, request: &SearchRequest) -> Result<Vec<ScoredChunk>> {
+        if self.bug == VectorBug::IgnoresFilter {
+            // Still rejects a malformed filter, but never applies one.
+            if let Some(f) = &request.filter {
+                f.validate()?;
+            }
+            let request = SearchRequest { filter: None, ..request.clone() };
+            return self.inner.search(tenant, &request).await;
+        }
+        self.inner.search(self.tenant(tenant), request).await
+    }
+
+    async fn get(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<Vec<ChunkRecord>> {
+        self.inner.get(self.tenant(tenant), ids).await
+    }
+
+    async fn document_chunks(&self, tenant: &Tenant, document_id: &str) -> Result<Vec<ChunkRecord>> {
+        self.inner.document_chunks(self.tenant(tenant), document_id).await
+    }
+
+    async fn delete(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<()> {
+        self.inner.delete(self.tenant(tenant), ids).await
+    }
+
+    async fn delete_document(&self, tenant: &Tenant, document_id: &str) -> Result<()> {
+        self.inner.delete_document(self.tenant(tenant), document_id).await
+    }
+
+    async fn delete_by_filter(&self, tenant: &Tenant, filter: &Filter) -> Result<()> {
+        self.inner.delete_by_filter(self.tenant(tenant), filter).await
+    }
+
+    async fn count(&self, tenant: &Tenant, filter: Option<&Filter>) -> Result<u64> {
+        if self.bug == VectorBug::IgnoresFilter {
+            if let Some(f) = filter {
+                f.validate()?;
+            }
+            return self.inner.count(tenant, None).await;
+        }
+        self.inner.count(self.tenant(tenant), filter).await
+    }
+}
+
+async fn vector_report(bug: VectorBug) -> SuiteReport {
+    run_suite(vector::checks(), || async move {
+        Some(VectorFixture::new(move |spec| {
+            Box::pin(async move {
+                let index =
+                    BrokenIndex { inner: LocalVectorIndex::new(spec), bug, everyone: Tenant::new("everyone").unwrap() };
+                Ok(Arc::new(index) as Arc<dyn VectorIndex>)
+            })
+        }))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_index_ignoring_the_filter_is_caught() {
+    let report = vector_report(VectorBug::IgnoresFilter).await;
+    assert_caught("vector filter ignored", &report, &["filters_match_reference", "limit_caps_hits"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_index_leaking_across_tenants_is_caught() {
+    let report = vector_report(VectorBug::LeaksAcrossTenants).await;
+    assert_caught(
+        "vector tenants leak",
+        &report,
+        &["tenant_isolation", "filters_match_reference", "delete_by_filter_matches_reference"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_index_accepting_nan_is_caught() {
+    let report = vector_report(VectorBug::AcceptsNaN).await;
+    assert_caught("vector NaN accepted", &report, &["bad_vectors_write_nothing"]);
+}
+
+/// The runner itself: a panicking check counts as a failure, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_suite_reports_panics_and_skips() {
+    fn boom(_: &()) -> futures::future::BoxFuture<'_, selfrag_testkit::CheckResult> {
+        Box::pin(async { panic!("boom") })
+    }
+    fn fine(_: &()) -> futures::future::BoxFuture<'_, selfrag_testkit::CheckResult> {
+        Box::pin(async { Ok(()) })
+    }
+    let checks =
+        vec![selfrag_testkit::Check { name: "boom", run: boom }, selfrag_testkit::Check { name: "fine", run: fine }];
+    let report = run_suite(checks.clone(), || async { Some(()) }).await;
+    assert_eq!(report.passed, vec!["fine"]);
+    assert_eq!(report.failed_names(), vec!["boom"]);
+    let skipped = run_suite(checks, || async { None::<()> }).await;
+    assert_eq!(skipped.skipped, vec!["boom", "fine"]);
+    assert!(skipped.is_success());
+}

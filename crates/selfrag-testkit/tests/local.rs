@@ -1,0 +1,109 @@
+//! The four conformance suites against the in-process reference backends of
+//! `selfrag_core::local`: the reference must pass every check.
+
+use std::sync::Arc;
+
+use selfrag_core::local::{LocalRateLimiter, LocalStore, LocalVectorIndex};
+use selfrag_core::{ManualClock, VectorIndex};
+use selfrag_testkit::{ManualTestClock, MemoryFixture, RateLimitFixture, SessionFixture, VectorFixture};
+
+async fn memory() -> Option<MemoryFixture> {
+    let store = Arc::new(LocalStore::with_clock(Arc::new(ManualClock::starting_now())));
+    Some(MemoryFixture::new(store.clone(), store))
+}
+
+async fn sessions() -> Option<SessionFixture> {
+    let clock = ManualClock::starting_now();
+    let store = Arc::new(LocalStore::with_clock(Arc::new(clock.clone())));
+    Some(SessionFixture::new(store.clone(), Some(store), Arc::new(ManualTestClock(clock))))
+}
+
+async fn rate_limits() -> Option<RateLimitFixture> {
+    let clock = ManualClock::starting_now();
+    let shared = clock.clone();
+    Some(RateLimitFixture::new(
+        move |policy| Arc::new(LocalRateLimiter::with_clock(policy, Arc::new(shared.clone()))),
+        Arc::new(ManualTestClock(clock)),
+    ))
+}
+
+async fn vectors() -> Option<VectorFixture> {
+    Some(VectorFixture::new(|spec| {
+        Box::pin(async move { Ok(Arc::new(LocalVectorIndex::new(spec)) as Arc<dyn VectorIndex>) })
+    }))
+}
+
+selfrag_testkit::memory_store_tests!(memory);
+selfrag_testkit::session_store_tests!(sessions);
+selfrag_testkit::rate_limiter_tests!(rate_limits);
+selfrag_testkit::vector_index_tests!(vectors);
+
+/// The session suite as a backend without a user store sees it (Redis):
+/// `users` is `None`, and any user id may own sessions.
+mod without_users {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use selfrag_core::{NewSession, Result, Session, SessionId, SessionStore, UserId, UserStore};
+    use serde_json::{Map, Value};
+
+    use super::*;
+
+    /// A `LocalStore` that registers every user id on first sight.
+    #[derive(Debug)]
+    struct AnyUser {
+        inner: LocalStore,
+        known: Mutex<HashSet<UserId>>,
+    }
+
+    impl AnyUser {
+        async fn register(&self, user: UserId) -> Result<()> {
+            if self.known.lock().unwrap().insert(user) {
+                self.inner.ensure_user(user).await?;
+            }
+            Ok(())
+        }
+    }
+
+    #[selfrag_core::async_trait]
+    impl SessionStore for AnyUser {
+        async fn create(&self, user: UserId, session: NewSession) -> Result<Session> {
+            self.register(user).await?;
+            self.inner.create(user, session).await
+        }
+        async fn get(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
+            SessionStore::get(&self.inner, user, id).await
+        }
+        async fn touch(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
+            self.inner.touch(user, id).await
+        }
+        async fn set_data(&self, user: UserId, id: SessionId, data: Map<String, Value>) -> Result<Option<Session>> {
+            self.inner.set_data(user, id, data).await
+        }
+        async fn list(&self, user: UserId) -> Result<Vec<Session>> {
+            self.inner.list(user).await
+        }
+        async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
+            self.inner.revoke(user, id).await
+        }
+        async fn revoke_all(&self, user: UserId) -> Result<u64> {
+            self.inner.revoke_all(user).await
+        }
+    }
+
+    async fn sessions() -> Option<SessionFixture> {
+        let clock = ManualClock::starting_now();
+        let inner = LocalStore::with_clock(Arc::new(clock.clone()));
+        let store = AnyUser { inner, known: Mutex::default() };
+        Some(SessionFixture::new(Arc::new(store), None, Arc::new(ManualTestClock(clock))))
+    }
+
+    selfrag_testkit::session_store_tests!(sessions);
+}
+
+/// The skip-list form: a listed check is skipped (loudly), the others run.
+mod with_skip_list {
+    use super::*;
+
+    selfrag_testkit::rate_limiter_tests!(rate_limits, skip = [concurrent_checks_respect_the_limit, policy_is_kept]);
+}
