@@ -1,1 +1,121 @@
-//! Postgres MemoryStore and SessionStore for selfrag storage (tokio-postgres + deadpool)
+//! Postgres backends of selfrag storage, on tokio-postgres + deadpool-postgres:
+//! [`PostgresMemoryStore`] ([`MemoryStore`](selfrag_core::MemoryStore)),
+//! [`PostgresSessionStore`] ([`SessionStore`](selfrag_core::SessionStore)) and
+//! [`PostgresUserStore`] ([`UserStore`](selfrag_core::UserStore)), sharing one
+//! connection pool.
+//!
+//! ```no_run
+//! use selfrag_core::{MemoryQuery, MemoryStore, NewMemoryLog, NewSession, SessionStore, UserStore};
+//! use selfrag_postgres::{PostgresConfig, PostgresMemoryStore, PostgresSessionStore, PostgresUserStore};
+//!
+//! # async fn run() -> selfrag_core::Result<()> {
+//! let pool = PostgresConfig::from_env()?.build()?; // DATABASE_URL
+//! selfrag_postgres::migrate(&pool).await?;
+//! let users = PostgresUserStore::new(pool.clone());
+//! let memory = PostgresMemoryStore::new(pool.clone());
+//! let sessions = PostgresSessionStore::new(pool);
+//!
+//! let user = users.create_user().await?;
+//! memory.append(user, NewMemoryLog::new("fact", "likes tea")?).await?;
+//! let page = memory.query(user, &MemoryQuery::new().limit(20)).await?;
+//! let session = sessions.create(user, NewSession::new(std::time::Duration::from_secs(1800))?).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Configuration
+//! [`PostgresConfig`]: the URL (`DATABASE_URL` with
+//! [`PostgresConfig::from_env`]), pool size (16), connect and acquire
+//! timeouts (5 s), `statement_timeout` (30 s), an optional schema (put first
+//! on the `search_path` of every connection) and the `application_name`.
+//! Callers that already hold a [`Pool`] pass it to the stores' `new`.
+//!
+//! # Tables
+//! Created by the embedded migrations ([`migrate`], [`selfrag_migrations`]):
+//!
+//! | table | columns | indexes |
+//! | --- | --- | --- |
+//! | `users` | `id uuid pk`, `created_at` | |
+//! | `user_sessions` | `id uuid pk`, `user_id → users ON DELETE CASCADE`, `created_at`, `last_activity`, `expires_at`, `ttl_ms`, `data jsonb` | `(user_id, created_at desc, id desc)`, `(expires_at)` |
+//! | `memory_logs` | `id uuid pk`, `user_id → users ON DELETE CASCADE`, `timestamp`, `type varchar(64)`, `content text`, `meta_data jsonb` | `(user_id, timestamp desc, id desc)` |
+//!
+//! # Guarantees
+//! - **Queries** of one user's logs are one range scan of the
+//!   `(user_id, timestamp desc, id desc)` index, newest first, with no sort;
+//!   pages are keyset-paginated on `(timestamp, id)`, so deep pages cost the
+//!   same as the first and concurrent appends never shift them.
+//! - **Batch appends** are one `INSERT ... SELECT FROM unnest(...)` statement:
+//!   one round trip, all rows or none. A taken id is [`Error::Conflict`]; an
+//!   unknown user is [`Error::NotFound`] (`what = "user"`), from the foreign
+//!   key, with no extra lookup.
+//! - **Sessions** use the database clock; reads filter on
+//!   `expires_at > now()`, so an expired session is never returned, and a
+//!   touch slides the expiry in one `UPDATE`. Expired rows are reclaimed by
+//!   [`PostgresSessionStore::sweep_expired`].
+//! - **Input** is checked before anything is sent: the core input types
+//!   refuse NUL bytes (which `text` and `jsonb` cannot hold), oversized
+//!   content and malformed metadata with [`Error::InvalidInput`].
+//! - **Errors** keep the driver error as their source. Connection failures
+//!   and pool timeouts are [`Error::Unavailable`]; `statement_timeout` is
+//!   [`Error::Timeout`]; SQLSTATE class `53` (e.g. `53300`), `57P03`,
+//!   `40001` and `40P01` are retryable [`Error::Backend`]s; see
+//!   [`Error::is_retryable`].
+//! - Hot statements are prepared once per connection and cached. (Behind
+//!   PgBouncer, use session pooling or PgBouncer ≥ 1.21 with prepared
+//!   statement support.)
+//!
+//! [`Error::Conflict`]: selfrag_core::Error::Conflict
+//! [`Error::NotFound`]: selfrag_core::Error::NotFound
+//! [`Error::InvalidInput`]: selfrag_core::Error::InvalidInput
+//! [`Error::Unavailable`]: selfrag_core::Error::Unavailable
+//! [`Error::Timeout`]: selfrag_core::Error::Timeout
+//! [`Error::Backend`]: selfrag_core::Error::Backend
+//! [`Error::is_retryable`]: selfrag_core::Error::is_retryable
+
+mod config;
+mod error;
+mod memory;
+mod session;
+mod users;
+
+pub use config::PostgresConfig;
+pub use memory::PostgresMemoryStore;
+pub use session::PostgresSessionStore;
+pub use users::PostgresUserStore;
+
+pub use deadpool_postgres;
+pub use deadpool_postgres::Pool;
+pub use selfrag_migrations;
+pub use tokio_postgres;
+
+use deadpool_postgres::Object;
+use selfrag_core::Result;
+
+/// Applies the pending migrations to the pool's schema (the first existing
+/// schema of its `search_path`), under the migrations' advisory lock, so
+/// that services starting together apply each migration exactly once.
+///
+/// Runs on a connection taken out of the pool for good: if this future is
+/// dropped mid-way, the connection closes and Postgres releases the lock,
+/// instead of a pooled connection keeping it.
+///
+/// # Errors
+/// [`Error::Incompatible`](selfrag_core::Error::Incompatible) when the
+/// database's history was edited, has a gap or is newer than this build (see
+/// [`selfrag_migrations::Error`]); connection and SQL failures as for any
+/// call.
+pub async fn migrate(pool: &Pool) -> Result<selfrag_migrations::Report> {
+    let conn = pool.get().await.map_err(error::pool)?;
+    let mut client = Object::take(conn);
+    selfrag_migrations::migrate(&mut client).await.map_err(error::migration)
+}
+
+/// The migration status of the pool's schema: applied, pending, edited and
+/// unknown migrations with their checksums. Writes nothing.
+///
+/// # Errors
+/// Connection failures as for any call; a schema-less `search_path` is
+/// [`Error::Incompatible`](selfrag_core::Error::Incompatible).
+pub async fn migration_status(pool: &Pool) -> Result<selfrag_migrations::Status> {
+    let conn = pool.get().await.map_err(error::pool)?;
+    selfrag_migrations::status(&conn).await.map_err(error::migration)
+}

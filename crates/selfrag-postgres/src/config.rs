@@ -1,0 +1,259 @@
+//! Connection settings and the pool built from them.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use selfrag_core::{Error, Result};
+use tokio_postgres::NoTls;
+
+use crate::error::BACKEND;
+
+/// How to reach Postgres, and how the pool behaves.
+///
+/// Build it with [`PostgresConfig::from_env`] or [`PostgresConfig::with_url`]
+/// and the setters below, then [`PostgresConfig::build`] a pool:
+///
+/// ```no_run
+/// # fn run() -> selfrag_core::Result<()> {
+/// use std::time::Duration;
+/// use selfrag_postgres::PostgresConfig;
+///
+/// let pool = PostgresConfig::with_url("postgres://app@db.internal:5432/app")
+///     .max_connections(32)
+///     .statement_timeout(Some(Duration::from_secs(10)))
+///     .schema("selfrag")
+///     .build()?;
+/// # Ok(()) }
+/// ```
+///
+/// Connections are plain TCP (no TLS) in this version.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// A `postgres://` URL or a `key=value` connection string, as
+    /// `tokio_postgres::Config` parses them.
+    pub url: String,
+    /// Most connections the pool opens. Default: 16.
+    pub max_connections: usize,
+    /// Longest wait for a new connection to be established. Default: 5 s.
+    pub connect_timeout: Duration,
+    /// Longest wait for a free pooled connection when all are busy; past it a
+    /// call fails with a retryable [`Error::Unavailable`]. Default: 5 s.
+    pub acquire_timeout: Duration,
+    /// `statement_timeout` of every connection, so a runaway statement
+    /// cannot hold a connection forever (`None`: the server's setting).
+    /// Default: 30 s. Migrations lift it while they run.
+    pub statement_timeout: Option<Duration>,
+    /// Schema to use instead of the server's default `search_path` (tables
+    /// are created there by the migrations, and found there by the stores).
+    /// It must exist. Default: none (normally `public`).
+    pub schema: Option<String>,
+    /// `application_name` reported to the server. Default: `selfrag`.
+    pub application_name: String,
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("schema", &self.schema)
+            .field("application_name", &self.application_name)
+            .finish()
+    }
+}
+
+/// Hides a password in a URL or connection string, for logs.
+fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl PostgresConfig {
+    /// Default [`PostgresConfig::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+    /// Default [`PostgresConfig::connect_timeout`] and
+    /// [`PostgresConfig::acquire_timeout`].
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default [`PostgresConfig::statement_timeout`].
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// The settings for `url`, with the defaults above.
+    pub fn with_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            connect_timeout: Self::DEFAULT_TIMEOUT,
+            acquire_timeout: Self::DEFAULT_TIMEOUT,
+            statement_timeout: Some(Self::DEFAULT_STATEMENT_TIMEOUT),
+            schema: None,
+            application_name: "selfrag".to_owned(),
+        }
+    }
+
+    /// The settings for the URL in `DATABASE_URL`, with the defaults above.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`DATABASE_URL`) when it is unset or not
+    /// Unicode.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => Ok(Self::with_url(url)),
+            Ok(_) | Err(std::env::VarError::NotPresent) => {
+                Err(Error::invalid("DATABASE_URL", "is not set (expected e.g. postgres://user@host:5432/db)"))
+            }
+            Err(e) => Err(Error::invalid("DATABASE_URL", e.to_string())),
+        }
+    }
+
+    /// Sets [`PostgresConfig::max_connections`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets [`PostgresConfig::connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PostgresConfig::acquire_timeout`].
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PostgresConfig::statement_timeout`].
+    pub fn statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PostgresConfig::schema`].
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// Sets [`PostgresConfig::application_name`].
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// The driver configuration these settings make: the parsed URL plus the
+    /// timeouts, `search_path` and application name.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `url`, `schema`, `max_connections` or
+    /// `application_name`.
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config> {
+        let mut pg = tokio_postgres::Config::from_str(&self.url)
+            .map_err(|e| Error::invalid("url", format!("not a Postgres URL or connection string: {e}")))?;
+        if self.max_connections == 0 {
+            return Err(Error::invalid("max_connections", "must be at least 1"));
+        }
+        if let Some(schema) = &self.schema {
+            check_identifier("schema", schema)?;
+        }
+        if self.application_name.chars().any(|c| c.is_control()) {
+            return Err(Error::invalid("application_name", "must not contain control characters"));
+        }
+        pg.connect_timeout(self.connect_timeout);
+        pg.application_name(&self.application_name);
+        // Session settings go in the startup packet's `options`, so every
+        // pooled connection has them from its first statement, with no extra
+        // round trip and no way for a recycled connection to lose them.
+        let mut options = pg.get_options().unwrap_or_default().to_owned();
+        if let Some(schema) = &self.schema {
+            options.push_str(&format!(" -c search_path={schema}"));
+        }
+        if let Some(timeout) = self.statement_timeout {
+            options.push_str(&format!(" -c statement_timeout={}", timeout.as_millis()));
+        }
+        pg.options(options.trim());
+        Ok(pg)
+    }
+
+    /// Builds the connection pool. No connection is opened until one is
+    /// needed, so this succeeds while the server is down.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] as for [`PostgresConfig::pg_config`].
+    pub fn build(&self) -> Result<Pool> {
+        let pg = self.pg_config()?;
+        // `Fast` recycling checks only that the connection is open: a broken
+        // connection is found on its next use and reported as retryable.
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        Pool::builder(manager)
+            .max_size(self.max_connections)
+            .wait_timeout(Some(self.acquire_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .recycle_timeout(Some(self.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::backend(BACKEND, "cannot build the connection pool", false, e))
+    }
+}
+
+/// Accepts plain lower-case SQL identifiers only, so a schema name can go
+/// into `options` and SQL text without quoting.
+fn check_identifier(field: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(field, format!("`{name}` must be 1 to 63 of [a-z0-9_], not starting with a digit")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_config_carries_the_settings() {
+        let cfg = PostgresConfig::with_url("postgres://u:secret@h:5433/d")
+            .schema("t_abc")
+            .statement_timeout(Some(Duration::from_millis(1500)));
+        let pg = cfg.pg_config().unwrap();
+        assert_eq!(pg.get_dbname(), Some("d"));
+        assert_eq!(pg.get_options(), Some("-c search_path=t_abc -c statement_timeout=1500"));
+        assert!(!format!("{cfg:?}").contains("secret"), "{cfg:?}");
+    }
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let base = PostgresConfig::with_url("postgres://u@h/d");
+        assert_eq!(base.clone().schema("x; drop").pg_config().unwrap_err().field(), Some("schema"));
+        assert_eq!(base.clone().schema("Upper").pg_config().unwrap_err().field(), Some("schema"));
+        assert_eq!(base.clone().max_connections(0).build().unwrap_err().field(), Some("max_connections"));
+        let bad_url = PostgresConfig::with_url("postgres://u@h:notaport/d");
+        assert_eq!(bad_url.build().unwrap_err().field(), Some("url"));
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact("postgres://u:p@h/d"), "postgres://u:***@h/d");
+        assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(redact("host=h password=p user=u"), "host=h password=*** user=u");
+    }
+}

@@ -1,0 +1,27 @@
+//! The testkit's conformance suites, stamped for the Postgres stores; each
+//! test runs in a fresh, migrated schema.
+
+mod common;
+
+use std::sync::Arc;
+
+use selfrag_postgres::{PostgresMemoryStore, PostgresSessionStore, PostgresUserStore};
+use selfrag_testkit::{MemoryFixture, RealClock, SessionFixture};
+
+async fn memory_fixture() -> Option<MemoryFixture> {
+    let db = common::fresh_db().await?;
+    let store = Arc::new(PostgresMemoryStore::new(db.pool.clone()));
+    let users = Arc::new(PostgresUserStore::new(db.pool.clone()));
+    Some(MemoryFixture::new(store, users).with_guard(db))
+}
+
+async fn session_fixture() -> Option<SessionFixture> {
+    let db = common::fresh_db().await?;
+    let store = Arc::new(PostgresSessionStore::new(db.pool.clone()));
+    let users = Arc::new(PostgresUserStore::new(db.pool.clone()));
+    // Expiry runs on the database clock, which only real time moves.
+    Some(SessionFixture::new(store, Some(users), Arc::new(RealClock)).with_guard(db))
+}
+
+selfrag_testkit::memory_store_tests!(memory_fixture);
+selfrag_testkit::session_store_tests!(session_fixture);

@@ -1,0 +1,311 @@
+//! Postgres-specific behaviour: query plans, error mapping, input checks
+//! before the network, the session sweep and migrations through the pool.
+
+mod common;
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use selfrag_core::{
+    Error, ErrorKind, MemoryLogId, MemoryQuery, MemoryStore, MemoryType, NewMemoryLog, NewSession, SessionId,
+    SessionStore, UserId, UserStore,
+};
+use selfrag_postgres::{PostgresConfig, PostgresMemoryStore, PostgresSessionStore, PostgresUserStore};
+use serde_json::json;
+use time::OffsetDateTime;
+
+/// The plan reads `index` and never scans the whole table.
+fn assert_plan_uses(plan: &str, index: &str) {
+    assert!(plan.contains(&format!(" {index} ")), "plan does not use {index}:\n{plan}");
+    assert!(!plan.contains("Seq Scan"), "plan has a sequential scan:\n{plan}");
+}
+
+/// The plan is an ordered scan of `index`: rows come out newest first and
+/// the LIMIT stops the scan, with no sort.
+fn assert_ordered_index_scan(plan: &str, index: &str) {
+    assert!(plan.contains(&format!("Index Scan using {index} ")), "plan is not an index scan of {index}:\n{plan}");
+    assert!(!plan.contains("Seq Scan"), "plan has a sequential scan:\n{plan}");
+    assert!(!plan.contains("Sort"), "plan sorts:\n{plan}");
+}
+
+/// 200 users with 250 logs each (50,000 rows) over the last ~3 days, then
+/// ANALYZE, so the planner sees a realistically shaped table.
+async fn fill_memory_logs(db: &common::TestDb) -> Vec<UserId> {
+    let conn = db.pool.get().await.unwrap();
+    conn.batch_execute(
+        "INSERT INTO users (id) SELECT gen_random_uuid() FROM generate_series(1, 200);
+         INSERT INTO memory_logs (id, user_id, \"timestamp\", type, content, meta_data)
+         SELECT gen_random_uuid(), u.id, now() - (g * interval '1 second') * 1000,
+                CASE WHEN g % 3 = 0 THEN 'fact' ELSE 'chat.user' END,
+                'log ' || g, jsonb_build_object('n', g % 10)
+         FROM users u, generate_series(1, 250) g;
+         ANALYZE users; ANALYZE memory_logs;",
+    )
+    .await
+    .unwrap();
+    conn.query("SELECT id FROM users", &[]).await.unwrap().iter().map(|r| UserId::from_uuid(r.get(0))).collect()
+}
+
+#[tokio::test]
+async fn memory_query_is_an_index_range_scan_without_sort() {
+    let Some(db) = common::fresh_db().await else { return };
+    let users = fill_memory_logs(&db).await;
+    let user = users[7];
+    let store = PostgresMemoryStore::new(db.pool.clone());
+    let now = OffsetDateTime::now_utc();
+    let range = MemoryQuery::new().since(now - Duration::from_secs(86_400)).until(now).limit(50);
+
+    // The hot query: one user's logs in a time range, newest first.
+    let plan = store.explain_query(user, &range, false).await.unwrap();
+    assert_ordered_index_scan(&plan, "memory_logs_user_timestamp_idx");
+
+    // Its next page (keyset cursor), and with type and metadata filters.
+    let first = store.query(user, &range).await.unwrap();
+    assert_eq!(first.logs.len(), 50);
+    let next = range.clone().after(first.next.expect("more pages"));
+    let plan = store.explain_query(user, &next, false).await.unwrap();
+    assert_ordered_index_scan(&plan, "memory_logs_user_timestamp_idx");
+    // Selective filters on top may make a bitmap scan of the same index
+    // range plus a sort of the few survivors cheaper; the range is still
+    // bounded by the index.
+    let filtered =
+        next.of_type(MemoryType::new("fact").unwrap()).metadata_contains(json!({"n": 3}).as_object().unwrap().clone());
+    let plan = store.explain_query(user, &filtered, true).await.unwrap();
+    assert_plan_uses(&plan, "memory_logs_user_timestamp_idx");
+    assert!(plan.contains("Execution Time"), "ANALYZE output expected:\n{plan}");
+
+    // The plan a prepared statement falls back to after a few executions
+    // (the generic plan) must be the same shape.
+    let pinned = PostgresConfig::with_url(&db.url).schema(&db.schema).max_connections(1).build().unwrap();
+    pinned.get().await.unwrap().batch_execute("SET plan_cache_mode = force_generic_plan").await.unwrap();
+    let generic = PostgresMemoryStore::new(pinned);
+    let plan = generic.explain_query(user, &range, false).await.unwrap();
+    assert_ordered_index_scan(&plan, "memory_logs_user_timestamp_idx");
+}
+
+#[tokio::test]
+async fn session_list_uses_the_user_index() {
+    let Some(db) = common::fresh_db().await else { return };
+    let conn = db.pool.get().await.unwrap();
+    conn.batch_execute(
+        "INSERT INTO users (id) SELECT gen_random_uuid() FROM generate_series(1, 2000);
+         INSERT INTO user_sessions (id, user_id, created_at, last_activity, expires_at, ttl_ms)
+         SELECT gen_random_uuid(), u.id, now() - g * interval '1 minute', now(),
+                now() + g * interval '1 minute' - interval '5 minutes', 3600000
+         FROM users u, generate_series(1, 10) g;
+         ANALYZE users; ANALYZE user_sessions;",
+    )
+    .await
+    .unwrap();
+    let user = UserId::from_uuid(conn.query_one("SELECT id FROM users LIMIT 1", &[]).await.unwrap().get(0));
+    drop(conn);
+    let store = PostgresSessionStore::new(db.pool.clone());
+    // A user has few sessions: the planner may sort them after the index
+    // lookup, which costs less than an ordered scan; what matters is that it
+    // never scans the table.
+    let plan = store.explain_list(user, true).await.unwrap();
+    assert_plan_uses(&plan, "user_sessions_user_id_idx");
+    // 10 sessions, 4 of them already expired (g <= 4 would be; g = 5 ends now).
+    let live = store.list(user).await.unwrap();
+    assert!((5..=6).contains(&live.len()), "{} live", live.len());
+}
+
+#[tokio::test]
+async fn unknown_user_is_not_found_and_taken_id_is_conflict() {
+    let Some(db) = common::fresh_db().await else { return };
+    let memory = PostgresMemoryStore::new(db.pool.clone());
+    let sessions = PostgresSessionStore::new(db.pool.clone());
+    let users = PostgresUserStore::new(db.pool.clone());
+    let ghost = UserId::new();
+
+    let log = NewMemoryLog::new("fact", "x").unwrap();
+    for err in [
+        memory.append(ghost, log.clone()).await.unwrap_err(),
+        memory.append_batch(ghost, vec![log.clone(), NewMemoryLog::new("fact", "y").unwrap()]).await.unwrap_err(),
+        memory.append_batch(ghost, vec![]).await.unwrap_err(),
+        sessions.create(ghost, NewSession::new(Duration::from_secs(5)).unwrap()).await.unwrap_err(),
+    ] {
+        assert!(matches!(&err, Error::NotFound { what: "user", id } if *id == ghost.to_string()), "{err:?}");
+        assert!(!err.is_retryable());
+    }
+
+    let user = users.create_user().await.unwrap();
+    let stored = memory.append(user, log.clone()).await.unwrap();
+    let fresh = NewMemoryLog::new("fact", "fresh").unwrap();
+    let err = memory.append_batch(user, vec![fresh.clone(), log.clone()]).await.unwrap_err();
+    assert!(matches!(&err, Error::Conflict { what: "memory log", id } if *id == stored.id.to_string()), "{err:?}");
+    assert!(memory.get(user, fresh.id()).await.unwrap().is_none(), "the batch wrote nothing");
+}
+
+/// A pool on a port nothing listens on.
+fn dead_pool() -> selfrag_postgres::Pool {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }; // closed again here
+    PostgresConfig::with_url(format!("postgres://postgres@127.0.0.1:{port}/test"))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_before_anything_is_sent() {
+    // Against a server that is not there: an InvalidInput proves that the
+    // check ran before any connection was attempted.
+    let pool = dead_pool();
+    let memory = PostgresMemoryStore::new(pool.clone());
+    let sessions = PostgresSessionStore::new(pool);
+    let user = UserId::new();
+
+    let nul_filter = json!({"k": "a\u{0}b"}).as_object().unwrap().clone();
+    let err = memory.query(user, &MemoryQuery::new().metadata_contains(nul_filter.clone())).await.unwrap_err();
+    assert_eq!(err.field(), Some("metadata_contains"), "{err:?}");
+    let err = sessions.set_data(user, SessionId::generate(), nul_filter).await.unwrap_err();
+    assert_eq!(err.field(), Some("data"), "{err:?}");
+    let log = NewMemoryLog::new("fact", "x").unwrap();
+    let err = memory.append_batch(user, vec![log.clone(), log]).await.unwrap_err();
+    assert_eq!(err.field(), Some("logs"), "{err:?}");
+    let err = memory.query(user, &MemoryQuery::new().limit(0)).await.unwrap_err();
+    assert_eq!(err.field(), Some("limit"), "{err:?}");
+    // And the input types cannot even hold a NUL byte.
+    assert_eq!(NewMemoryLog::new("fact", "a\0b").unwrap_err().field(), Some("content"));
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_and_retryable() {
+    let pool = dead_pool();
+    let memory = PostgresMemoryStore::new(pool.clone());
+    let err = memory.get(UserId::new(), MemoryLogId::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    assert!(err.is_retryable());
+    let mut source = err.source();
+    let mut saw_io = false;
+    while let Some(s) = source {
+        saw_io |= s.is::<std::io::Error>();
+        source = s.source();
+    }
+    assert!(saw_io, "the I/O error is kept in the chain: {err:?}");
+    let err = selfrag_postgres::migrate(&pool).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+}
+
+#[tokio::test]
+async fn too_many_connections_is_retryable() {
+    let Some(db) = common::fresh_db().await else { return };
+    let admin = common::admin(&db.url).await;
+    // A role that may open no connection: the server answers 53300.
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'selfrag_test_no_conn') THEN
+                 CREATE ROLE selfrag_test_no_conn LOGIN CONNECTION LIMIT 0;
+               END IF;
+             END $$",
+        )
+        .await
+        .unwrap();
+    let pg: tokio_postgres::Config = db.url.parse().expect("test URL");
+    let url = format!(
+        "postgres://selfrag_test_no_conn@{}:{}/{}",
+        host_of(&pg),
+        pg.get_ports().first().copied().unwrap_or(5432),
+        pg.get_dbname().unwrap_or("postgres")
+    );
+    let store = PostgresMemoryStore::new(PostgresConfig::with_url(url).build().unwrap());
+    let err = store.get(UserId::new(), MemoryLogId::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{err:?}");
+    assert!(err.is_retryable(), "53300 is transient: {err:?}");
+    assert!(err.to_string().contains("53300"), "{err}");
+}
+
+fn host_of(pg: &tokio_postgres::Config) -> String {
+    match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn statement_timeout_is_a_retryable_timeout() {
+    let Some(db) = common::fresh_db().await else { return };
+    let users = PostgresUserStore::new(db.pool.clone());
+    let user = users.create_user().await.unwrap();
+    // Hold a lock the query must wait for, longer than its statement_timeout.
+    let mut admin = common::admin(&db.url).await;
+    let tx = admin.transaction().await.unwrap();
+    tx.batch_execute(&format!("LOCK TABLE {}.memory_logs IN ACCESS EXCLUSIVE MODE", db.schema)).await.unwrap();
+    let pool = PostgresConfig::with_url(&db.url)
+        .schema(&db.schema)
+        .statement_timeout(Some(Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    let err = PostgresMemoryStore::new(pool).query(user, &MemoryQuery::new()).await.unwrap_err();
+    tx.rollback().await.unwrap();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn sweep_deletes_only_expired_rows() {
+    let Some(db) = common::fresh_db().await else { return };
+    let users = PostgresUserStore::new(db.pool.clone());
+    let sessions = PostgresSessionStore::new(db.pool.clone());
+    let user = users.create_user().await.unwrap();
+    let short = NewSession::new(NewSession::MIN_TTL).unwrap();
+    let a = sessions.create(user, short.clone()).await.unwrap();
+    sessions.create(user, short).await.unwrap();
+    let keep = sessions.create(user, NewSession::new(Duration::from_secs(60)).unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Expired rows are still there, but never returned.
+    assert_eq!(session_rows(&db).await, 3);
+    assert!(sessions.get(user, a.id).await.unwrap().is_none());
+    assert!(sessions.touch(user, a.id).await.unwrap().is_none());
+    assert_eq!(sessions.list(user).await.unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), [keep.id]);
+
+    assert_eq!(sessions.sweep_expired().await.unwrap(), 2);
+    assert_eq!(session_rows(&db).await, 1);
+    assert_eq!(sessions.sweep_expired().await.unwrap(), 0);
+    assert!(sessions.get(user, keep.id).await.unwrap().is_some());
+}
+
+async fn session_rows(db: &common::TestDb) -> i64 {
+    let conn = db.pool.get().await.unwrap();
+    conn.query_one("SELECT count(*) FROM user_sessions", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn sessions_follow_the_database_clock() {
+    let Some(db) = common::fresh_db().await else { return };
+    let users = PostgresUserStore::new(db.pool.clone());
+    let sessions = PostgresSessionStore::new(db.pool.clone());
+    let user = users.create_user().await.unwrap();
+    let s = sessions.create(user, NewSession::new(Duration::from_millis(1500)).unwrap()).await.unwrap();
+    assert_eq!(s.expires_at - s.created_at, time::Duration::milliseconds(1500));
+    let db_now: OffsetDateTime = db.pool.get().await.unwrap().query_one("SELECT now()", &[]).await.unwrap().get(0);
+    assert!((db_now - s.created_at).abs() < time::Duration::seconds(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = sessions.touch(user, s.id).await.unwrap().unwrap();
+    assert!(t.last_activity > s.last_activity);
+    assert_eq!(t.expires_at - t.last_activity, time::Duration::milliseconds(1500));
+    assert_eq!(t.created_at, s.created_at);
+}
+
+#[tokio::test]
+async fn migrations_through_the_pool() {
+    let Some(db) = common::fresh_db().await else { return };
+    // The fixture migrated already: again is a no-op.
+    assert!(selfrag_postgres::migrate(&db.pool).await.unwrap().applied.is_empty());
+    let status = selfrag_postgres::migration_status(&db.pool).await.unwrap();
+    assert!(status.is_up_to_date(), "{status}");
+    assert_eq!(status.schema, db.schema);
+
+    let conn = db.pool.get().await.unwrap();
+    conn.execute("UPDATE selfrag_schema_history SET checksum = '1' WHERE version = 3", &[]).await.unwrap();
+    drop(conn);
+    let err = selfrag_postgres::migrate(&db.pool).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Incompatible, "{err:?}");
+    assert!(err.to_string().contains("migration 3"), "{err}");
+    assert!(!err.is_retryable());
+}
