@@ -1,1 +1,120 @@
-//! Redis SessionStore and RateLimiter for selfrag storage (deadpool-redis, atomic Lua)
+//! Redis backends of selfrag storage: [`RedisSessionStore`] (a
+//! [`SessionStore`](selfrag_core::SessionStore)) and [`RedisRateLimiter`] (a
+//! [`RateLimiter`](selfrag_core::RateLimiter)), on
+//! [deadpool-redis](deadpool_redis), with every multi-step operation in one
+//! atomic Lua script.
+//!
+//! # Configuration
+//! [`RedisConfig`] holds the URL, key prefix, pool size and timeouts; build it
+//! with [`RedisConfig::builder`] or read it with [`RedisConfig::from_env`]
+//! (`REDIS_URL`, `SELFRAG_REDIS_PREFIX`, `SELFRAG_REDIS_POOL_SIZE`,
+//! `SELFRAG_REDIS_CONNECT_TIMEOUT_MS`, `SELFRAG_REDIS_RESPONSE_TIMEOUT_MS`).
+//! Callers that already hold a [`deadpool_redis::Pool`] use `new(pool)`.
+//!
+//! ```no_run
+//! use selfrag_core::{NewSession, RateLimitKey, RateLimitPolicy, RateLimiter, SessionStore, UserId};
+//! use selfrag_redis::{FailurePolicy, RedisConfig, RedisRateLimiter, RedisSessionStore};
+//! use std::time::Duration;
+//!
+//! # async fn demo() -> selfrag_core::Result<()> {
+//! let config = RedisConfig::from_env()?;
+//! let pool = config.create_pool()?;
+//! let sessions = RedisSessionStore::with_config(pool.clone(), &config)?;
+//! let limiter = RedisRateLimiter::with_config(pool, &config, RateLimitPolicy::default())?
+//!     .with_failure_policy(FailurePolicy::fallback(RateLimitPolicy::default()));
+//!
+//! let user = UserId::new();
+//! let session = sessions.create(user, NewSession::new(Duration::from_secs(1800))?).await?;
+//! let decision = limiter.check(&RateLimitKey::new(user, "chat")?, 1).await?;
+//! # let _ = (session, decision);
+//! # Ok(()) }
+//! ```
+//!
+//! # Key layout
+//! Every key starts with the prefix (default `selfrag:`) and the user's hash
+//! tag `{u:<user uuid>}`. Redis Cluster hashes only the part inside the first
+//! braces, so all of one user's keys live in one slot and every script, which
+//! only ever touches one user's keys, runs on one node. (The prefix may not
+//! contain braces, for that reason.)
+//!
+//! | key | type | holds | expires |
+//! | --- | --- | --- | --- |
+//! | `<prefix>{u:<user>}:s:<session id>` | hash | `created_ms`, `last_ms`, `ttl_ms`, `data` (JSON text) | at `expires_at` (PEXPIREAT `expires_at − 1` ms) |
+//! | `<prefix>{u:<user>}:sessions` | sorted set | session ids scored by `expires_at` (ms) | with the user's latest session |
+//! | `<prefix>{u:<user>}:rl:<scope>:<window ms>:<bucket>` | string | the bucket's count | `2·W` after its last increment: 120 s / 7200 s / 172800 s for minute / hour / day |
+//!
+//! `<bucket>` is `floor(now_ms / window_ms)` on the Redis clock. The list and
+//! revoke-all scripts derive session keys from the index, and the check script
+//! derives bucket keys from the server time, instead of receiving them in
+//! `KEYS` (they cannot be known before the script runs); all of them carry the
+//! hash tag of the declared key, so they are in the slot the script is routed
+//! to.
+//!
+//! # Guarantees
+//! - **Server clock.** Every timestamp (created, last activity, expiry, rate
+//!   buckets) is read with `TIME` inside the script, so application hosts with
+//!   skewed clocks agree. Redis ≥ 5 replicates scripts by effects, which makes
+//!   `TIME` in a writing script safe; this crate is tested on Redis 7.0.
+//! - **Sessions never outlive their expiry.** A session key expires in Redis at
+//!   `expires_at` (Redis drops a key once `now > deadline`, hence the −1 ms),
+//!   so a plain `HMGET` never returns an expired session; the scripts also
+//!   compare with `TIME` for the sub-millisecond between the script's start
+//!   and its clock reading. `touch` slides the deadline to `now + ttl`.
+//! - **No overwrite.** `create` draws a [`SessionId`](selfrag_core::SessionId)
+//!   (122 bits from the OS RNG) and the script refuses an existing key; on
+//!   that (practically impossible) collision a new id is drawn.
+//! - **Listing stays correct as sessions expire.** The per-user index is
+//!   pruned by score (expiry) in every script that writes it and in `list`;
+//!   members whose session is gone (revoked, evicted) are dropped by `list`.
+//! - **Rate limits are atomic and all-or-nothing.** One script reads every
+//!   window's current and previous bucket, runs the arithmetic of
+//!   [`selfrag_core::ratelimit::evaluate`] in exact integers (all values stay
+//!   below 2⁵³, the limit of Lua's doubles), and adds the cost to every window
+//!   only when all allow. The decision carries per-window remaining budget and
+//!   a `retry_after`.
+//! - **One round trip** per session `get` (`HMGET`), `touch`, `create`,
+//!   `set_data`, `revoke`, `list`, `revoke_all` and rate-limit `check` (one
+//!   `EVALSHA` each), once the scripts are cached by the server: the first
+//!   call of a script after a server restart or `SCRIPT FLUSH` gets
+//!   `NOSCRIPT`, loads the script and retries (three round trips, once).
+//!
+//! # Connections
+//! Each store (with its clones) takes one connection out of the pool for
+//! itself and pipelines all its calls over it (redis-rs multiplexes concurrent
+//! requests on one socket). This avoids the `PING` deadpool-redis sends
+//! whenever it hands out a reused connection, which would double the round
+//! trips. The pool forgets a taken connection (and may open another), so
+//! stores sharing a pool never exhaust it. When a call fails with an I/O
+//! error or a timeout, the store drops its connection and the next call takes
+//! a new one, under the pool's connect timeout.
+//!
+//! # Errors and Redis being down
+//! Connection refused or lost, no pooled connection within the connect
+//! timeout, a loading or failing-over server: [`Error::Unavailable`](selfrag_core::Error::Unavailable)
+//! (retryable). No reply within the response timeout:
+//! [`Error::Timeout`](selfrag_core::Error::Timeout). The driver error is kept
+//! as the source. For rate limits the caller picks a [`FailurePolicy`]:
+//! fail closed (the error, the default), fail open (allow, marked), or fall
+//! back to an in-process [`LocalRateLimiter`](selfrag_core::local::LocalRateLimiter).
+//!
+//! Redis does not track users: `create` accepts any user id. Run Redis with
+//! `maxmemory-policy noeviction` (or enough memory): an evicted session is
+//! gone early, and an evicted index hides live sessions from `list` and
+//! `revoke_all`.
+
+mod client;
+mod config;
+mod ratelimit;
+mod session;
+
+pub use config::{RedisConfig, RedisConfigBuilder};
+pub use ratelimit::{CheckOutcome, DecisionSource, FailurePolicy, RedisRateLimiter};
+pub use session::RedisSessionStore;
+
+/// The driver and its pool, re-exported so applications need one dependency.
+pub use deadpool_redis;
+/// The Redis client library under the pool.
+pub use deadpool_redis::redis;
+
+/// The backend name in errors.
+const BACKEND: &str = "redis";

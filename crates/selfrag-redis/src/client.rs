@@ -1,0 +1,205 @@
+//! The connection handle both stores share: a pool, one checked-out
+//! multiplexed connection, the key prefix, and the mapping of driver errors.
+
+use std::fmt;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::{self, ErrorKind as RedisKind, FromRedisValue, RedisError, Script, ScriptInvocation};
+use deadpool_redis::{Connection, Pool, PoolError};
+use selfrag_core::{Error, Result, UserId};
+
+use crate::config::{validate_prefix, RedisConfig};
+use crate::BACKEND;
+
+/// A pool plus the connection this store multiplexes its calls over.
+///
+/// Why not `pool.get()` per call: deadpool-redis checks a reused connection
+/// with a `PING` before handing it out, which would make every operation two
+/// round trips. A [`MultiplexedConnection`] already pipelines concurrent
+/// requests over one socket, so the handle takes one connection out of the
+/// pool for good ([`Connection::take`]: the pool forgets it and may open
+/// another, so stores sharing a pool never starve it, and no other pool user
+/// can run `MULTI`/`WATCH` on our socket), and clones it per call. When a call
+/// fails in a way that may have broken it, the handle drops it and the next
+/// call takes a new one, under the pool's connect timeout.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    pool: Pool,
+    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
+    prefix: Arc<str>,
+    response_timeout: Duration,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("pool", &self.pool.status())
+            .field("connected", &self.lock().is_some())
+            .field("prefix", &self.prefix)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+impl Handle {
+    pub(crate) fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            conn: Arc::default(),
+            prefix: RedisConfig::DEFAULT_KEY_PREFIX.into(),
+            response_timeout: RedisConfig::DEFAULT_TIMEOUT,
+        }
+    }
+
+    pub(crate) fn with_config(pool: Pool, config: &RedisConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::new(pool).with_prefix(&config.key_prefix)?.with_response_timeout(config.response_timeout))
+    }
+
+    pub(crate) fn with_prefix(mut self, prefix: &str) -> Result<Self> {
+        validate_prefix(prefix)?;
+        self.prefix = prefix.into();
+        Ok(self)
+    }
+
+    pub(crate) fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The key stem of everything `user` owns: `<prefix>{u:<uuid>}`. The
+    /// braces make `u:<uuid>` the Redis Cluster hash tag, so all of a user's
+    /// keys share one slot and a script may touch several of them.
+    pub(crate) fn user_stem(&self, user: UserId) -> String {
+        format!("{}{{u:{user}}}", self.prefix)
+    }
+
+    /// A clone of the store's connection, taking one from the pool first if
+    /// there is none.
+    async fn connection(&self) -> Result<MultiplexedConnection> {
+        if let Some(conn) = self.lock().as_ref() {
+            return Ok(self.configured(conn));
+        }
+        let fresh = Connection::take(self.pool.get().await.map_err(pool_error)?);
+        // Another task may have stored one meanwhile: keep that one (ours is
+        // closed when dropped) so all calls share a socket.
+        let mut slot = self.lock();
+        let conn = slot.get_or_insert(fresh);
+        Ok(self.configured(conn))
+    }
+
+    fn configured(&self, conn: &MultiplexedConnection) -> MultiplexedConnection {
+        let mut conn = conn.clone();
+        conn.set_response_timeout(self.response_timeout);
+        conn
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        // Held only to clone or swap the connection, never across an await.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the connection after an error that may have broken it (an I/O
+    /// error, a timeout, a protocol error), so the next call takes a new one.
+    /// A healthy connection dropped by mistake costs one reconnect.
+    fn forget(&self, err: &RedisError) {
+        if err.is_io_error() || err.is_unrecoverable_error() || err.is_timeout() {
+            *self.lock() = None;
+        }
+    }
+
+    /// Runs `invocation` (EVALSHA, loading the script on NOSCRIPT): one round
+    /// trip once the server has the script.
+    pub(crate) async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>, what: &str) -> Result<T> {
+        let mut conn = self.connection().await?;
+        invocation.invoke_async(&mut conn).await.map_err(|e| {
+            self.forget(&e);
+            redis_error(e, what)
+        })
+    }
+
+    /// Runs one command: one round trip.
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd, what: &str) -> Result<T> {
+        let mut conn = self.connection().await?;
+        cmd.query_async(&mut conn).await.map_err(|e| {
+            self.forget(&e);
+            redis_error(e, what)
+        })
+    }
+}
+
+/// Maps a pool error: every failure to get a connection means Redis is not
+/// reachable now (refused, unreachable, pool exhausted), which a retry later
+/// can fix.
+pub(crate) fn pool_error(err: PoolError) -> Error {
+    match err {
+        PoolError::Backend(e) => redis_error(e, "connect"),
+        PoolError::Timeout(t) => Error::unavailable(BACKEND, format!("no connection within the timeout ({t:?})"), err),
+        PoolError::Closed => Error::unavailable(BACKEND, "the connection pool is closed", err),
+        PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+            Error::backend(BACKEND, "connection pool misconfigured", false, err)
+        }
+    }
+}
+
+/// Maps a driver error by what a caller can do about it.
+pub(crate) fn redis_error(err: RedisError, what: &str) -> Error {
+    if err.is_timeout() {
+        return Error::Timeout {
+            backend: BACKEND,
+            message: format!("{what}: no reply in time"),
+            source: Some(err.into()),
+        };
+    }
+    match err.kind() {
+        // Not reachable now, or reachable but not serving (loading a dump, a
+        // failover in progress, a replica after failover, a busy script).
+        RedisKind::IoError
+        | RedisKind::BusyLoadingError
+        | RedisKind::TryAgain
+        | RedisKind::ClusterDown
+        | RedisKind::MasterDown
+        | RedisKind::ReadOnly => Error::unavailable(BACKEND, format!("{what}: {}", err.category()), err),
+        _ if err.code() == Some("BUSY") => Error::unavailable(BACKEND, format!("{what}: server busy"), err),
+        // Out of memory under `maxmemory`: transient once memory frees up.
+        _ if err.code() == Some("OOM") => Error::backend(BACKEND, format!("{what}: out of memory"), true, err),
+        _ => Error::backend(BACKEND, format!("{what}: {}", err.category()), false, err),
+    }
+}
+
+/// A script: the shared helpers followed by its body.
+fn script(body: &str) -> Script {
+    Script::new(&format!("{}\n{}", include_str!("lua/common.lua"), body))
+}
+
+pub(crate) static SESSION_CREATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/session_create.lua")));
+pub(crate) static SESSION_TOUCH: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/session_touch.lua")));
+pub(crate) static SESSION_SET_DATA: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/session_set_data.lua")));
+pub(crate) static SESSION_REVOKE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/session_revoke.lua")));
+pub(crate) static SESSION_LIST: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/session_list.lua")));
+pub(crate) static SESSION_REVOKE_ALL: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/session_revoke_all.lua")));
+pub(crate) static RATELIMIT_CHECK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/ratelimit_check.lua")));
+pub(crate) static RATELIMIT_RESET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/ratelimit_reset.lua")));
+
+/// A reply that does not have the shape the script returns: a bug or a key
+/// written by someone else.
+pub(crate) fn bad_reply(what: &str, detail: impl fmt::Display) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        message: format!("{what}: unexpected reply: {detail}"),
+        retryable: false,
+        source: None,
+    }
+}

@@ -1,0 +1,44 @@
+-- Shared helpers, prepended to every selfrag script (see src/scripts.rs).
+-- All numbers are Lua doubles: integers are exact below 2^53, which the core
+-- bounds keep every product under (see ratelimit.lua).
+
+-- The Redis server's clock in milliseconds since the Unix epoch. TIME makes
+-- the script non-deterministic, which Redis >= 5 allows because scripts are
+-- replicated by their effects, not verbatim.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- An integer as a decimal string. Lua's own tostring uses "%.14g", which
+-- would switch to exponent notation above 10^14.
+local function int(x)
+  return string.format('%.0f', x)
+end
+
+-- floor(a / b) for integers 0 <= a < 2^53, b > 0, exactly: the double
+-- division may round across an integer, so step back or forward once.
+local function fdiv(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then
+    q = q - 1
+  elseif (q + 1) * b <= a then
+    q = q + 1
+  end
+  return q
+end
+
+-- ceil(a / b) under the same bounds.
+local function cdiv(a, b)
+  return fdiv(a + b - 1, b)
+end
+
+-- Records session `id` as expiring at `exp` in the user's index (a sorted set
+-- scored by expiry), drops members that expired by `now`, and keeps the index
+-- key alive exactly as long as its latest session.
+local function index_put(index, id, exp, now)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', int(now))
+  redis.call('ZADD', index, int(exp), id)
+  local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', index, last[2])
+end

@@ -1,0 +1,277 @@
+//! [`RedisRateLimiter`]: sliding-window counters checked and consumed by one
+//! Lua script, with a caller-chosen [`FailurePolicy`] for when Redis is down.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::Pool;
+use selfrag_core::local::LocalRateLimiter;
+use selfrag_core::{
+    Error, ErrorKind, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter, Result, WindowStatus,
+};
+
+use crate::client::{bad_reply, Handle, RATELIMIT_CHECK, RATELIMIT_RESET};
+use crate::config::RedisConfig;
+
+/// What [`RedisRateLimiter::check`] does when Redis cannot be reached (the
+/// call fails with [`Error::Unavailable`] or [`Error::Timeout`]: connection
+/// refused or lost, no pooled connection in time, no reply in time, server
+/// loading or failing over). Other errors (bad input, a key of the wrong type)
+/// are returned whatever the policy.
+#[derive(Debug, Clone, Default)]
+pub enum FailurePolicy {
+    /// Return the error (the default): the caller cannot know the budget, so
+    /// it should refuse the request, typically with a 503. Chosen over a
+    /// synthetic denial because a denial would need a `retry_after` nobody can
+    /// compute and would look like the user's fault.
+    #[default]
+    FailClosed,
+    /// Allow the request without counting it. The decision reports every
+    /// window as allowed with its full limit minus the cost remaining, as if
+    /// the key were unused; [`RedisRateLimiter::check_detailed`] marks it
+    /// [`DecisionSource::FailOpen`] and every such decision is logged with
+    /// `tracing::warn!` and counted in [`RedisRateLimiter::degraded_count`].
+    FailOpen,
+    /// Check against an in-process limiter instead (its own policy and
+    /// counters, which this process alone sees: with `n` processes the
+    /// effective limit is up to `n` times the policy while Redis is down).
+    /// Marked [`DecisionSource::Fallback`], logged and counted like
+    /// `FailOpen`.
+    Fallback(LocalRateLimiter),
+}
+
+impl FailurePolicy {
+    /// [`FailurePolicy::Fallback`] to a fresh in-process limiter with `policy`
+    /// on the system clock.
+    pub fn fallback(policy: RateLimitPolicy) -> Self {
+        Self::Fallback(LocalRateLimiter::new(policy))
+    }
+}
+
+/// Where a decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionSource {
+    /// The Redis script: the shared, exact budget.
+    Redis,
+    /// Redis was unreachable and the policy is [`FailurePolicy::FailOpen`].
+    FailOpen,
+    /// Redis was unreachable and the in-process fallback limiter decided.
+    Fallback,
+}
+
+/// A decision with its provenance, from [`RedisRateLimiter::check_detailed`].
+#[derive(Debug)]
+pub struct CheckOutcome {
+    /// The decision.
+    pub decision: RateLimitDecision,
+    /// Who made it.
+    pub source: DecisionSource,
+    /// The Redis error that triggered the failure policy, if it was applied.
+    pub redis_error: Option<Error>,
+    /// The Redis clock (ms since the Unix epoch) the script decided at, when
+    /// Redis decided.
+    pub redis_time_ms: Option<i64>,
+}
+
+/// A [`RateLimiter`] in Redis. See the crate docs for the key layout and the
+/// guarantees.
+#[derive(Debug, Clone)]
+pub struct RedisRateLimiter {
+    handle: Handle,
+    policy: RateLimitPolicy,
+    on_failure: FailurePolicy,
+    degraded: Arc<AtomicU64>,
+}
+
+impl RedisRateLimiter {
+    /// A limiter enforcing `policy` over `pool`, with the default key prefix
+    /// (`selfrag:`), response timeout (2 s) and [`FailurePolicy::FailClosed`].
+    pub fn new(pool: Pool, policy: RateLimitPolicy) -> Self {
+        Self::from_handle(Handle::new(pool), policy)
+    }
+
+    /// A limiter over `pool` with the prefix and timeouts of `config`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] as [`RedisConfig::validate`].
+    pub fn with_config(pool: Pool, config: &RedisConfig, policy: RateLimitPolicy) -> Result<Self> {
+        Ok(Self::from_handle(Handle::with_config(pool, config)?, policy))
+    }
+
+    /// A limiter with its own pool built from `config`. Connects lazily, so
+    /// it can be built while Redis is down.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] as [`RedisConfig::create_pool`].
+    pub fn connect(config: &RedisConfig, policy: RateLimitPolicy) -> Result<Self> {
+        Self::with_config(config.create_pool()?, config, policy)
+    }
+
+    fn from_handle(handle: Handle, policy: RateLimitPolicy) -> Self {
+        Self { handle, policy, on_failure: FailurePolicy::default(), degraded: Arc::default() }
+    }
+
+    /// Uses `prefix` for every key (see [`RedisConfig::key_prefix`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`key_prefix`).
+    pub fn with_key_prefix(self, prefix: &str) -> Result<Self> {
+        Ok(Self { handle: self.handle.with_prefix(prefix)?, ..self })
+    }
+
+    /// Fails calls whose reply takes longer than `timeout` (which then fall
+    /// under the failure policy).
+    pub fn with_response_timeout(self, timeout: Duration) -> Self {
+        Self { handle: self.handle.with_response_timeout(timeout), ..self }
+    }
+
+    /// Sets what happens when Redis is unreachable.
+    pub fn with_failure_policy(self, on_failure: FailurePolicy) -> Self {
+        Self { on_failure, ..self }
+    }
+
+    /// The failure policy.
+    pub fn failure_policy(&self) -> &FailurePolicy {
+        &self.on_failure
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        self.handle.prefix()
+    }
+
+    /// How many decisions this limiter (and its clones) made without Redis.
+    pub fn degraded_count(&self) -> u64 {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// The key of one bucket: `<prefix>{u:<user>}:rl:<scope>:<window_ms>:<bucket>`
+    /// where `bucket` is `floor(now_ms / window_ms)` on the Redis clock. The
+    /// last two segments are always numbers, so a scope holding `:` cannot be
+    /// confused with another.
+    pub fn bucket_key(&self, key: &RateLimitKey, window_ms: u64, bucket: i64) -> String {
+        format!("{}:{window_ms}:{bucket}", self.key_base(key))
+    }
+
+    fn key_base(&self, key: &RateLimitKey) -> String {
+        format!("{}:rl:{}", self.handle.user_stem(key.user()), key.scope())
+    }
+
+    /// Like [`RateLimiter::check`], but tells where the decision came from.
+    ///
+    /// # Errors
+    /// As [`RateLimiter::check`]; an unreachable Redis is an error only under
+    /// [`FailurePolicy::FailClosed`].
+    pub async fn check_detailed(&self, key: &RateLimitKey, cost: u32) -> Result<CheckOutcome> {
+        self.policy.check_cost(cost)?;
+        let err = match self.check_redis(key, cost).await {
+            Ok((decision, now)) => {
+                let source = DecisionSource::Redis;
+                return Ok(CheckOutcome { decision, source, redis_error: None, redis_time_ms: Some(now) });
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => e,
+            Err(e) => return Err(e),
+        };
+        let (decision, source) = match &self.on_failure {
+            FailurePolicy::FailClosed => return Err(err),
+            FailurePolicy::FailOpen => (self.open_decision(cost), DecisionSource::FailOpen),
+            FailurePolicy::Fallback(local) => (local.check(key, cost).await?, DecisionSource::Fallback),
+        };
+        self.degraded.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %err, ?source, allowed = decision.allowed, scope = key.scope(), "rate limit decided without Redis");
+        Ok(CheckOutcome { decision, source, redis_error: Some(err), redis_time_ms: None })
+    }
+
+    fn open_decision(&self, cost: u32) -> RateLimitDecision {
+        let windows = self
+            .policy
+            .windows()
+            .iter()
+            .map(|w| WindowStatus { window: *w, allowed: true, remaining: w.limit().saturating_sub(cost) })
+            .collect();
+        RateLimitDecision { allowed: true, windows, retry_after: None }
+    }
+
+    /// One EVALSHA of the check script; also returns the Redis clock reading
+    /// (ms) the script decided at.
+    async fn check_redis(&self, key: &RateLimitKey, cost: u32) -> Result<(RateLimitDecision, i64)> {
+        let mut inv = RATELIMIT_CHECK.prepare_invoke();
+        inv.key(self.key_base(key)).arg(cost);
+        for w in self.policy.windows() {
+            inv.arg(w.length_ms()).arg(w.limit());
+        }
+        let reply: Vec<i64> = self.handle.invoke(&inv, "rate limit check").await?;
+        let decision = self.decode(&reply)?;
+        Ok((decision, reply[2]))
+    }
+
+    fn decode(&self, reply: &[i64]) -> Result<RateLimitDecision> {
+        let windows = self.policy.windows();
+        if reply.len() != 3 + 2 * windows.len() {
+            return Err(bad_reply("rate limit check", format!("{} values for {} windows", reply.len(), windows.len())));
+        }
+        let flag = |v: i64| match v {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(bad_reply("rate limit check", format!("flag {v}"))),
+        };
+        let allowed = flag(reply[0])?;
+        let retry_ms = u64::try_from(reply[1]).map_err(|e| bad_reply("rate limit check", e))?;
+        let statuses = windows
+            .iter()
+            .zip(reply[3..].chunks_exact(2))
+            .map(|(w, pair)| {
+                Ok(WindowStatus {
+                    window: *w,
+                    allowed: flag(pair[0])?,
+                    remaining: u32::try_from(pair[1]).map_err(|e| bad_reply("rate limit check", e))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RateLimitDecision {
+            allowed,
+            windows: statuses,
+            retry_after: (!allowed).then(|| Duration::from_millis(retry_ms)),
+        })
+    }
+}
+
+impl fmt::Display for DecisionSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DecisionSource::Redis => "redis",
+            DecisionSource::FailOpen => "fail-open",
+            DecisionSource::Fallback => "fallback",
+        })
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisRateLimiter {
+    fn policy(&self) -> &RateLimitPolicy {
+        &self.policy
+    }
+
+    async fn check(&self, key: &RateLimitKey, cost: u32) -> Result<RateLimitDecision> {
+        Ok(self.check_detailed(key, cost).await?.decision)
+    }
+
+    /// Deletes the buckets the policy's windows read now (and the fallback
+    /// limiter's counters for `key`, if there is one). Not covered by the
+    /// failure policy: a reset that did not happen in Redis is an error.
+    async fn reset(&self, key: &RateLimitKey) -> Result<()> {
+        if let FailurePolicy::Fallback(local) = &self.on_failure {
+            local.reset(key).await?;
+        }
+        let mut inv = RATELIMIT_RESET.prepare_invoke();
+        inv.key(self.key_base(key));
+        for w in self.policy.windows() {
+            inv.arg(w.length_ms());
+        }
+        let _: i64 = self.handle.invoke(&inv, "rate limit reset").await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! [`RedisSessionStore`]: sessions as Redis hashes that Redis itself expires.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::redis;
+use deadpool_redis::Pool;
+use selfrag_core::session::validate_data;
+use selfrag_core::{Error, NewSession, Result, Session, SessionId, SessionStore, UserId};
+use serde_json::{Map, Value as Json};
+use time::OffsetDateTime;
+
+use crate::client::{
+    bad_reply, Handle, SESSION_CREATE, SESSION_LIST, SESSION_REVOKE, SESSION_REVOKE_ALL, SESSION_SET_DATA,
+    SESSION_TOUCH,
+};
+use crate::config::RedisConfig;
+use crate::BACKEND;
+
+/// How many fresh ids `create` draws before giving up. With 122 random bits a
+/// second draw already never happens; the loop exists so that a collision
+/// can never overwrite a session.
+const CREATE_ATTEMPTS: usize = 4;
+
+/// A [`SessionStore`] in Redis. See the crate docs for the key layout and the
+/// guarantees.
+///
+/// Redis does not track users: `create` accepts any [`UserId`] (it never
+/// returns [`Error::NotFound`]); delete a user's sessions with
+/// [`SessionStore::revoke_all`] when the user goes away.
+#[derive(Debug, Clone)]
+pub struct RedisSessionStore {
+    handle: Handle,
+}
+
+impl RedisSessionStore {
+    /// A store over `pool`, with the default key prefix (`selfrag:`) and
+    /// response timeout (2 s).
+    pub fn new(pool: Pool) -> Self {
+        Self { handle: Handle::new(pool) }
+    }
+
+    /// A store over `pool` with the prefix and timeouts of `config` (its URL
+    /// and pool size are the pool's business).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] as [`RedisConfig::validate`].
+    pub fn with_config(pool: Pool, config: &RedisConfig) -> Result<Self> {
+        Ok(Self { handle: Handle::with_config(pool, config)? })
+    }
+
+    /// A store with its own pool built from `config`. Connects lazily.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] as [`RedisConfig::create_pool`].
+    pub fn connect(config: &RedisConfig) -> Result<Self> {
+        Self::with_config(config.create_pool()?, config)
+    }
+
+    /// Uses `prefix` for every key (see [`RedisConfig::key_prefix`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`key_prefix`).
+    pub fn with_key_prefix(self, prefix: &str) -> Result<Self> {
+        Ok(Self { handle: self.handle.with_prefix(prefix)? })
+    }
+
+    /// Fails calls whose reply takes longer than `timeout`.
+    pub fn with_response_timeout(self, timeout: Duration) -> Self {
+        Self { handle: self.handle.with_response_timeout(timeout) }
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        self.handle.prefix()
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        self.handle.pool()
+    }
+
+    /// The key of session `id` of `user`: `<prefix>{u:<user>}:s:<id>`, a hash
+    /// with fields `created_ms`, `last_ms`, `ttl_ms` and `data`.
+    pub fn session_key(&self, user: UserId, id: SessionId) -> String {
+        format!("{}:s:{id}", self.handle.user_stem(user))
+    }
+
+    /// The key of `user`'s session index: `<prefix>{u:<user>}:sessions`, a
+    /// sorted set of session ids scored by expiry (ms since the epoch).
+    pub fn index_key(&self, user: UserId) -> String {
+        format!("{}:sessions", self.handle.user_stem(user))
+    }
+
+    fn session_key_stem(&self, user: UserId) -> String {
+        format!("{}:s:", self.handle.user_stem(user))
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisSessionStore {
+    async fn create(&self, user: UserId, session: NewSession) -> Result<Session> {
+        let data = serde_json::to_string(session.data())
+            .map_err(|e| Error::backend(BACKEND, "encode session data", false, e))?;
+        let ttl_ms = millis(session.ttl());
+        for _ in 0..CREATE_ATTEMPTS {
+            let id = SessionId::generate();
+            let mut inv = SESSION_CREATE.prepare_invoke();
+            inv.key(self.session_key(user, id)).key(self.index_key(user)).arg(id.to_string()).arg(ttl_ms).arg(&data);
+            let created: Option<i64> = self.handle.invoke(&inv, "create session").await?;
+            if let Some(now_ms) = created {
+                return Ok(session.into_session(id, user, from_millis(now_ms)?));
+            }
+        }
+        Err(Error::Conflict { what: "session", id: format!("{CREATE_ATTEMPTS} random ids in a row were taken") })
+    }
+
+    async fn get(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
+        // A plain HMGET, no script: Redis deletes the key at expires_at - 1 ms,
+        // so a key it still returns is a live session.
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.session_key(user, id)).arg(&["created_ms", "last_ms", "ttl_ms", "data"]);
+        let fields: Vec<Option<String>> = self.handle.query(&cmd, "get session").await?;
+        match fields.as_slice() {
+            [Some(c), Some(l), Some(t), Some(d)] => Ok(Some(decode(id, user, c, l, t, d)?)),
+            [None, None, None, None] => Ok(None),
+            other => Err(bad_reply("get session", format!("{other:?}"))),
+        }
+    }
+
+    async fn touch(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
+        let mut inv = SESSION_TOUCH.prepare_invoke();
+        inv.key(self.session_key(user, id)).key(self.index_key(user)).arg(id.to_string());
+        let fields: Option<Vec<String>> = self.handle.invoke(&inv, "touch session").await?;
+        match fields.as_deref() {
+            None => Ok(None),
+            Some([c, l, t, d]) => Ok(Some(decode(id, user, c, l, t, d)?)),
+            Some(other) => Err(bad_reply("touch session", format!("{other:?}"))),
+        }
+    }
+
+    async fn set_data(&self, user: UserId, id: SessionId, data: Map<String, Json>) -> Result<Option<Session>> {
+        validate_data(&data)?;
+        let text =
+            serde_json::to_string(&data).map_err(|e| Error::backend(BACKEND, "encode session data", false, e))?;
+        let mut inv = SESSION_SET_DATA.prepare_invoke();
+        inv.key(self.session_key(user, id)).arg(&text);
+        let fields: Option<Vec<String>> = self.handle.invoke(&inv, "set session data").await?;
+        match fields.as_deref() {
+            None => Ok(None),
+            Some([c, l, t]) => {
+                let mut session = decode(id, user, c, l, t, "{}")?;
+                session.data = data;
+                Ok(Some(session))
+            }
+            Some(other) => Err(bad_reply("set session data", format!("{other:?}"))),
+        }
+    }
+
+    async fn list(&self, user: UserId) -> Result<Vec<Session>> {
+        let mut inv = SESSION_LIST.prepare_invoke();
+        inv.key(self.index_key(user)).arg(self.session_key_stem(user));
+        let flat: Vec<String> = self.handle.invoke(&inv, "list sessions").await?;
+        if flat.len() % 5 != 0 {
+            return Err(bad_reply("list sessions", format!("{} fields", flat.len())));
+        }
+        let mut sessions = flat
+            .chunks_exact(5)
+            .map(|f| {
+                let id = SessionId::parse(&f[0]).map_err(|e| bad_reply("list sessions", e))?;
+                decode(id, user, &f[1], &f[2], &f[3], &f[4])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sessions.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
+        Ok(sessions)
+    }
+
+    async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
+        let mut inv = SESSION_REVOKE.prepare_invoke();
+        inv.key(self.session_key(user, id)).key(self.index_key(user)).arg(id.to_string());
+        let live: i64 = self.handle.invoke(&inv, "revoke session").await?;
+        Ok(live == 1)
+    }
+
+    async fn revoke_all(&self, user: UserId) -> Result<u64> {
+        let mut inv = SESSION_REVOKE_ALL.prepare_invoke();
+        inv.key(self.index_key(user)).arg(self.session_key_stem(user));
+        let live: i64 = self.handle.invoke(&inv, "revoke all sessions").await?;
+        u64::try_from(live).map_err(|e| bad_reply("revoke all sessions", e))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    // NewSession bounds the TTL to one year: far inside u64.
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn from_millis(ms: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).map_err(|e| bad_reply("timestamp", e))
+}
+
+fn parse_ms(what: &str, s: &str) -> Result<i64> {
+    s.parse().map_err(|e| bad_reply(what, format!("{s:?}: {e}")))
+}
+
+/// A session from its hash fields.
+fn decode(id: SessionId, user_id: UserId, created: &str, last: &str, ttl: &str, data: &str) -> Result<Session> {
+    let created_at = from_millis(parse_ms("created_ms", created)?)?;
+    let last_ms = parse_ms("last_ms", last)?;
+    let ttl_ms = u64::try_from(parse_ms("ttl_ms", ttl)?).map_err(|e| bad_reply("ttl_ms", e))?;
+    let ttl = Duration::from_millis(ttl_ms);
+    let last_activity = from_millis(last_ms)?;
+    let data: Map<String, Json> = serde_json::from_str(data).map_err(|e| bad_reply("session data", e))?;
+    Ok(Session { id, user_id, created_at, last_activity, expires_at: last_activity + ttl, ttl, data })
+}
