@@ -1,1 +1,109 @@
-//! Qdrant server VectorIndex for selfrag storage (qdrant-client, gRPC)
+//! A [`VectorIndex`](selfrag_core::VectorIndex) on a Qdrant server or
+//! cluster, over gRPC with [`qdrant_client`] 1.20.
+//!
+//! [`QdrantIndex`] is bound to one collection. Many tenants share it: every
+//! call is scoped to a [`Tenant`](selfrag_core::Tenant) by a payload condition
+//! and by the point ids, so no call reads, counts or deletes another tenant's
+//! chunks.
+//!
+//! # Setup
+//! ```no_run
+//! # async fn run() -> selfrag_core::Result<()> {
+//! use selfrag_core::{Chunk, Distance, Field, Filter, IndexSpec, SearchRequest, Tenant, VectorIndex};
+//! use selfrag_qdrant::QdrantIndexConfig;
+//!
+//! let spec = IndexSpec::new(384, Distance::Cosine)?;
+//! let index = QdrantIndexConfig::from_env("chunks", spec)?.build()?; // QDRANT_URL, QDRANT_API_KEY
+//! let report = index.ensure().await?; // creates the collection and payload indexes if missing
+//! println!("{report}"); // collection `chunks`: green, 0 points, ... payload schema confirmed
+//!
+//! let acme = Tenant::new("acme")?;
+//! # let embedding = vec![0.1; 384];
+//! index.upsert(&acme, vec![Chunk::new("handbook", 0, "Vacation policy ...", embedding.clone()).tags(["hr"])]).await?;
+//! let hits = index
+//!     .search(&acme, &SearchRequest::new(embedding, 5).filter(Filter::eq(Field::Tags, "hr")))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Configuration
+//! [`QdrantIndexConfig`]: `url` (the **gRPC** port, 6334 by default;
+//! `QDRANT_URL` in [`QdrantIndexConfig::from_env`]), `api_key`
+//! (`QDRANT_API_KEY`), `collection`, `spec` (dimension and distance),
+//! `timeout` (30 s) and `connect_timeout` (5 s), `shard_number`,
+//! `replication_factor` and `write_consistency_factor` (used when `ensure`
+//! creates the collection), `write_order` (per-request write ordering across
+//! replicas), `upsert_batch_size` (256 points per request) and `page_size`
+//! (256 points per scroll page). Callers who hold a [`qdrant_client::Qdrant`]
+//! use [`QdrantIndex::new`] or [`QdrantIndexConfig::build_with_client`].
+//!
+//! The client's server-version check is off: it runs a blocking health check
+//! inside `build` and only prints a warning (qdrant-client 1.20 works with
+//! Qdrant 1.18 servers). [`QdrantIndex::ensure`] is the check that matters.
+//!
+//! # Collection layout
+//! One unnamed dense vector per point, of the spec's dimension and distance.
+//! The point id is [`point_id(tenant, chunk_id)`](selfrag_core::vector::point_id),
+//! a UUIDv5, so the same chunk id under two tenants is two points. The payload
+//! is [`ChunkPayload::to_json`](selfrag_core::ChunkPayload::to_json):
+//!
+//! | key | type | payload index |
+//! | --- | --- | --- |
+//! | `tenant` | keyword | keyword, `is_tenant: true` |
+//! | `document_type` | keyword | keyword |
+//! | `tags` | keyword array | keyword |
+//! | `source` | keyword | keyword |
+//! | `document_id` | keyword | keyword |
+//! | `chunk_index` | integer | integer, `lookup` + `range` (ranges and ordering) |
+//! | `chunk_id` | UUID string | none |
+//! | `text` | string | none |
+//! | `extra` | object | none; filterable as `extra.<key>` |
+//!
+//! [`QdrantIndex::ensure`] creates what is missing, idempotently, and returns
+//! an [`EnsureReport`]: status (green/yellow/red/grey), point count, segments
+//! and the payload schema as data; [`EnsureReport::is_ready`] is true when the
+//! collection is green and all six indexes exist with the right kinds. An
+//! existing collection with another dimension or distance is refused with
+//! [`Error::Incompatible`](selfrag_core::Error::Incompatible).
+//!
+//! # Scores
+//! Higher is better on every backend. Qdrant returns cosine similarity and
+//! dot product as they are, but Euclidean and Manhattan **distances**; this
+//! backend negates those, so a hit at distance 2 scores `-2.0`. A
+//! `score_threshold` `t` keeps hits with `score >= t`: sent as is for cosine
+//! and dot, and as the maximum distance `-t` for Euclid and Manhattan (a
+//! positive `t` there matches nothing and is answered without a request).
+//!
+//! # Filters
+//! The core [`Filter`](selfrag_core::Filter) translates one to one (see
+//! [`convert::filter_condition`]) and is always ANDed with `tenant == ...`.
+//! Keyword equality is an exact `keyword` match, never full-text. Two edges
+//! differ from the reference semantics: `Range` on an `extra` key holding a
+//! float also matches the float (Qdrant ranges are numeric), and range bounds
+//! travel as `f64` (exact up to 2^53). Filters on `extra` keys are not backed
+//! by an index: fine by default, refused by a server running strict mode with
+//! `unindexed_filtering_retrieve: false`.
+//!
+//! # Guarantees
+//! - Writes wait for the server's acknowledgement (`wait: true`), so they are
+//!   visible to reads when the call returns.
+//! - An upsert is checked whole before anything is sent. Large upserts go in
+//!   batches of `upsert_batch_size`; each batch is atomic, and if a later
+//!   batch fails the earlier ones stay written. Upserts are idempotent by
+//!   chunk id, so retrying the whole call is safe.
+//! - `count` is exact. `document_chunks` reads every page, ordered by
+//!   `chunk_index` then chunk id.
+//! - Errors keep the client error as their source; transport failures,
+//!   timeouts and overload are retryable (see [`map_error`]).
+
+pub mod config;
+pub mod convert;
+mod error;
+mod index;
+pub mod report;
+
+pub use config::{QdrantIndexConfig, WriteOrder};
+pub use error::map_error;
+pub use index::QdrantIndex;
+pub use qdrant_client;
+pub use report::{CollectionStatus, EnsureReport, PayloadIndex};

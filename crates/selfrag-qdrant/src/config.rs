@@ -1,0 +1,370 @@
+//! Configuration of a [`QdrantIndex`].
+
+use std::fmt;
+use std::time::Duration;
+
+use qdrant_client::qdrant::{WriteOrdering, WriteOrderingType};
+use qdrant_client::Qdrant;
+use selfrag_core::{Error, IndexSpec, Result};
+
+use crate::index::QdrantIndex;
+
+/// Environment variable with the server's gRPC URL, e.g.
+/// `http://localhost:6334`.
+pub const ENV_URL: &str = "QDRANT_URL";
+/// Environment variable with the API key (optional).
+pub const ENV_API_KEY: &str = "QDRANT_API_KEY";
+
+/// How Qdrant orders a write across the replicas of a shard (the request's
+/// `ordering`). Only matters with `replication_factor > 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WriteOrder {
+    /// Writes may be reordered between replicas; fastest (Qdrant's default).
+    #[default]
+    Weak,
+    /// Writes go through a dynamically elected leader; may be inconsistent
+    /// briefly when the leader changes.
+    Medium,
+    /// Writes go through the permanent leader: consistent, but unavailable
+    /// while that leader is down.
+    Strong,
+}
+
+impl From<WriteOrder> for WriteOrdering {
+    fn from(o: WriteOrder) -> Self {
+        let t = match o {
+            WriteOrder::Weak => WriteOrderingType::Weak,
+            WriteOrder::Medium => WriteOrderingType::Medium,
+            WriteOrder::Strong => WriteOrderingType::Strong,
+        };
+        WriteOrdering { r#type: t as i32 }
+    }
+}
+
+/// Configuration and builder of a [`QdrantIndex`]: where the server is, which
+/// collection, its vectors, and how it is created and written.
+///
+/// ```no_run
+/// # async fn run() -> selfrag_core::Result<()> {
+/// use selfrag_core::{Distance, IndexSpec};
+/// use selfrag_qdrant::QdrantIndexConfig;
+///
+/// let spec = IndexSpec::new(384, Distance::Cosine)?;
+/// let index = QdrantIndexConfig::from_env("chunks", spec)? // QDRANT_URL, QDRANT_API_KEY
+///     .replication_factor(2)
+///     .build()?;
+/// let report = index.ensure().await?;
+/// assert!(report.schema_problems().is_empty(), "{report}");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct QdrantIndexConfig {
+    /// gRPC URL of the server (port 6334 by default), `http://` or `https://`.
+    pub url: String,
+    /// API key sent with every request, if the server requires one.
+    pub api_key: Option<String>,
+    /// The collection this index is bound to.
+    pub collection: String,
+    /// Dimension and distance of the collection's vectors.
+    pub spec: IndexSpec,
+    /// Deadline of each request (default 30 s).
+    pub timeout: Duration,
+    /// Deadline for opening a connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// Shards of the collection when `ensure` creates it (server default 1
+    /// per node when `None`).
+    pub shard_number: Option<u32>,
+    /// Copies of each shard when `ensure` creates the collection (server
+    /// default 1 when `None`).
+    pub replication_factor: Option<u32>,
+    /// Replicas that must acknowledge a write when `ensure` creates the
+    /// collection (server default 1 when `None`).
+    pub write_consistency_factor: Option<u32>,
+    /// Ordering of writes across replicas.
+    pub write_order: WriteOrder,
+    /// Points per upsert request (default 256). Each request is acknowledged
+    /// (`wait=true`) before the next is sent.
+    pub upsert_batch_size: usize,
+    /// Points per scroll page when reading a document (default 256).
+    pub page_size: usize,
+}
+
+impl fmt::Debug for QdrantIndexConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The API key is a secret: show only whether there is one.
+        f.debug_struct("QdrantIndexConfig")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("collection", &self.collection)
+            .field("spec", &self.spec)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("shard_number", &self.shard_number)
+            .field("replication_factor", &self.replication_factor)
+            .field("write_consistency_factor", &self.write_consistency_factor)
+            .field("write_order", &self.write_order)
+            .field("upsert_batch_size", &self.upsert_batch_size)
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
+impl QdrantIndexConfig {
+    /// Largest `upsert_batch_size` and `page_size`.
+    pub const MAX_BATCH: usize = 10_000;
+
+    /// A configuration for `collection` of `spec` on the server at `url`,
+    /// with the defaults above.
+    pub fn new(url: impl Into<String>, collection: impl Into<String>, spec: IndexSpec) -> Self {
+        Self {
+            url: url.into(),
+            api_key: None,
+            collection: collection.into(),
+            spec,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            shard_number: None,
+            replication_factor: None,
+            write_consistency_factor: None,
+            write_order: WriteOrder::default(),
+            upsert_batch_size: 256,
+            page_size: 256,
+        }
+    }
+
+    /// A configuration reading the URL from `QDRANT_URL` and the API key
+    /// from `QDRANT_API_KEY` (optional; an empty value counts as unset).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`QDRANT_URL`) when it is not set.
+    pub fn from_env(collection: impl Into<String>, spec: IndexSpec) -> Result<Self> {
+        Self::from_vars(collection, spec, |name| std::env::var(name).ok())
+    }
+
+    /// [`QdrantIndexConfig::from_env`] with the variables read through `var`
+    /// (for tests and for configuration sources other than the process
+    /// environment).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`QDRANT_URL`) when it is not set.
+    pub fn from_vars(
+        collection: impl Into<String>,
+        spec: IndexSpec,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let url = var(ENV_URL)
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| Error::invalid(ENV_URL, "is not set (the gRPC URL, e.g. http://localhost:6334)"))?;
+        let api_key = var(ENV_API_KEY).filter(|k| !k.is_empty());
+        Ok(Self { api_key, ..Self::new(url, collection, spec) })
+    }
+
+    /// Sets the API key.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Sets the request deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the connect deadline.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the shard count used when the collection is created.
+    pub fn shard_number(mut self, n: u32) -> Self {
+        self.shard_number = Some(n);
+        self
+    }
+
+    /// Sets the replication factor used when the collection is created.
+    pub fn replication_factor(mut self, n: u32) -> Self {
+        self.replication_factor = Some(n);
+        self
+    }
+
+    /// Sets the write consistency factor used when the collection is
+    /// created.
+    pub fn write_consistency_factor(mut self, n: u32) -> Self {
+        self.write_consistency_factor = Some(n);
+        self
+    }
+
+    /// Sets the write ordering.
+    pub fn write_order(mut self, order: WriteOrder) -> Self {
+        self.write_order = order;
+        self
+    }
+
+    /// Sets the points per upsert request.
+    pub fn upsert_batch_size(mut self, n: usize) -> Self {
+        self.upsert_batch_size = n;
+        self
+    }
+
+    /// Sets the points per scroll page.
+    pub fn page_size(mut self, n: usize) -> Self {
+        self.page_size = n;
+        self
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field: a URL that is not
+    /// `http(s)://`, a collection name Qdrant would refuse (empty, over 255
+    /// bytes, or with one of `/ \ : * ? " < > |`, a control character),
+    /// zero timeouts, zero factors, or batch sizes outside
+    /// `1..=MAX_BATCH`.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(Error::invalid("url", format!("must start with http:// or https://, got {:?}", self.url)));
+        }
+        validate_collection_name(&self.collection)?;
+        if self.timeout.is_zero() {
+            return Err(Error::invalid("timeout", "must be positive"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::invalid("connect_timeout", "must be positive"));
+        }
+        for (field, v) in [
+            ("shard_number", self.shard_number),
+            ("replication_factor", self.replication_factor),
+            ("write_consistency_factor", self.write_consistency_factor),
+        ] {
+            if v == Some(0) {
+                return Err(Error::invalid(field, "must be at least 1"));
+            }
+        }
+        for (field, v) in [("upsert_batch_size", self.upsert_batch_size), ("page_size", self.page_size)] {
+            if v == 0 || v > Self::MAX_BATCH {
+                return Err(Error::invalid(field, format!("must be between 1 and {}, got {v}", Self::MAX_BATCH)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the client and the index. Connecting is lazy: nothing is sent
+    /// until the first call (call [`QdrantIndex::ensure`] first).
+    ///
+    /// The client's version check is turned off: it blocks in `build`, and
+    /// only prints a warning when a server's minor version differs by more
+    /// than one (qdrant-client 1.20 works with Qdrant 1.18 servers).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] from [`QdrantIndexConfig::validate`], or
+    /// (`url`) for a URL the client cannot parse.
+    pub fn build(self) -> Result<QdrantIndex> {
+        self.validate()?;
+        let client = Qdrant::from_url(&self.url)
+            .api_key(self.api_key.clone())
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .skip_compatibility_check()
+            .build()
+            .map_err(|e| Error::invalid("url", format!("{:?} is not a valid URL: {e}", self.url)))?;
+        Ok(QdrantIndex::from_parts(client, self))
+    }
+
+    /// Builds the index on a client the caller already holds (its URL, key
+    /// and timeouts are used; those of this configuration are ignored).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] from [`QdrantIndexConfig::validate`].
+    pub fn build_with_client(mut self, client: Qdrant) -> Result<QdrantIndex> {
+        self.url.clone_from(&client.config.uri);
+        self.validate()?;
+        Ok(QdrantIndex::from_parts(client, self))
+    }
+}
+
+/// Checks a collection name against Qdrant's rules.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`collection`).
+pub fn validate_collection_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(Error::invalid("collection", format!("must be 1 to 255 bytes, got {}", name.len())));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control() || r#"/\:*?"<>|"#.contains(*c)) {
+        return Err(Error::invalid("collection", format!("must not contain {c:?}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use selfrag_core::Distance;
+
+    fn spec() -> IndexSpec {
+        IndexSpec::new(4, Distance::Cosine).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_setters() {
+        let c = QdrantIndexConfig::new("http://localhost:6334", "chunks", spec())
+            .api_key("k")
+            .timeout(Duration::from_secs(3))
+            .shard_number(2)
+            .replication_factor(3)
+            .write_consistency_factor(2)
+            .write_order(WriteOrder::Strong)
+            .upsert_batch_size(64)
+            .page_size(100);
+        assert!(c.validate().is_ok());
+        assert_eq!(c.shard_number, Some(2));
+        assert_eq!(c.upsert_batch_size, 64);
+        assert_eq!(WriteOrdering::from(c.write_order).r#type, WriteOrderingType::Strong as i32);
+        let debug = format!("{c:?}");
+        assert!(debug.contains("<redacted>") && !debug.contains("\"k\""), "{debug}");
+        let d = QdrantIndexConfig::new("http://h:6334", "c", spec());
+        assert_eq!((d.upsert_batch_size, d.page_size, d.write_order), (256, 256, WriteOrder::Weak));
+    }
+
+    #[test]
+    fn env_vars_give_url_and_optional_key() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        let c = QdrantIndexConfig::from_vars("c", spec(), vars(&[("QDRANT_URL", "http://q:6334")])).unwrap();
+        assert_eq!((c.url.as_str(), c.api_key.as_deref()), ("http://q:6334", None));
+        let c = QdrantIndexConfig::from_vars(
+            "c",
+            spec(),
+            vars(&[("QDRANT_URL", "https://q:6334"), ("QDRANT_API_KEY", "secret")]),
+        )
+        .unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("secret"));
+        let c = QdrantIndexConfig::from_vars("c", spec(), vars(&[("QDRANT_URL", "http://q"), ("QDRANT_API_KEY", "")]));
+        assert_eq!(c.unwrap().api_key, None);
+        let e = QdrantIndexConfig::from_vars("c", spec(), vars(&[])).unwrap_err();
+        assert_eq!(e.field(), Some("QDRANT_URL"));
+        let e = QdrantIndexConfig::from_vars("c", spec(), vars(&[("QDRANT_URL", "")])).unwrap_err();
+        assert_eq!(e.field(), Some("QDRANT_URL"));
+    }
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let base = || QdrantIndexConfig::new("http://localhost:6334", "chunks", spec());
+        let field = |c: QdrantIndexConfig| c.validate().unwrap_err().field().map(str::to_owned);
+        assert_eq!(field(QdrantIndexConfig { url: "localhost:6334".into(), ..base() }).as_deref(), Some("url"));
+        assert_eq!(field(QdrantIndexConfig { collection: String::new(), ..base() }).as_deref(), Some("collection"));
+        assert_eq!(field(QdrantIndexConfig { collection: "a/b".into(), ..base() }).as_deref(), Some("collection"));
+        assert_eq!(field(QdrantIndexConfig { collection: "x".repeat(256), ..base() }).as_deref(), Some("collection"));
+        assert_eq!(field(base().timeout(Duration::ZERO)).as_deref(), Some("timeout"));
+        assert_eq!(field(base().connect_timeout(Duration::ZERO)).as_deref(), Some("connect_timeout"));
+        assert_eq!(field(base().replication_factor(0)).as_deref(), Some("replication_factor"));
+        assert_eq!(field(base().upsert_batch_size(0)).as_deref(), Some("upsert_batch_size"));
+        assert_eq!(field(base().page_size(10_001)).as_deref(), Some("page_size"));
+        assert!(base().build().is_ok(), "building is lazy and needs no server");
+        assert_eq!(QdrantIndexConfig { url: "ftp://x".into(), ..base() }.build().unwrap_err().field(), Some("url"));
+        assert!(validate_collection_name("selfrag-chunks_v2.1").is_ok());
+    }
+}
