@@ -77,6 +77,39 @@ pub fn to_micros(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_microsecond(micros).unwrap_or(t)
 }
 
+/// Rounds a timestamp up to whole microseconds. Stored timestamps are whole
+/// microseconds, so `stored >= t` holds exactly when
+/// `stored >= ceil_micros(t)` (and likewise for `<`): backends that bind
+/// query bounds at microsecond precision round them up with this to keep the
+/// reference semantics.
+pub fn ceil_micros(t: OffsetDateTime) -> OffsetDateTime {
+    let truncated = to_micros(t);
+    if truncated == t {
+        t
+    } else {
+        truncated + time::Duration::MICROSECOND
+    }
+}
+
+/// First year of the timestamps every backend can store.
+pub const MIN_YEAR: i32 = 1;
+/// Last year of the timestamps every backend can store.
+pub const MAX_YEAR: i32 = 9999;
+
+/// Checks that `t` lies in the years [`MIN_YEAR`]..=[`MAX_YEAR`] (UTC), the
+/// range every backend stores exactly.
+///
+/// # Errors
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) naming `field`.
+pub fn check_timestamp(field: &'static str, t: OffsetDateTime) -> crate::Result<()> {
+    let year = t.to_offset(time::UtcOffset::UTC).year();
+    if (MIN_YEAR..=MAX_YEAR).contains(&year) {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(field, format!("year {year} is outside {MIN_YEAR}..={MAX_YEAR}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +124,17 @@ mod tests {
         let shared = c.clone();
         shared.advance(Duration::from_secs(1));
         assert_eq!(c.now() - t0, time::Duration::milliseconds(2500));
+    }
+
+    #[test]
+    fn micros_ceiling_and_range() {
+        let t = time::macros::datetime!(2026-01-01 00:00:00.123456001 UTC);
+        assert_eq!(ceil_micros(t), time::macros::datetime!(2026-01-01 00:00:00.123457 UTC));
+        let exact = time::macros::datetime!(2026-01-01 00:00:00.123456 UTC);
+        assert_eq!(ceil_micros(exact), exact);
+        assert!(check_timestamp("t", exact).is_ok());
+        let ancient = time::macros::datetime!(-5000-01-01 00:00:00 UTC);
+        assert_eq!(check_timestamp("since", ancient).unwrap_err().field(), Some("since"));
     }
 
     #[test]

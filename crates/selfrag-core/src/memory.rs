@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::clock::to_micros;
+use crate::clock::{ceil_micros, check_timestamp, to_micros};
 use crate::error::{Error, Result};
 use crate::ids::{MemoryLogId, UserId};
 use crate::validate;
@@ -211,7 +211,8 @@ impl NewMemoryLog {
     }
 
     /// Sets the timestamp (truncated to microseconds). Use it to import
-    /// history; by default a log is stamped when it is built.
+    /// history; by default a log is stamped when it is built. Stores refuse
+    /// timestamps outside the years 1..=9999 (see [`validate_batch`]).
     pub fn at(mut self, timestamp: OffsetDateTime) -> Self {
         self.timestamp = to_micros(timestamp.to_offset(time::UtcOffset::UTC));
         self
@@ -403,6 +404,15 @@ impl MemoryQuery {
         if limit == 0 || limit > Self::MAX_LIMIT {
             return Err(Error::invalid("limit", format!("must be between 1 and {}, got {limit}", Self::MAX_LIMIT)));
         }
+        if let Some(since) = self.since {
+            check_timestamp("since", since)?;
+        }
+        if let Some(until) = self.until {
+            check_timestamp("until", until)?;
+        }
+        if let Some(after) = &self.after {
+            check_timestamp("cursor", after.timestamp)?;
+        }
         if let (Some(since), Some(until)) = (self.since, self.until) {
             if until <= since {
                 return Err(Error::invalid("until", "must be after `since`"));
@@ -420,10 +430,12 @@ impl MemoryQuery {
     /// Whether `log` passes the query's filters (time range, types, metadata,
     /// cursor). The reference semantics every backend implements.
     pub fn matches(&self, log: &MemoryLog) -> bool {
-        if self.since.is_some_and(|s| log.timestamp < s) {
+        // Stored timestamps are whole microseconds; bounds are compared at
+        // that precision, as Postgres does.
+        if self.since.is_some_and(|s| log.timestamp < ceil_micros(s)) {
             return false;
         }
-        if self.until.is_some_and(|u| log.timestamp >= u) {
+        if self.until.is_some_and(|u| log.timestamp >= ceil_micros(u)) {
             return false;
         }
         if !self.types.is_empty() && !self.types.contains(&log.kind) {
@@ -469,8 +481,12 @@ pub struct MemoryPage {
     pub next: Option<Cursor>,
 }
 
-/// Largest batch accepted by [`MemoryStore::append_batch`].
+/// Most logs in one [`MemoryStore::append_batch`].
 pub const MAX_BATCH: usize = 10_000;
+/// Most bytes of content and metadata in one [`MemoryStore::append_batch`]
+/// (64 MiB): one batch is one statement, and it must stay far below what a
+/// server accepts in one message.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// Per-user, append-only memory logs.
 ///
@@ -495,8 +511,9 @@ pub trait MemoryStore: fmt::Debug + Send + Sync + 'static {
     /// An empty batch is a no-op.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] (`logs`) for more than [`MAX_BATCH`] logs or
-    /// the same id twice; [`Error::Conflict`] when an id is taken;
+    /// [`Error::InvalidInput`] (`logs`) for more than [`MAX_BATCH`] logs,
+    /// more than [`MAX_BATCH_BYTES`], or the same id twice; (`logs[i].timestamp`)
+    /// for a timestamp outside the years 1..=9999; [`Error::Conflict`] when an id is taken;
     /// [`Error::NotFound`] for an unknown user. Nothing is written on error.
     async fn append_batch(&self, user: UserId, logs: Vec<NewMemoryLog>) -> Result<Vec<MemoryLog>>;
 
@@ -543,6 +560,18 @@ pub trait UserStore: fmt::Debug + Send + Sync + 'static {
 pub fn validate_batch(logs: &[NewMemoryLog]) -> Result<()> {
     if logs.len() > MAX_BATCH {
         return Err(Error::invalid("logs", format!("{} logs in one batch, the limit is {MAX_BATCH}", logs.len())));
+    }
+    let mut bytes = 0usize;
+    for (i, log) in logs.iter().enumerate() {
+        check_timestamp("timestamp", log.timestamp)
+            .map_err(|e| Error::invalid(format!("logs[{i}].timestamp"), e.to_string()))?;
+        bytes += log.content.len() + serde_json::to_vec(&log.metadata).map(|v| v.len()).unwrap_or(0);
+    }
+    if bytes > MAX_BATCH_BYTES {
+        return Err(Error::invalid(
+            "logs",
+            format!("the batch holds {bytes} bytes of content and metadata, the limit is {MAX_BATCH_BYTES}"),
+        ));
     }
     let mut ids: Vec<_> = logs.iter().map(|l| l.id).collect();
     ids.sort_unstable();
@@ -614,6 +643,17 @@ mod tests {
         assert!(!json_contains(&doc, &json!({"tags": ["z"]})));
         assert!(!json_contains(&doc, &json!({"missing": null})));
         assert!(!json_contains(&doc, &json!({"tags": "x"})));
+    }
+
+    #[test]
+    fn batch_limits_bytes_and_timestamps() {
+        let big = "x".repeat(NewMemoryLog::MAX_CONTENT_BYTES);
+        let logs: Vec<_> = (0..65).map(|_| NewMemoryLog::new("fact", big.clone()).unwrap()).collect();
+        assert_eq!(validate_batch(&logs).unwrap_err().field(), Some("logs"));
+        let old = NewMemoryLog::new("fact", "x").unwrap().at(time::macros::datetime!(-100-01-01 00:00 UTC));
+        assert_eq!(validate_batch(&[old]).unwrap_err().field(), Some("logs[0].timestamp"));
+        let ancient = time::macros::datetime!(-5000-01-01 00:00 UTC);
+        assert_eq!(MemoryQuery::new().since(ancient).validate().unwrap_err().field(), Some("since"));
     }
 
     #[test]

@@ -33,9 +33,23 @@ use crate::ids::UserId;
 
 /// One window of a [`RateLimitPolicy`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawWindow")]
 pub struct Window {
     length_ms: u64,
     limit: u32,
+}
+
+#[derive(Deserialize)]
+struct RawWindow {
+    length_ms: u64,
+    limit: u32,
+}
+
+impl TryFrom<RawWindow> for Window {
+    type Error = Error;
+    fn try_from(raw: RawWindow) -> Result<Self> {
+        Window::new(Duration::from_millis(raw.length_ms), raw.limit)
+    }
 }
 
 impl Window {
@@ -337,6 +351,10 @@ pub fn evaluate(policy: &RateLimitPolicy, counts: &[BucketCounts], now_ms: i64, 
                 // Wait inside this bucket until prev's share has decayed.
                 let need = used_w + cost * w - limit * w; // > 0
                 need.div_ceil(prev)
+            } else if curr == 0 {
+                // The cost alone exceeds the limit: never allowed
+                // (`RateLimitPolicy::check_cost` refuses such costs first).
+                u128::from(u64::MAX)
             } else {
                 // Wait for the next bucket, where this bucket becomes `prev`.
                 (w - elapsed) + (w * (curr + cost - limit)).div_ceil(curr)
@@ -493,6 +511,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn deserializing_validates() {
+        assert!(serde_json::from_str::<Window>(r#"{"length_ms":0,"limit":1}"#).is_err());
+        assert!(serde_json::from_str::<Window>(r#"{"length_ms":1000,"limit":0}"#).is_err());
+        let w: Window = serde_json::from_str(r#"{"length_ms":1000,"limit":5}"#).unwrap();
+        assert_eq!(w, Window::new(Duration::from_secs(1), 5).unwrap());
+        assert!(serde_json::from_str::<RateLimitPolicy>("[]").is_err());
+    }
+
+    #[test]
+    fn a_cost_above_the_limit_never_panics() {
+        let p = policy(&[(1000, 3)]);
+        let d = evaluate(&p, &[BucketCounts::default()], 0, 5);
+        assert!(!d.allowed);
+        assert!(d.retry_after.is_some());
     }
 
     #[test]

@@ -57,9 +57,6 @@ pub enum Distance {
 impl Distance {
     /// The score of `a` against `b` under the convention of this module
     /// (higher is better), computed exactly. The reference for every backend.
-    // Summed in f64 for accuracy, then narrowed to the f32 every backend
-    // returns: the narrowing is the point, not an accident.
-    #[allow(clippy::cast_possible_truncation)]
     // Accumulated in f64 so the reference is more exact than any backend;
     // narrowing the result back to the f32 of the API is intended.
     #[allow(clippy::cast_possible_truncation)]
@@ -99,9 +96,23 @@ impl fmt::Display for Distance {
 
 /// The shape of an index's vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawIndexSpec")]
 pub struct IndexSpec {
     dimension: usize,
     distance: Distance,
+}
+
+#[derive(Deserialize)]
+struct RawIndexSpec {
+    dimension: usize,
+    distance: Distance,
+}
+
+impl TryFrom<RawIndexSpec> for IndexSpec {
+    type Error = Error;
+    fn try_from(raw: RawIndexSpec) -> Result<Self> {
+        IndexSpec::new(raw.dimension, raw.distance)
+    }
 }
 
 impl IndexSpec {
@@ -145,8 +156,18 @@ impl IndexSpec {
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(Error::invalid(format!("{field}[{i}]"), format!("is {}, not a finite number", v[i])));
         }
-        if self.distance == Distance::Cosine && v.iter().all(|x| *x == 0.0) {
-            return Err(Error::invalid(field, "is all zeros, which has no direction for cosine"));
+        // Engines compute norms in f32: a norm that overflows breaks every
+        // distance, and Qdrant leaves a cosine vector whose squared norm is
+        // below f32::EPSILON unnormalised, so it would score wrongly.
+        let squared_norm: f32 = v.iter().map(|x| x * x).sum();
+        if !squared_norm.is_finite() {
+            return Err(Error::invalid(field, "is too large: its squared norm overflows f32"));
+        }
+        if self.distance == Distance::Cosine && squared_norm < f32::EPSILON {
+            return Err(Error::invalid(
+                field,
+                "has (almost) zero length, which has no direction for cosine: its squared norm must be at least f32::EPSILON",
+            ));
         }
         Ok(())
     }
@@ -201,10 +222,7 @@ impl ChunkPayload {
     /// [`Error::InvalidInput`] naming the field: an empty `document_id`, NUL
     /// bytes or oversized strings, too many tags, or a non-conforming `extra`.
     pub fn validate(&self) -> Result<()> {
-        if self.document_id.is_empty() {
-            return Err(Error::invalid("document_id", "must not be empty"));
-        }
-        validate::text("document_id", &self.document_id, MAX_KEYWORD_BYTES)?;
+        validate_document_id(&self.document_id)?;
         validate::text("document_type", &self.document_type, MAX_KEYWORD_BYTES)?;
         validate::text("source", &self.source, MAX_KEYWORD_BYTES)?;
         validate::text("text", &self.text, MAX_TEXT_BYTES)?;
@@ -217,7 +235,11 @@ impl ChunkPayload {
             }
             validate::text(format!("tags[{i}]"), tag, MAX_KEYWORD_BYTES)?;
         }
-        validate::json_map("extra", &self.extra)
+        validate::json_map("extra", &self.extra)?;
+        if has_unsigned_beyond_i64(&Value::Object(self.extra.clone())) {
+            return Err(Error::invalid("extra", "integers above i64::MAX cannot be stored exactly"));
+        }
+        Ok(())
     }
 
     /// The stored payload as JSON, with `tenant` and `chunk_id`: the layout
@@ -278,6 +300,27 @@ impl ChunkPayload {
             },
         ))
     }
+}
+
+fn has_unsigned_beyond_i64(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_u64() && n.as_i64().is_none(),
+        Value::Array(items) => items.iter().any(has_unsigned_beyond_i64),
+        Value::Object(m) => m.values().any(has_unsigned_beyond_i64),
+        _ => false,
+    }
+}
+
+/// Checks a document id given to [`VectorIndex::document_chunks`] or
+/// [`VectorIndex::delete_document`]: the rules of [`ChunkPayload::document_id`].
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`document_id`).
+pub fn validate_document_id(document_id: &str) -> Result<()> {
+    if document_id.is_empty() {
+        return Err(Error::invalid("document_id", "must not be empty"));
+    }
+    validate::text("document_id", document_id, MAX_KEYWORD_BYTES)
 }
 
 /// Payload key names (see the module docs).
@@ -572,6 +615,8 @@ impl Filter {
     pub const MAX_CONDITIONS: usize = 256;
     /// Deepest nesting of `All`/`Any`/`Not`.
     pub const MAX_DEPTH: usize = 16;
+    /// Most values in one `AnyOf`.
+    pub const MAX_ANY_OF: usize = 1024;
 
     /// `field == value`.
     pub fn eq(field: Field, value: impl Into<MatchValue>) -> Self {
@@ -625,17 +670,25 @@ impl Filter {
             return Err(Error::invalid("filter", format!("nests deeper than {}", Self::MAX_DEPTH)));
         }
         let check_value = |field: &Field, v: &MatchValue| -> Result<()> {
+            let keyword_ok = |s: &str| !s.contains('\0') && s.len() <= MAX_KEYWORD_BYTES;
             let ok = match (field, v) {
-                (f, MatchValue::Keyword(s)) if f.is_keyword() => !s.contains('\0'),
+                (f, MatchValue::Keyword(s)) if f.is_keyword() => keyword_ok(s),
                 (Field::ChunkIndex, MatchValue::Integer(_)) => true,
-                (Field::Extra(_), MatchValue::Keyword(s)) => !s.contains('\0'),
+                (Field::Extra(_), MatchValue::Keyword(s)) => keyword_ok(s),
                 (Field::Extra(_), _) => true,
                 _ => false,
             };
             if ok {
                 Ok(())
             } else {
-                Err(Error::invalid("filter", format!("value {v:?} cannot be compared with field `{}`", field.path())))
+                Err(Error::invalid(
+                    "filter",
+                    format!(
+                        "value {v:?} does not fit field `{}` (keywords: at most {MAX_KEYWORD_BYTES} bytes, no NUL; \
+                         chunk_index: integers)",
+                        field.path()
+                    ),
+                ))
             }
         };
         let mut leaf = || {
@@ -665,6 +718,12 @@ impl Filter {
                 field.validate()?;
                 if values.is_empty() {
                     return Err(Error::invalid("filter", "`any_of` needs at least one value"));
+                }
+                if values.len() > Self::MAX_ANY_OF {
+                    return Err(Error::invalid(
+                        "filter",
+                        format!("`any_of` has {} values, the limit is {}", values.len(), Self::MAX_ANY_OF),
+                    ));
                 }
                 values.iter().try_for_each(|v| check_value(field, v))
             }
@@ -804,6 +863,9 @@ pub trait VectorIndex: fmt::Debug + Send + Sync + 'static {
     async fn get(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<Vec<ChunkRecord>>;
 
     /// Every chunk of one document of `tenant`, in `chunk_index` order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`document_id`) as for [`validate_document_id`].
     async fn document_chunks(&self, tenant: &Tenant, document_id: &str) -> Result<Vec<ChunkRecord>>;
 
     /// Deletes the chunks of `tenant` with these ids (absent ones are
@@ -811,6 +873,9 @@ pub trait VectorIndex: fmt::Debug + Send + Sync + 'static {
     async fn delete(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<()>;
 
     /// Deletes every chunk of one document of `tenant`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`document_id`) as for [`validate_document_id`].
     async fn delete_document(&self, tenant: &Tenant, document_id: &str) -> Result<()>;
 
     /// Deletes every chunk of `tenant` that passes `filter`.
@@ -866,6 +931,29 @@ mod tests {
         assert_eq!(validate_chunks(&spec, &[empty_doc]).unwrap_err().field(), Some("chunks[0].document_id"));
         let nul = ok.clone().tags(["a\0"]);
         assert_eq!(validate_chunks(&spec, &[nul]).unwrap_err().field(), Some("chunks[0].tags[0]"));
+    }
+
+    #[test]
+    fn tiny_or_huge_vectors_are_refused() {
+        let cos = IndexSpec::new(3, Distance::Cosine).unwrap();
+        assert_eq!(cos.check_vector("vector", &[1e-4, 0.0, 0.0]).unwrap_err().field(), Some("vector"));
+        assert!(cos.check_vector("vector", &[1e-3, 0.0, 0.0]).is_ok());
+        let dot = IndexSpec::new(2, Distance::Dot).unwrap();
+        assert_eq!(dot.check_vector("vector", &[3e19, 3e19]).unwrap_err().field(), Some("vector"));
+        assert!(serde_json::from_str::<IndexSpec>(r#"{"dimension":0,"distance":"Dot"}"#).is_err());
+        assert!(serde_json::from_str::<IndexSpec>(r#"{"dimension":4,"distance":"Dot"}"#).is_ok());
+    }
+
+    #[test]
+    fn document_ids_and_extra_integers_are_checked() {
+        assert_eq!(validate_document_id("").unwrap_err().field(), Some("document_id"));
+        assert_eq!(validate_document_id("a\0").unwrap_err().field(), Some("document_id"));
+        assert!(validate_document_id("doc").is_ok());
+        let spec = IndexSpec::new(1, Distance::Dot).unwrap();
+        let big = Chunk::new("d", 0, "t", vec![1.0]).extra("n", json!({"deep": [u64::MAX]}));
+        assert_eq!(validate_chunks(&spec, &[big]).unwrap_err().field(), Some("chunks[0].extra"));
+        let ok = Chunk::new("d", 0, "t", vec![1.0]).extra("n", i64::MAX);
+        assert!(validate_chunks(&spec, &[ok]).is_ok());
     }
 
     #[test]
@@ -931,6 +1019,8 @@ mod tests {
         assert!(Filter::eq(Field::Tags, 3i64).validate().is_err());
         assert!(Filter::eq(Field::Extra("a.b".into()), "x").validate().is_err());
         assert!(Filter::eq(Field::Extra("ok_1".into()), 1i64).validate().is_ok());
+        assert!(Filter::eq(Field::Source, "x".repeat(MAX_KEYWORD_BYTES + 1)).validate().is_err());
+        assert!(Filter::any_of(Field::Tags, (0..=Filter::MAX_ANY_OF).map(|i| i.to_string())).validate().is_err());
         let mut deep = Filter::eq(Field::Tags, "a");
         for _ in 0..20 {
             deep = Filter::not(deep);

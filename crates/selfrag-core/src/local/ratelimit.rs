@@ -32,10 +32,12 @@ struct Buckets {
 }
 
 impl Buckets {
-    /// The counts as seen from bucket `now_index`.
+    /// The counts as seen from bucket `now_index`. A clock that stepped back
+    /// (before the newest bucket) sees the newest bucket, so use is never
+    /// forgotten.
     fn at(self, now_index: i64) -> BucketCounts {
-        match now_index - self.index {
-            0 => BucketCounts { previous: self.previous, current: self.current },
+        match now_index.saturating_sub(self.index) {
+            i64::MIN..=0 => BucketCounts { previous: self.previous, current: self.current },
             1 => BucketCounts { previous: self.current, current: 0 },
             _ => BucketCounts::default(),
         }
@@ -72,7 +74,8 @@ impl RateLimiter for LocalRateLimiter {
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         let windows = self.policy.windows();
         let buckets = counters.entry(key.clone()).or_insert_with(|| vec![Buckets::default(); windows.len()]);
-        let indexes: Vec<i64> = windows.iter().map(|w| bucket_of(now, w.length_ms())).collect();
+        let indexes: Vec<i64> =
+            windows.iter().zip(buckets.iter()).map(|(w, b)| bucket_of(now, w.length_ms()).max(b.index)).collect();
         let counts: Vec<BucketCounts> = buckets.iter().zip(&indexes).map(|(b, &i)| b.at(i)).collect();
         let decision = evaluate(&self.policy, &counts, now, cost);
         if decision.allowed {

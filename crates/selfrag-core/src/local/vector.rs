@@ -8,8 +8,8 @@ use uuid::Uuid;
 use crate::error::Result;
 use crate::ids::{ChunkId, Tenant};
 use crate::vector::{
-    point_id, validate_chunks, validate_ids, Chunk, ChunkPayload, ChunkRecord, Filter, IndexSpec, ScoredChunk,
-    SearchRequest, VectorIndex,
+    point_id, validate_chunks, validate_document_id, validate_ids, Chunk, ChunkPayload, ChunkRecord, Filter, IndexSpec,
+    ScoredChunk, SearchRequest, VectorIndex,
 };
 
 /// A [`VectorIndex`] in process memory with exact (brute-force) search and
@@ -93,6 +93,7 @@ impl VectorIndex for LocalVectorIndex {
     }
 
     async fn document_chunks(&self, tenant: &Tenant, document_id: &str) -> Result<Vec<ChunkRecord>> {
+        validate_document_id(document_id)?;
         let filter = Filter::eq(crate::Field::DocumentId, document_id);
         let points = self.points.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<ChunkRecord> = Self::tenant_points(&points, tenant, Some(&filter))
@@ -112,6 +113,7 @@ impl VectorIndex for LocalVectorIndex {
     }
 
     async fn delete_document(&self, tenant: &Tenant, document_id: &str) -> Result<()> {
+        validate_document_id(document_id)?;
         self.delete_by_filter(tenant, &Filter::eq(crate::Field::DocumentId, document_id)).await
     }
 
