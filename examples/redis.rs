@@ -20,7 +20,8 @@ async fn main() -> Result<(), selfrag::Error> {
         config.key_prefix = "selfrag-example:".into();
     }
     println!("Redis at {}, keys under {:?}", config.url, config.key_prefix);
-    // One pool, shared by both stores.
+    // One pool, shared by both stores: each takes one connection out of it
+    // and multiplexes all its calls over it (two connections in all).
     let pool = config.create_pool()?;
     let sessions = RedisSessionStore::with_config(pool.clone(), &config)?;
 

@@ -19,11 +19,16 @@ use crate::BACKEND;
 /// with a `PING` before handing it out, which would make every operation two
 /// round trips. A [`MultiplexedConnection`] already pipelines concurrent
 /// requests over one socket, so the handle takes one connection out of the
-/// pool for good ([`Connection::take`]: the pool forgets it and may open
-/// another, so stores sharing a pool never starve it, and no other pool user
-/// can run `MULTI`/`WATCH` on our socket), and clones it per call. When a call
-/// fails in a way that may have broken it, the handle drops it and the next
-/// call takes a new one, under the pool's connect timeout.
+/// pool for good ([`Connection::take`]: the pool forgets it and frees its
+/// slot, so stores sharing a pool never starve it, and no other pool user can
+/// run `MULTI`/`WATCH` on our socket), and clones it per call. The pool is
+/// thus only a connection factory with a concurrency bound and a connect
+/// timeout: a store holds one connection whatever the pool size. When a call
+/// fails in a way that may have broken the connection or shows it reaches the
+/// wrong server ([`Handle::forget`]), the handle drops it and the next call
+/// takes a new one, under the pool's connect timeout. Calls racing to
+/// reconnect may each open one; the first stored wins and the others are
+/// closed.
 #[derive(Clone)]
 pub(crate) struct Handle {
     pool: Pool,
@@ -109,11 +114,16 @@ impl Handle {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drops the connection after an error that may have broken it (an I/O
-    /// error, a timeout, a protocol error), so the next call takes a new one.
+    /// Drops the connection after an error that may have broken it or that
+    /// says the server behind it no longer serves us, so the next call takes
+    /// a new one: I/O errors, timeouts, protocol errors, and every error
+    /// mapped to [`Error::Unavailable`] except `OOM` (see [`unavailable`]).
+    /// A failover that keeps the address (a Sentinel or cloud failover behind
+    /// a DNS name or VIP) leaves the old socket on the demoted primary, which
+    /// answers `READONLY` forever; only a new connection reaches the new one.
     /// A healthy connection dropped by mistake costs one reconnect.
     fn forget(&self, err: &RedisError) {
-        if err.is_io_error() || err.is_unrecoverable_error() || err.is_timeout() {
+        if breaks_connection(err) {
             *self.lock() = None;
         }
     }
@@ -152,6 +162,45 @@ pub(crate) fn pool_error(err: PoolError) -> Error {
     }
 }
 
+/// Whether the handle should drop its connection after `err` (see
+/// [`Handle::forget`]).
+fn breaks_connection(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_unrecoverable_error()
+        // `OOM` is about the server's memory, not about which server the
+        // socket reaches: a new connection would meet the same full server,
+        // at the cost of a connect per call while memory stays full.
+        || unavailable(err).is_some_and(|why| why != OOM)
+}
+
+const OOM: &str = "out of memory";
+
+/// Why `err` means Redis cannot serve us now, if it does: a retry later (on a
+/// new connection) can succeed.
+fn unavailable(err: &RedisError) -> Option<&'static str> {
+    match err.kind() {
+        RedisKind::IoError => Some("I/O error"),
+        // Loading a dump after a restart.
+        RedisKind::BusyLoadingError => Some("loading the dataset"),
+        // Cluster resharding or failover in progress.
+        RedisKind::TryAgain => Some("try again"),
+        RedisKind::ClusterDown => Some("cluster down"),
+        // A replica whose link to its primary is down.
+        RedisKind::MasterDown => Some("primary down"),
+        // The socket reaches a replica: a primary demoted by a failover.
+        RedisKind::ReadOnly => Some("read-only replica (failover?)"),
+        // A script or function running past `busy-reply-threshold`.
+        _ if err.code() == Some("BUSY") => Some("server busy"),
+        // Writes refused under `maxmemory` with `noeviction` (the policy the
+        // crate docs recommend), so a full Redis is the expected way for it
+        // to fail: treated like a server that cannot serve writes now, which
+        // lets the rate limiter's failure policy apply.
+        _ if err.code() == Some("OOM") => Some(OOM),
+        _ => None,
+    }
+}
+
 /// Maps a driver error by what a caller can do about it.
 pub(crate) fn redis_error(err: RedisError, what: &str) -> Error {
     if err.is_timeout() {
@@ -161,19 +210,9 @@ pub(crate) fn redis_error(err: RedisError, what: &str) -> Error {
             source: Some(err.into()),
         };
     }
-    match err.kind() {
-        // Not reachable now, or reachable but not serving (loading a dump, a
-        // failover in progress, a replica after failover, a busy script).
-        RedisKind::IoError
-        | RedisKind::BusyLoadingError
-        | RedisKind::TryAgain
-        | RedisKind::ClusterDown
-        | RedisKind::MasterDown
-        | RedisKind::ReadOnly => Error::unavailable(BACKEND, format!("{what}: {}", err.category()), err),
-        _ if err.code() == Some("BUSY") => Error::unavailable(BACKEND, format!("{what}: server busy"), err),
-        // Out of memory under `maxmemory`: transient once memory frees up.
-        _ if err.code() == Some("OOM") => Error::backend(BACKEND, format!("{what}: out of memory"), true, err),
-        _ => Error::backend(BACKEND, format!("{what}: {}", err.category()), false, err),
+    match unavailable(&err) {
+        Some(why) => Error::unavailable(BACKEND, format!("{what}: {why}"), err),
+        None => Error::backend(BACKEND, format!("{what}: {}", err.category()), false, err),
     }
 }
 

@@ -21,8 +21,14 @@ pub struct RedisConfig {
     /// (the hash tag must stay the user's), no whitespace or control
     /// characters.
     pub key_prefix: String,
-    /// Most connections in the pool (default 16). Each store keeps one of them
-    /// checked out and multiplexes its calls over it (see the crate docs).
+    /// Most connections the pool hands out at once (default 16). It does
+    /// **not** bound the connections the stores hold: each store (with its
+    /// clones) takes one connection out of the pool for good and multiplexes
+    /// all its calls over it, and a taken connection no longer counts against
+    /// the pool (see "Connections" in the crate docs). What it bounds is how
+    /// many connections are being opened at once by the stores sharing the
+    /// pool (on first use and on reconnects), plus any connections your own
+    /// code checks out with `pool.get()`. 1 is enough for the stores alone.
     pub pool_size: usize,
     /// Longest wait for a pooled connection, including opening a new one
     /// (default 2 s).

@@ -79,28 +79,47 @@
 //!   `NOSCRIPT`, loads the script and retries (three round trips, once).
 //!
 //! # Connections
-//! Each store (with its clones) takes one connection out of the pool for
-//! itself and pipelines all its calls over it (redis-rs multiplexes concurrent
-//! requests on one socket). This avoids the `PING` deadpool-redis sends
+//! **Each store (with its clones) uses one connection**: on first use it
+//! takes a connection out of the pool for good and pipelines all its calls
+//! over it (redis-rs multiplexes concurrent requests on one socket). Why not
+//! check out a pooled connection per call: deadpool-redis sends a `PING`
 //! whenever it hands out a reused connection, which would double the round
-//! trips. The pool forgets a taken connection (and may open another), so
-//! stores sharing a pool never exhaust it. When a call fails with an I/O
-//! error or a timeout, the store drops its connection and the next call takes
-//! a new one, under the pool's connect timeout.
+//! trips. A taken connection no longer counts against the pool, so
+//! [`RedisConfig::pool_size`] does not bound the stores' connections: `n`
+//! stores on one pool hold `n` connections. It bounds how many connections
+//! are being opened at once (stores sharing the pool, calls racing to
+//! reconnect, which may each open one: the first wins, the others are
+//! closed) and what your own `pool.get()` calls may hold.
+//!
+//! The store drops its connection, so that the next call opens a new one
+//! under the connect timeout, after an I/O error, a timeout, a protocol error,
+//! or any error mapped to `Unavailable` except `OOM`: notably `READONLY`,
+//! `MASTERDOWN` and `CLUSTERDOWN`, which a failover that keeps the address
+//! (Sentinel or a managed service behind one DNS name) leaves on the old
+//! socket for good. `OOM` keeps the connection: a new one would reach the same
+//! full server.
 //!
 //! # Errors and Redis being down
 //! Connection refused or lost, no pooled connection within the connect
-//! timeout, a loading or failing-over server: [`Error::Unavailable`](selfrag_core::Error::Unavailable)
+//! timeout, a loading, failing-over or read-only server, a busy script, and
+//! `OOM` (writes refused under `maxmemory` with `noeviction`, the expected
+//! way for a full Redis to fail): [`Error::Unavailable`](selfrag_core::Error::Unavailable)
 //! (retryable). No reply within the response timeout:
 //! [`Error::Timeout`](selfrag_core::Error::Timeout). The driver error is kept
-//! as the source. For rate limits the caller picks a [`FailurePolicy`]:
-//! fail closed (the error, the default), fail open (allow, marked), or fall
-//! back to an in-process [`LocalRateLimiter`](selfrag_core::local::LocalRateLimiter).
+//! as the source. For rate limits the caller picks a [`FailurePolicy`] that
+//! applies to both: fail closed (the error, the default), fail open (allow,
+//! marked), or fall back to an in-process
+//! [`LocalRateLimiter`](selfrag_core::local::LocalRateLimiter). After a
+//! timeout the script may have consumed the cost in Redis already, so the
+//! fallback may count that request a second time (see [`FailurePolicy`]).
+//! `reset` is not covered by the policy; it resets Redis first and the
+//! fallback only if Redis succeeded.
 //!
 //! Redis does not track users: `create` accepts any user id. Run Redis with
 //! `maxmemory-policy noeviction` (or enough memory): an evicted session is
 //! gone early, and an evicted index hides live sessions from `list` and
-//! `revoke_all`.
+//! `revoke_all`. With `noeviction` a full Redis refuses writes with `OOM`
+//! (reported as `Unavailable`, see above) instead of losing data.
 
 mod client;
 mod config;

@@ -16,11 +16,25 @@ use selfrag_core::{
 use crate::client::{bad_reply, Handle, RATELIMIT_CHECK, RATELIMIT_RESET};
 use crate::config::RedisConfig;
 
-/// What [`RedisRateLimiter::check`] does when Redis cannot be reached (the
-/// call fails with [`Error::Unavailable`] or [`Error::Timeout`]: connection
+/// What [`RedisRateLimiter::check`] does when Redis cannot decide (the call
+/// fails with [`Error::Unavailable`] or [`Error::Timeout`]: connection
 /// refused or lost, no pooled connection in time, no reply in time, server
-/// loading or failing over). Other errors (bad input, a key of the wrong type)
-/// are returned whatever the policy.
+/// loading or failing over, a read-only replica, or `OOM` under `maxmemory`
+/// with `noeviction`). Other errors (bad input, a key of the wrong type) are
+/// returned whatever the policy.
+///
+/// **A timeout may have counted.** [`Error::Timeout`] triggers the policy too,
+/// because a server that stops answering (a network partition that drops
+/// packets) is as common as one that refuses connections. But the script may
+/// have run and consumed the cost in Redis before the reply was lost, so a
+/// timed-out check can be counted twice: in Redis and again by
+/// [`FailurePolicy::Fallback`] (or allowed by [`FailurePolicy::FailOpen`]
+/// although Redis denied it). The error is on the strict side for `Fallback`
+/// (the user's Redis budget may be one request lower than it should) and
+/// within what `FailOpen` already accepts. [`Error::Unavailable`] mostly
+/// means the script did not run (never sent, or refused by the server); a
+/// connection that breaks after sending it is the same uncertain case as a
+/// timeout.
 #[derive(Debug, Clone, Default)]
 pub enum FailurePolicy {
     /// Return the error (the default): the caller cannot know the budget, so
@@ -259,19 +273,21 @@ impl RateLimiter for RedisRateLimiter {
         Ok(self.check_detailed(key, cost).await?.decision)
     }
 
-    /// Deletes the buckets the policy's windows read now (and the fallback
-    /// limiter's counters for `key`, if there is one). Not covered by the
-    /// failure policy: a reset that did not happen in Redis is an error.
+    /// Deletes the buckets the policy's windows read now, then the fallback
+    /// limiter's counters for `key` (if there is one). Not covered by the
+    /// failure policy: a reset that did not happen in Redis is an error, and
+    /// then the fallback limiter is left as it was too (Redis goes first so a
+    /// failed reset is not half done).
     async fn reset(&self, key: &RateLimitKey) -> Result<()> {
-        if let FailurePolicy::Fallback(local) = &self.on_failure {
-            local.reset(key).await?;
-        }
         let mut inv = RATELIMIT_RESET.prepare_invoke();
         inv.key(self.key_base(key));
         for w in self.policy.windows() {
             inv.arg(w.length_ms());
         }
         let _: i64 = self.handle.invoke(&inv, "rate limit reset").await?;
+        if let FailurePolicy::Fallback(local) = &self.on_failure {
+            local.reset(key).await?;
+        }
         Ok(())
     }
 }

@@ -537,8 +537,105 @@ async fn fallback_counts_in_process() {
     // Another key has its own budget in the fallback too.
     assert!(limiter.check(&RateLimitKey::new(UserId::new(), "down").unwrap(), 1).await.unwrap().allowed);
     assert_eq!(limiter.degraded_count(), 4);
-    // Reset is not covered by the policy: it reports Redis being down.
+    // Reset is not covered by the policy: it reports Redis being down, and
+    // leaves the fallback's counts alone (Redis first: no half reset).
     assert_eq!(limiter.reset(&key).await.unwrap_err().kind(), ErrorKind::Unavailable);
+    assert!(!limiter.check(&key, 1).await.unwrap().allowed, "a failed reset reset the fallback");
+}
+
+/// A server in front of `target` whose first `bad` connections answer every
+/// command with the error `-<reply>` (a primary demoted by a failover that
+/// kept its address, a full server); later connections are relayed to
+/// `target` (or closed without one). Returns its URL and the number of
+/// connections accepted.
+async fn faulty_server(target: Option<&str>, bad: u64, reply: &'static str) -> (String, Arc<AtomicU64>) {
+    let target = target.map(|t| t.trim_start_matches("redis://").trim_end_matches('/').to_owned());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let nth = counter.fetch_add(1, Ordering::SeqCst);
+            let target = target.clone();
+            tokio::spawn(async move {
+                if nth >= bad {
+                    if let Some(target) = target {
+                        let mut server = TcpStream::connect(&target).await.unwrap();
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                    return;
+                }
+                let mut parser = RespCounter::default();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let commands = usize::try_from(parser.feed(&buf[..n])).unwrap();
+                    if client.write_all(format!("-{reply}\r\n").repeat(commands).as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// A failover that keeps the address leaves the old socket on a demoted
+/// primary (or a replica cut off from it): the error is retryable, and the
+/// store must then reconnect instead of failing forever.
+#[tokio::test]
+async fn a_failover_that_keeps_the_address_reconnects() {
+    let Some(s) = server().await else { return };
+    for reply in [
+        "READONLY You can't write against a read only replica.",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        "CLUSTERDOWN The cluster is down",
+    ] {
+        let (url, accepted) = faulty_server(Some(&s.url), 1, reply).await;
+        let config = RedisConfig { url, ..config(&s.url) };
+        let limiter = RedisRateLimiter::connect(&config, policy(&[(60_000, 5)])).unwrap();
+        let key = RateLimitKey::new(UserId::new(), "failover").unwrap();
+        let err = limiter.check(&key, 1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{reply}: {err}");
+        assert!(err.is_retryable());
+        let outcome = limiter.check_detailed(&key, 1).await.unwrap();
+        assert_eq!(outcome.source, DecisionSource::Redis, "{reply}: the next call reaches the new primary");
+        assert_eq!(outcome.decision.windows[0].remaining, 4, "the refused call consumed nothing");
+        for _ in 0..5 {
+            limiter.check(&key, 1).await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "{reply}: one connection, replaced once");
+        cleanup(&s.url, &config.key_prefix).await;
+    }
+}
+
+/// `OOM` (`maxmemory` with `noeviction`, the recommended setting) is the
+/// expected failure of a full Redis: `Unavailable`, so the failure policy
+/// applies; the connection is kept (a new one would reach the same server).
+#[tokio::test]
+async fn out_of_memory_is_unavailable_and_applies_the_policy() {
+    let (url, accepted) =
+        faulty_server(None, u64::MAX, "OOM command not allowed when used memory > 'maxmemory'.").await;
+    let config = RedisConfig { url, ..down_config() };
+    let closed = RedisRateLimiter::connect(&config, policy(&[(1000, 2)])).unwrap();
+    let key = RateLimitKey::new(UserId::new(), "oom").unwrap();
+    let err = closed.check(&key, 1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_retryable());
+    let open = closed.clone().with_failure_policy(FailurePolicy::FailOpen);
+    for _ in 0..3 {
+        let outcome = open.check_detailed(&key, 1).await.unwrap();
+        assert_eq!(outcome.source, DecisionSource::FailOpen);
+        assert_eq!(outcome.redis_error.map(|e| e.kind()), Some(ErrorKind::Unavailable));
+    }
+    let sessions = RedisSessionStore::connect(&config).unwrap();
+    let err = sessions.create(UserId::new(), NewSession::new(Duration::from_secs(5)).unwrap()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "one connection per store, kept through OOM");
 }
 
 /// A server that accepts connections and never answers: the response (or
