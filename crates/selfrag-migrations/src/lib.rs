@@ -20,8 +20,12 @@
 //! - **Clear refusals**, as [`Error`] variants for which
 //!   [`Error::is_incompatible`] is true: an applied migration whose embedded
 //!   SQL or name changed ([`Error::Edited`]), a database migrated by a newer
-//!   build ([`Error::NotInBuild`]), or a migration that was skipped while later
-//!   ones were applied ([`Error::Skipped`]). Nothing is applied in those cases.
+//!   build ([`Error::NotInBuild`]), a migration that was skipped while later
+//!   ones were applied ([`Error::Skipped`]), or a history row that is not a
+//!   migration record ([`Error::CorruptHistory`]). Nothing is applied in those
+//!   cases. The rules live in [`status`] alone: [`migrate`] runs it under the
+//!   lock and lets refinery apply only when it finds no problem (refinery
+//!   itself would panic on a malformed row).
 //! - **A status report** ([`status`]): applied, pending, edited and unknown
 //!   migrations with their checksums, read without writing anything.
 //!
@@ -49,8 +53,8 @@
 
 use std::fmt;
 
-use refinery::error::Kind;
 use refinery::{Migration, Runner};
+use time::format_description::well_known::Rfc3339;
 use tokio_postgres::Client;
 
 pub use tokio_postgres;
@@ -141,6 +145,17 @@ pub enum Error {
         name: String,
     },
 
+    /// A row of the history table is not a migration record (a NULL, a
+    /// non-numeric checksum, an `applied_on` that is not RFC 3339, a negative
+    /// version): someone edited the table by hand.
+    #[error("the migration history is corrupt: the row for version {version} {problem}; fix it by hand")]
+    CorruptHistory {
+        /// The row's version.
+        version: i32,
+        /// What is wrong with it.
+        problem: String,
+    },
+
     /// The session's `search_path` names no existing schema, so there is
     /// nowhere to create tables.
     #[error("no schema to migrate: the search_path names no existing schema")]
@@ -171,9 +186,17 @@ pub enum Error {
 impl Error {
     /// Whether the database holds a history this build cannot work with
     /// ([`Error::Edited`], [`Error::NotInBuild`], [`Error::Skipped`],
-    /// [`Error::NoSchema`]). Retrying does not help; a person must look.
+    /// [`Error::CorruptHistory`], [`Error::NoSchema`]). Retrying does not
+    /// help; a person must look.
     pub fn is_incompatible(&self) -> bool {
-        matches!(self, Error::Edited { .. } | Error::NotInBuild { .. } | Error::Skipped { .. } | Error::NoSchema)
+        matches!(
+            self,
+            Error::Edited { .. }
+                | Error::NotInBuild { .. }
+                | Error::Skipped { .. }
+                | Error::CorruptHistory { .. }
+                | Error::NoSchema
+        )
     }
 
     /// The driver error underneath, if the failure came from Postgres or the
@@ -201,22 +224,7 @@ fn version_u32(m: &Migration) -> u32 {
 }
 
 fn map_refinery(err: refinery::Error) -> Error {
-    match err.kind() {
-        Kind::DivergentVersion(applied, embedded) => Error::Edited {
-            version: version_u32(applied),
-            name: embedded.name().to_owned(),
-            recorded: applied.checksum(),
-            embedded: embedded.checksum(),
-        },
-        // refinery reports both directions as "missing": an applied
-        // migration absent from the build, and an embedded one older than the
-        // latest applied that was never applied. Only applied ones have a date.
-        Kind::MissingVersion(m) if m.applied_on().is_some() => {
-            Error::NotInBuild { version: version_u32(m), name: m.name().to_owned(), latest: latest_version() }
-        }
-        Kind::MissingVersion(m) => Error::Skipped { version: version_u32(m), name: m.name().to_owned() },
-        _ => Error::Failed { message: err.to_string(), source: err },
-    }
+    Error::Failed { message: err.to_string(), source: err }
 }
 
 /// What one [`migrate`] call did.
@@ -289,6 +297,14 @@ pub async fn migrate(client: &mut Client) -> Result<Report, Error> {
 }
 
 async fn run_locked(client: &mut Client) -> Result<Report, Error> {
+    // The history is judged here, by the same rules `status` reports, before
+    // refinery reads it: refinery panics on a malformed row, and the lock
+    // keeps the history from changing between the check and the run.
+    if let Some(problem) = status(client).await?.problem() {
+        return Err(problem);
+    }
+    // Refinery's own divergence checks stay on as a second line; having
+    // passed the check above, they never fire.
     let migrations: Vec<Migration> = MIGRATIONS.iter().map(|m| m.to_refinery()).collect();
     let mut runner = Runner::new(&migrations).set_abort_divergent(true).set_abort_missing(true).set_grouped(false);
     runner.set_migration_table_name(HISTORY_TABLE);
@@ -395,18 +411,28 @@ impl fmt::Display for Status {
 /// table is not created when absent: everything is then pending).
 ///
 /// # Errors
-/// [`Error::NoSchema`], or [`Error::Database`] when a query fails or the
-/// history table holds a row that is not a migration record.
+/// [`Error::NoSchema`]; [`Error::CorruptHistory`] when the history table
+/// holds a row that is not a migration record; [`Error::Database`] when a
+/// query fails (or the table's columns have other types).
 pub async fn status(client: &Client) -> Result<Status, Error> {
+    // The table [`migrate`] creates and reads is the one in current_schema(),
+    // not whichever the search_path finds first: qualify it.
     let row = client
-        .query_one("SELECT current_schema(), to_regclass($1) IS NOT NULL", &[&HISTORY_TABLE])
+        .query_one(
+            "SELECT s, CASE WHEN s IS NULL THEN NULL ELSE format('%I.%I', s, $1::text) END \
+             FROM (SELECT current_schema() AS s) AS cur",
+            &[&HISTORY_TABLE],
+        )
         .await
         .map_err(Error::db("reading the target schema"))?;
-    let schema: Option<String> = row.get(0);
-    let Some(schema) = schema else {
+    let (Some(schema), Some(table)) = (row.get::<_, Option<String>>(0), row.get::<_, Option<String>>(1)) else {
         return Err(Error::NoSchema);
     };
-    let has_history: bool = row.get(1);
+    let has_history: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(Error::db("looking for the history table"))?
+        .get(0);
 
     struct Recorded {
         version: u32,
@@ -416,20 +442,26 @@ pub async fn status(client: &Client) -> Result<Status, Error> {
     }
     let mut recorded = Vec::new();
     if has_history {
-        // The table name is a constant of this crate, not input.
-        let sql = format!("SELECT version, name, applied_on, checksum FROM {HISTORY_TABLE} ORDER BY version");
+        // `table` was quoted by Postgres' format('%I.%I').
+        let sql = format!("SELECT version, name, applied_on, checksum FROM {table} ORDER BY version");
         for row in client.query(&sql, &[]).await.map_err(Error::db("reading the history table"))? {
             let version: i32 = row.try_get(0).map_err(Error::db("reading the history table"))?;
             let name: Option<String> = row.try_get(1).map_err(Error::db("reading the history table"))?;
             let applied_on: Option<String> = row.try_get(2).map_err(Error::db("reading the history table"))?;
             let checksum: Option<String> = row.try_get(3).map_err(Error::db("reading the history table"))?;
-            recorded.push(Recorded {
-                version: u32::try_from(version).unwrap_or(0),
-                name: name.unwrap_or_default(),
-                applied_on: applied_on.unwrap_or_default(),
-                // An unparsable checksum can never match, which is the truth.
-                checksum: checksum.and_then(|c| c.parse().ok()).unwrap_or(0),
-            });
+            // Everything refinery would unwrap is checked here.
+            let corrupt = |problem: String| Error::CorruptHistory { version, problem };
+            let number = u32::try_from(version).map_err(|_| corrupt("has a negative version".to_owned()))?;
+            let name = name.ok_or_else(|| corrupt("has no name".to_owned()))?;
+            let applied_on = applied_on.ok_or_else(|| corrupt("has no applied_on".to_owned()))?;
+            if let Err(e) = time::OffsetDateTime::parse(&applied_on, &Rfc3339) {
+                return Err(corrupt(format!("has applied_on {applied_on:?}, which is not RFC 3339 ({e})")));
+            }
+            let checksum = checksum.ok_or_else(|| corrupt("has no checksum".to_owned()))?;
+            let checksum = checksum
+                .parse()
+                .map_err(|_| corrupt(format!("has checksum {checksum:?}, which is not an unsigned 64-bit number")))?;
+            recorded.push(Recorded { version: number, name, applied_on, checksum });
         }
     }
 

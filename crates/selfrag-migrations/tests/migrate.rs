@@ -10,6 +10,9 @@ use tokio_postgres::{Client, NoTls};
 struct Schema {
     url: String,
     name: String,
+    /// Keeps the server (e.g. a testcontainers container) alive while the
+    /// schema is in use.
+    _server: selfrag_testkit::Guard,
 }
 
 impl Schema {
@@ -18,7 +21,7 @@ impl Schema {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let admin = connect(&server.url, None).await;
         admin.batch_execute(&format!("CREATE SCHEMA {name}")).await.expect("create schema");
-        Some(Self { url: server.url, name })
+        Some(Self { url: server.url, name, _server: server.guard })
     }
 
     /// A connection whose search_path is this schema.
@@ -98,11 +101,16 @@ async fn fresh_schema_gets_every_migration_and_rerun_is_a_no_op() {
         assert!(matches!(line.state, MigrationState::Applied { .. }), "{after}");
     }
 
+    // The rerun lifts the session's statement_timeout while it holds the
+    // lock, and must put it back.
+    client.batch_execute("SET statement_timeout = '1234'").await.unwrap();
     let again = migrate(&mut client).await.unwrap();
     assert!(again.applied.is_empty(), "rerun applied {:?}", again.applied);
     assert_eq!(history(&client).await, expected_history());
 
     // The lock is released and statement_timeout restored after a run.
+    let timeout: String = client.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(timeout, "1234ms");
     let held: i64 = client
         .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()", &[])
         .await
@@ -217,4 +225,57 @@ async fn missing_schema_is_refused() {
     let err = migrate(&mut client).await.unwrap_err();
     assert!(matches!(err, Error::NoSchema), "{err:?}");
     assert!(matches!(status(&client).await.unwrap_err(), Error::NoSchema));
+}
+
+#[tokio::test]
+async fn corrupt_history_row_is_a_clear_error_not_a_panic() {
+    let Some(schema) = Schema::new().await else { return };
+    let mut client = schema.client().await;
+    migrate(&mut client).await.unwrap();
+    let table = format!("{}.{HISTORY_TABLE}", schema.name);
+    let cases = [
+        ("checksum = 'not-a-number'", "checksum \"not-a-number\""),
+        ("applied_on = 'yesterday'", "not RFC 3339"),
+        ("checksum = NULL", "no checksum"),
+        ("name = NULL", "no name"),
+    ];
+    for (set, expected) in cases {
+        client.batch_execute("BEGIN").await.unwrap();
+        client.execute(&format!("UPDATE {table} SET {set} WHERE version = 2"), &[]).await.unwrap();
+        // Refinery unwraps these fields; the run must stop before it reads them.
+        let err = migrate(&mut client).await.unwrap_err();
+        assert!(matches!(&err, Error::CorruptHistory { version: 2, .. }), "{set}: {err:?}");
+        assert!(err.is_incompatible());
+        assert!(err.to_string().contains(expected), "{set}: {err}");
+        let st = status(&client).await.unwrap_err();
+        assert!(matches!(st, Error::CorruptHistory { version: 2, .. }), "{set}: {st:?}");
+        client.batch_execute("ROLLBACK").await.unwrap();
+    }
+    // Still usable, and untouched, once the row is right again.
+    assert!(migrate(&mut client).await.unwrap().applied.is_empty());
+    assert_eq!(history(&client).await, expected_history());
+    drop(client);
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn status_reads_the_history_of_the_schema_migrate_uses() {
+    // `first` is where migrate creates everything; `second`, later on the
+    // search_path, already has a full history, which must not be mistaken
+    // for `first`'s.
+    let Some(first) = Schema::new().await else { return };
+    let Some(second) = Schema::new().await else { return };
+    migrate(&mut second.client().await).await.unwrap();
+    let mut client = connect(&first.url, Some(&format!("{},{}", first.name, second.name))).await;
+
+    let before = status(&client).await.unwrap();
+    assert_eq!(before.schema, first.name);
+    assert_eq!(before.pending().count(), MIGRATIONS.len(), "{before}");
+    let report = migrate(&mut client).await.unwrap();
+    assert_eq!(report.applied.len(), MIGRATIONS.len());
+    assert!(status(&client).await.unwrap().is_up_to_date());
+    assert_eq!(history(&first.client().await).await, expected_history());
+    drop(client);
+    first.drop_schema().await;
+    second.drop_schema().await;
 }

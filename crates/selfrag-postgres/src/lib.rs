@@ -90,6 +90,19 @@ pub use tokio_postgres;
 use deadpool_postgres::Object;
 use selfrag_core::Result;
 
+/// `EXPLAIN` of `sql` with `params` (with `analyze`, `EXPLAIN (ANALYZE,
+/// BUFFERS)`, which runs the statement), as one text.
+async fn explain(
+    conn: &Object,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    analyze: bool,
+) -> Result<String> {
+    let options = if analyze { "ANALYZE, BUFFERS" } else { "COSTS" };
+    let rows = conn.query(&format!("EXPLAIN ({options}) {sql}"), params).await.map_err(error::pg)?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+}
+
 /// Applies the pending migrations to the pool's schema (the first existing
 /// schema of its `search_path`), under the migrations' advisory lock, so
 /// that services starting together apply each migration exactly once.

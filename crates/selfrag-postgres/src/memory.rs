@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
+use selfrag_core::clock::ceil_micros;
 use selfrag_core::memory::validate_batch;
 use selfrag_core::{
     Cursor, Error, MemoryLog, MemoryLogId, MemoryPage, MemoryQuery, MemoryStore, MemoryType, NewMemoryLog, Result,
@@ -13,20 +14,15 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::error;
+use crate::{error, explain, users};
 
 const COLUMNS: &str = r#"id, user_id, "timestamp", type, content, meta_data"#;
-
-const INSERT_ONE: &str = r#"INSERT INTO memory_logs (id, user_id, "timestamp", type, content, meta_data)
-VALUES ($1, $2, $3, $4, $5, $6)"#;
 
 // One statement over parallel arrays: one round trip for the whole batch,
 // and atomic like any single statement (all rows or none).
 const INSERT_BATCH: &str = r#"INSERT INTO memory_logs (id, user_id, "timestamp", type, content, meta_data)
 SELECT b.id, $1, b.ts, b.type, b.content, b.meta
 FROM unnest($2::uuid[], $3::timestamptz[], $4::varchar[], $5::text[], $6::jsonb[]) AS b(id, ts, type, content, meta)"#;
-
-const USER_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)";
 
 /// Memory logs in Postgres (`memory_logs`).
 ///
@@ -63,14 +59,29 @@ impl PostgresMemoryStore {
     pub async fn explain_query(&self, user: UserId, query: &MemoryQuery, analyze: bool) -> Result<String> {
         query.validate()?;
         let built = BuiltQuery::new(user, query);
-        let options = if analyze { "ANALYZE, BUFFERS" } else { "COSTS" };
-        let sql = format!("EXPLAIN ({options}) {}", built.sql);
         let conn = self.conn().await?;
-        let rows = conn.query(&sql, &built.params()).await.map_err(error::pg)?;
-        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+        explain(&conn, &built.sql, &built.params(), analyze).await
     }
 
+    /// The SQL statement [`MemoryStore::query`] prepares for `query`. Only
+    /// the filters `query` sets appear, numbered in this order: `$1` the
+    /// user, then `since`, `until`, the types (`varchar[]`), the metadata
+    /// filter (`jsonb`), the cursor's timestamp and id, and last the limit
+    /// (`bigint`, one more than the page size). For inspecting plans, e.g.
+    /// the generic plan a prepared statement falls back to.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the query is invalid.
+    pub fn query_sql(query: &MemoryQuery) -> Result<String> {
+        query.validate()?;
+        Ok(BuiltQuery::new(UserId::from_uuid(Uuid::nil()), query).sql)
+    }
+
+    /// Validates `logs` and writes them in one statement (one round trip,
+    /// all rows or none).
     async fn insert_batch(&self, user: UserId, logs: &[NewMemoryLog]) -> Result<()> {
+        // Everything is checked before anything is sent.
+        validate_batch(logs)?;
         let mut ids = Vec::with_capacity(logs.len());
         let mut timestamps = Vec::with_capacity(logs.len());
         let mut types = Vec::with_capacity(logs.len());
@@ -136,11 +147,15 @@ impl BuiltQuery {
         Self {
             sql,
             user: *user.as_uuid(),
-            since: query.since,
-            until: query.until,
+            // Stored timestamps are whole microseconds, and the driver drops
+            // any finer part of a bound: rounding the bounds up first keeps
+            // `stored >= since` and `stored < until` exact (as in
+            // `MemoryQuery::matches`).
+            since: query.since.map(ceil_micros),
+            until: query.until.map(ceil_micros),
             types: query.types.iter().map(|t| t.as_str().to_owned()).collect(),
             metadata: query.metadata_contains.clone().map(Value::Object),
-            after: query.after.map(|c: Cursor| (c.timestamp, *c.id.as_uuid())),
+            after: query.after.map(cursor_bound),
             // One extra row tells whether another page exists.
             limit: i64::from(query.effective_limit()) + 1,
         }
@@ -170,6 +185,20 @@ impl BuiltQuery {
     }
 }
 
+/// The `(timestamp, id)` bound for a cursor. A cursor from a page is whole
+/// microseconds and is bound as is. One with a finer timestamp `t` must let
+/// through every stored row at or before `t`'s microsecond whatever its id,
+/// and nothing later: `(ceil_micros(t), nil)` is exactly that bound, as no
+/// uuid sorts below the nil one.
+fn cursor_bound(c: Cursor) -> (OffsetDateTime, Uuid) {
+    let ceil = ceil_micros(c.timestamp);
+    if ceil == c.timestamp {
+        (ceil, *c.id.as_uuid())
+    } else {
+        (ceil, Uuid::nil())
+    }
+}
+
 fn to_log(row: &Row) -> Result<MemoryLog> {
     let kind: String = row.try_get(3).map_err(error::pg)?;
     let metadata = match row.try_get::<_, Value>(5).map_err(error::pg)? {
@@ -189,33 +218,17 @@ fn to_log(row: &Row) -> Result<MemoryLog> {
 #[async_trait]
 impl MemoryStore for PostgresMemoryStore {
     async fn append(&self, user: UserId, log: NewMemoryLog) -> Result<MemoryLog> {
-        let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(INSERT_ONE).await.map_err(error::pg)?;
-        conn.execute(
-            &stmt,
-            &[
-                log.id().as_uuid(),
-                user.as_uuid(),
-                &log.timestamp(),
-                &log.kind().as_str(),
-                &log.content(),
-                &tokio_postgres::types::Json(log.metadata()),
-            ],
-        )
-        .await
-        .map_err(|e| error::write(e, user, "memory log"))?;
+        // A batch of one: the same checks and the same single statement.
+        self.insert_batch(user, std::slice::from_ref(&log)).await?;
         Ok(log.into_log(user))
     }
 
     async fn append_batch(&self, user: UserId, logs: Vec<NewMemoryLog>) -> Result<Vec<MemoryLog>> {
-        validate_batch(&logs)?;
         if logs.is_empty() {
             // Nothing to write, but an unknown user is still an error, as for
             // any write.
             let conn = self.conn().await?;
-            let stmt = conn.prepare_cached(USER_EXISTS).await.map_err(error::pg)?;
-            let exists: bool = conn.query_one(&stmt, &[user.as_uuid()]).await.map_err(error::pg)?.get(0);
-            return if exists { Ok(Vec::new()) } else { Err(Error::user_not_found(user)) };
+            return if users::exists(&conn, user).await? { Ok(Vec::new()) } else { Err(Error::user_not_found(user)) };
         }
         self.insert_batch(user, &logs).await?;
         Ok(logs.into_iter().map(|l| l.into_log(user)).collect())

@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 
-use crate::error;
+use crate::{error, explain};
 
 // Every time comes from the database clock (`now()`, the start of the
 // statement's transaction), so all service instances agree on expiry and no
@@ -26,9 +26,12 @@ VALUES ($1, $2, now(), now(), now() + $3::bigint * interval '1 millisecond', $3:
 RETURNING id, user_id, created_at, last_activity, expires_at, ttl_ms, data";
 
 // Sliding expiry in one statement: no read-modify-write race with a
-// concurrent touch or revoke.
+// concurrent touch or revoke. `now()` is when this statement's transaction
+// began: a touch that waited on the row lock while a later one committed
+// would move the row back in time, so both columns only ever move forward.
 const TOUCH: &str = "UPDATE user_sessions
-SET last_activity = now(), expires_at = now() + ttl_ms * interval '1 millisecond'
+SET last_activity = GREATEST(last_activity, now()),
+    expires_at = GREATEST(expires_at, now() + ttl_ms * interval '1 millisecond')
 WHERE id = $1 AND user_id = $2 AND expires_at > now()
 RETURNING id, user_id, created_at, last_activity, expires_at, ttl_ms, data";
 
@@ -110,11 +113,8 @@ impl PostgresSessionStore {
     /// # Errors
     /// Backend errors.
     pub async fn explain_list(&self, user: UserId, analyze: bool) -> Result<String> {
-        let options = if analyze { "ANALYZE, BUFFERS" } else { "COSTS" };
         let conn = self.conn().await?;
-        let rows = conn.query(&format!("EXPLAIN ({options}) {}", list_sql()), &[user.as_uuid()]).await;
-        let rows = rows.map_err(error::pg)?;
-        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+        explain(&conn, &list_sql(), &[user.as_uuid()], analyze).await
     }
 
     async fn one(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Option<Session>> {

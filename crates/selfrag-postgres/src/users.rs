@@ -6,6 +6,13 @@ use selfrag_core::{Result, UserId, UserStore};
 
 use crate::error;
 
+/// Whether `id` is a known user (shared by the stores that must tell an
+/// unknown user from an empty result).
+pub(crate) async fn exists(conn: &Object, id: UserId) -> Result<bool> {
+    let stmt = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)").await.map_err(error::pg)?;
+    Ok(conn.query_one(&stmt, &[id.as_uuid()]).await.map_err(error::pg)?.get(0))
+}
+
 /// The users that own memory logs and sessions (`users`). Deleting a user
 /// deletes its memory logs and sessions in the same statement, through the
 /// tables' `ON DELETE CASCADE` foreign keys.
@@ -59,9 +66,7 @@ impl UserStore for PostgresUserStore {
     }
 
     async fn user_exists(&self, id: UserId) -> Result<bool> {
-        let conn = self.conn().await?;
-        let stmt = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)").await.map_err(error::pg)?;
-        Ok(conn.query_one(&stmt, &[id.as_uuid()]).await.map_err(error::pg)?.get(0))
+        exists(&self.conn().await?, id).await
     }
 
     async fn delete_user(&self, id: UserId) -> Result<bool> {

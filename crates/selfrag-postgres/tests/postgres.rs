@@ -68,19 +68,135 @@ async fn memory_query_is_an_index_range_scan_without_sort() {
     // Selective filters on top may make a bitmap scan of the same index
     // range plus a sort of the few survivors cheaper; the range is still
     // bounded by the index.
-    let filtered =
-        next.of_type(MemoryType::new("fact").unwrap()).metadata_contains(json!({"n": 3}).as_object().unwrap().clone());
+    let filtered = next
+        .clone()
+        .of_type(MemoryType::new("fact").unwrap())
+        .metadata_contains(json!({"n": 3}).as_object().unwrap().clone());
     let plan = store.explain_query(user, &filtered, true).await.unwrap();
     assert_plan_uses(&plan, "memory_logs_user_timestamp_idx");
     assert!(plan.contains("Execution Time"), "ANALYZE output expected:\n{plan}");
 
     // The plan a prepared statement falls back to after a few executions
-    // (the generic plan) must be the same shape.
-    let pinned = PostgresConfig::with_url(&db.url).schema(&db.schema).max_connections(1).build().unwrap();
-    pinned.get().await.unwrap().batch_execute("SET plan_cache_mode = force_generic_plan").await.unwrap();
-    let generic = PostgresMemoryStore::new(pinned);
-    let plan = generic.explain_query(user, &range, false).await.unwrap();
-    assert_ordered_index_scan(&plan, "memory_logs_user_timestamp_idx");
+    // (the generic plan, planned without the parameter values) must be the
+    // same shape. Bound parameters of a one-off EXPLAIN are planned as
+    // constants, so the store's statement is prepared by name here.
+    let conn = common::admin(&db.url).await;
+    conn.batch_execute(&format!("SET search_path = {}; SET plan_cache_mode = force_generic_plan", db.schema))
+        .await
+        .unwrap();
+    let (since, until) = (range.since.unwrap(), range.until.unwrap());
+    let cursor = next.after.unwrap();
+    for (name, query, args) in [
+        ("q_range", &range, format!("'{user}', {}, {}, 51", lit(since), lit(until))),
+        (
+            "q_page",
+            &next,
+            format!("'{user}', {}, {}, {}, '{}', 51", lit(since), lit(until), lit(cursor.timestamp), cursor.id),
+        ),
+    ] {
+        let sql = PostgresMemoryStore::query_sql(query).unwrap();
+        conn.batch_execute(&format!("PREPARE {name} AS {sql}")).await.unwrap();
+        let rows = conn.query(&format!("EXPLAIN EXECUTE {name}({args})"), &[]).await.unwrap();
+        let plan = rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n");
+        // A generic plan keeps the parameters symbolic.
+        assert!(plan.contains("$1"), "not a generic plan:\n{plan}");
+        assert_ordered_index_scan(&plan, "memory_logs_user_timestamp_idx");
+    }
+}
+
+/// A timestamptz literal.
+fn lit(t: OffsetDateTime) -> String {
+    format!("'{}'::timestamptz", t.format(&time::format_description::well_known::Rfc3339).unwrap())
+}
+
+#[tokio::test]
+async fn sub_microsecond_bounds_match_the_reference() {
+    let Some(db) = common::fresh_db().await else { return };
+    let user = PostgresUserStore::new(db.pool.clone()).create_user().await.unwrap();
+    let store = PostgresMemoryStore::new(db.pool.clone());
+    let t = time::macros::datetime!(2026-03-01 12:00:00.000001 UTC);
+    let ns = time::Duration::nanoseconds;
+    let at_t = store.append(user, NewMemoryLog::new("fact", "at t").unwrap().at(t)).await.unwrap();
+    let after_t = NewMemoryLog::new("fact", "1us later").unwrap().at(t + time::Duration::MICROSECOND);
+    let after_t = store.append(user, after_t).await.unwrap();
+    let before_t = NewMemoryLog::new("fact", "1us earlier").unwrap().at(t - time::Duration::MICROSECOND);
+    let before_t = store.append(user, before_t).await.unwrap();
+    let all = [&after_t, &at_t, &before_t];
+
+    let cursor = |timestamp| selfrag_core::Cursor { timestamp, id: at_t.id };
+    let cases = [
+        (MemoryQuery::new().until(t + ns(400)), vec![at_t.id, before_t.id]),
+        (MemoryQuery::new().since(t + ns(400)), vec![after_t.id]),
+        (MemoryQuery::new().since(t - ns(400)), vec![after_t.id, at_t.id]),
+        (MemoryQuery::new().until(t - ns(400)), vec![before_t.id]),
+        (MemoryQuery::new().since(t - ns(400)).until(t + ns(400)), vec![at_t.id]),
+        (MemoryQuery::new().since(t - ns(1400)).until(t - ns(400)), vec![before_t.id]),
+        // A cursor between two microseconds: everything at or before t,
+        // whatever the id, and nothing after.
+        (MemoryQuery::new().after(cursor(t + ns(400))), vec![at_t.id, before_t.id]),
+        (MemoryQuery::new().after(cursor(t - ns(400))), vec![before_t.id]),
+    ];
+    for (query, expected) in cases {
+        let got: Vec<_> = store.query(user, &query).await.unwrap().logs.iter().map(|l| l.id).collect();
+        let reference: Vec<_> = all.iter().filter(|l| query.matches(l)).map(|l| l.id).collect();
+        assert_eq!(reference, expected, "reference for {query:?}");
+        assert_eq!(got, expected, "{query:?}");
+    }
+}
+
+#[tokio::test]
+async fn touch_that_waited_on_the_row_never_moves_expiry_back() {
+    let Some(db) = common::fresh_db().await else { return };
+    let user = PostgresUserStore::new(db.pool.clone()).create_user().await.unwrap();
+    let sessions = PostgresSessionStore::new(db.pool.clone());
+    let s = sessions.create(user, NewSession::new(Duration::from_secs(60)).unwrap()).await.unwrap();
+
+    // Another writer holds the row; the touch starts (fixing its now())
+    // and waits for it.
+    let mut admin = common::admin(&db.url).await;
+    let tx = admin.transaction().await.unwrap();
+    let table = format!("{}.user_sessions", db.schema);
+    tx.execute(&format!("SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE"), &[s.id.as_uuid()]).await.unwrap();
+    let waiting = {
+        let sessions = sessions.clone();
+        tokio::spawn(async move { sessions.touch(user, s.id).await })
+    };
+    let watcher = common::admin(&db.url).await;
+    for _ in 0..100 {
+        let blocked: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'UPDATE user_sessions%last_activity%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if blocked > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The holder slides the session to a time after the touch's now(), as a
+    // later touch would, and commits.
+    let row = tx
+        .query_one(
+            &format!(
+                "UPDATE {table} SET last_activity = clock_timestamp(), \
+                 expires_at = clock_timestamp() + ttl_ms * interval '1 millisecond' \
+                 WHERE id = $1 RETURNING last_activity, expires_at"
+            ),
+            &[s.id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let (later_activity, later_expiry): (OffsetDateTime, OffsetDateTime) = (row.get(0), row.get(1));
+    tx.commit().await.unwrap();
+
+    let touched = waiting.await.unwrap().unwrap().expect("the session is live");
+    assert_eq!(touched.last_activity, later_activity, "last_activity moved back");
+    assert_eq!(touched.expires_at, later_expiry, "expires_at moved back");
 }
 
 #[tokio::test]
@@ -168,6 +284,22 @@ async fn bad_input_is_rejected_before_anything_is_sent() {
     assert_eq!(err.field(), Some("logs"), "{err:?}");
     let err = memory.query(user, &MemoryQuery::new().limit(0)).await.unwrap_err();
     assert_eq!(err.field(), Some("limit"), "{err:?}");
+    // Timestamps Postgres cannot hold exactly, in single appends too.
+    let ancient = NewMemoryLog::new("fact", "x").unwrap().at(time::macros::datetime!(-100-01-01 00:00 UTC));
+    let err = memory.append(user, ancient.clone()).await.unwrap_err();
+    assert_eq!(err.field(), Some("logs[0].timestamp"), "{err:?}");
+    let err = memory.append_batch(user, vec![ancient]).await.unwrap_err();
+    assert_eq!(err.field(), Some("logs[0].timestamp"), "{err:?}");
+    let ancient = time::macros::datetime!(-5000-01-01 00:00 UTC);
+    let err = memory.query(user, &MemoryQuery::new().since(ancient)).await.unwrap_err();
+    assert_eq!(err.field(), Some("since"), "{err:?}");
+    // More bytes than one batch may carry.
+    let big = "x".repeat(NewMemoryLog::MAX_CONTENT_BYTES);
+    let logs: Vec<_> = (0..(selfrag_core::memory::MAX_BATCH_BYTES / big.len() + 1))
+        .map(|_| NewMemoryLog::new("fact", big.clone()).unwrap())
+        .collect();
+    let err = memory.append_batch(user, logs).await.unwrap_err();
+    assert_eq!(err.field(), Some("logs"), "{err:?}");
     // And the input types cannot even hold a NUL byte.
     assert_eq!(NewMemoryLog::new("fact", "a\0b").unwrap_err().field(), Some("content"));
 }
