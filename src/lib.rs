@@ -7,14 +7,19 @@
 //!
 //! | feature | module | backend |
 //! | --- | --- | --- |
-//! | `postgres` | [`postgres`], [`migrations`] | memory logs, users and sessions in Postgres |
-//! | `redis` | [`redis`] | sessions and rate limits in Redis |
-//! | `qdrant` | [`qdrant`] | vectors in a Qdrant server |
-//! | `edge` | [`edge`] | vectors in the Qdrant engine embedded in-process |
+//! | `postgres` | `postgres`, `migrations` | memory logs, users and sessions in Postgres |
+//! | `redis` | `redis` | sessions and rate limits in Redis |
+//! | `qdrant` | `qdrant` | vectors in a Qdrant server |
+//! | `edge` | `edge` | vectors in the Qdrant engine embedded in-process |
 //!
 //! With no feature, everything runs in process (see `examples/quickstart.rs`).
+//!
+#![doc = include_str!("../README.md")]
 
 pub use selfrag_core::*;
+
+mod storage;
+pub use storage::{Backends, Storage, StorageOptions};
 
 #[cfg(feature = "postgres")]
 pub use selfrag_migrations as migrations;

@@ -1,0 +1,230 @@
+//! [`Storage`]: every trait object a self-RAG service needs, composed from
+//! the environment.
+
+use std::fmt;
+use std::sync::Arc;
+
+use selfrag_core::local::{LocalRateLimiter, LocalStore, LocalVectorIndex};
+use selfrag_core::{
+    Distance, Error, IndexSpec, MemoryStore, RateLimitPolicy, RateLimiter, Result, SessionStore, UserStore, VectorIndex,
+};
+
+/// The backends of one service, as trait objects.
+///
+/// Build it with [`Storage::local`] (everything in process) or
+/// [`Storage::from_env`] (servers named by environment variables, in-process
+/// backends for the rest).
+#[derive(Clone)]
+pub struct Storage {
+    /// Users (owners of memory logs and sessions).
+    pub users: Arc<dyn UserStore>,
+    /// Memory logs.
+    pub memory: Arc<dyn MemoryStore>,
+    /// Sessions.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Rate limits.
+    pub rate_limiter: Arc<dyn RateLimiter>,
+    /// Document chunks.
+    pub vectors: Arc<dyn VectorIndex>,
+    /// Which backend serves each part, e.g. `memory: postgres`.
+    pub backends: Backends,
+}
+
+/// The name of the backend behind each part of a [`Storage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backends {
+    /// `local` or `postgres`.
+    pub memory: &'static str,
+    /// `local`, `postgres` or `redis`.
+    pub sessions: &'static str,
+    /// `local` or `redis`.
+    pub rate_limiter: &'static str,
+    /// `local`, `qdrant` or `edge`.
+    pub vectors: &'static str,
+}
+
+impl fmt::Display for Backends {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "memory: {}, sessions: {}, rate limits: {}, vectors: {}",
+            self.memory, self.sessions, self.rate_limiter, self.vectors
+        )
+    }
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage").field("backends", &self.backends).finish_non_exhaustive()
+    }
+}
+
+/// What [`Storage`] needs besides URLs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageOptions {
+    /// Dimension and distance of the vectors (default: 384, cosine).
+    pub spec: IndexSpec,
+    /// Rate-limit windows (default: [`RateLimitPolicy::default`]).
+    pub policy: RateLimitPolicy,
+    /// Qdrant collection name when `QDRANT_URL` is set; `SELFRAG_QDRANT_COLLECTION`
+    /// overrides it (default: `selfrag_chunks`).
+    pub collection: String,
+    /// Apply the Postgres migrations when `DATABASE_URL` is set (default:
+    /// true; safe when several instances start together).
+    pub migrate: bool,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self {
+            spec: IndexSpec::new(384, Distance::Cosine).expect("384 is a valid dimension"),
+            policy: RateLimitPolicy::default(),
+            collection: "selfrag_chunks".into(),
+            migrate: true,
+        }
+    }
+}
+
+impl Storage {
+    /// Everything in process: [`LocalStore`] for users, memory logs and
+    /// sessions, [`LocalRateLimiter`], [`LocalVectorIndex`]. Nothing outlives
+    /// the process.
+    pub fn local(options: &StorageOptions) -> Self {
+        let store = Arc::new(LocalStore::new());
+        Self {
+            users: store.clone(),
+            memory: store.clone(),
+            sessions: store,
+            rate_limiter: Arc::new(LocalRateLimiter::new(options.policy.clone())),
+            vectors: Arc::new(LocalVectorIndex::new(options.spec)),
+            backends: Backends { memory: "local", sessions: "local", rate_limiter: "local", vectors: "local" },
+        }
+    }
+
+    /// Composes backends from environment variables; whatever is not named
+    /// runs in process, as in [`Storage::local`]:
+    ///
+    /// | variable | feature | serves |
+    /// | --- | --- | --- |
+    /// | `DATABASE_URL` (+ `SELFRAG_POSTGRES_SCHEMA`, an existing schema) | `postgres` | users, memory logs, and sessions unless Redis is set (migrated first when [`StorageOptions::migrate`]) |
+    /// | `REDIS_URL` (+ `SELFRAG_REDIS_*`) | `redis` | sessions and rate limits |
+    /// | `QDRANT_URL` (+ `QDRANT_API_KEY`, `SELFRAG_QDRANT_COLLECTION`) | `qdrant` | vectors (the collection is ensured) |
+    /// | `SELFRAG_EDGE_PATH` | `edge` | vectors, embedded, in that directory (when `QDRANT_URL` is unset) |
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] when a variable names a backend this build
+    /// was compiled without (enable the feature); the backends' own errors
+    /// when a URL is invalid, a server is unreachable, migrations fail or a
+    /// collection does not match the spec.
+    pub async fn from_env(options: &StorageOptions) -> Result<Self> {
+        Self::from_lookup(options, |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty())).await
+    }
+
+    /// [`Storage::from_env`] over any lookup function (tests, other
+    /// configuration systems).
+    ///
+    /// # Errors
+    /// As [`Storage::from_env`].
+    pub async fn from_lookup(options: &StorageOptions, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut storage = Self::local(options);
+        if let Some(url) = lookup("DATABASE_URL") {
+            postgres(&mut storage, options, url, lookup("SELFRAG_POSTGRES_SCHEMA")).await?;
+        }
+        if lookup("REDIS_URL").is_some() {
+            redis(&mut storage, options, &lookup)?;
+        }
+        if let Some(url) = lookup("QDRANT_URL") {
+            let collection = lookup("SELFRAG_QDRANT_COLLECTION").unwrap_or_else(|| options.collection.clone());
+            qdrant(&mut storage, options, url, collection, lookup("QDRANT_API_KEY")).await?;
+        } else if let Some(path) = lookup("SELFRAG_EDGE_PATH") {
+            edge(&mut storage, options, path).await?;
+        }
+        Ok(storage)
+    }
+}
+
+#[allow(dead_code)]
+fn missing_feature(variable: &str, feature: &str) -> Error {
+    Error::Incompatible {
+        backend: "selfrag",
+        message: format!("{variable} is set, but selfrag was built without its `{feature}` feature"),
+    }
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres(storage: &mut Storage, options: &StorageOptions, url: String, schema: Option<String>) -> Result<()> {
+    use selfrag_postgres::{PostgresConfig, PostgresMemoryStore, PostgresSessionStore, PostgresUserStore};
+    let mut config = PostgresConfig::with_url(url);
+    if let Some(schema) = schema {
+        config = config.schema(schema);
+    }
+    let pool = config.build()?;
+    if options.migrate {
+        selfrag_postgres::migrate(&pool).await?;
+    }
+    storage.users = Arc::new(PostgresUserStore::new(pool.clone()));
+    storage.memory = Arc::new(PostgresMemoryStore::new(pool.clone()));
+    storage.sessions = Arc::new(PostgresSessionStore::new(pool));
+    storage.backends.memory = "postgres";
+    storage.backends.sessions = "postgres";
+    Ok(())
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(_: &mut Storage, _: &StorageOptions, _: String, _: Option<String>) -> Result<()> {
+    Err(missing_feature("DATABASE_URL", "postgres"))
+}
+
+#[cfg(feature = "redis")]
+fn redis(storage: &mut Storage, options: &StorageOptions, lookup: &impl Fn(&str) -> Option<String>) -> Result<()> {
+    use selfrag_redis::{RedisConfig, RedisRateLimiter, RedisSessionStore};
+    let config = RedisConfig::from_lookup(lookup)?;
+    let pool = config.create_pool()?;
+    storage.sessions = Arc::new(RedisSessionStore::with_config(pool.clone(), &config)?);
+    storage.rate_limiter = Arc::new(RedisRateLimiter::with_config(pool, &config, options.policy.clone())?);
+    storage.backends.sessions = "redis";
+    storage.backends.rate_limiter = "redis";
+    Ok(())
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis(_: &mut Storage, _: &StorageOptions, _: &impl Fn(&str) -> Option<String>) -> Result<()> {
+    Err(missing_feature("REDIS_URL", "redis"))
+}
+
+#[cfg(feature = "qdrant")]
+async fn qdrant(
+    storage: &mut Storage,
+    options: &StorageOptions,
+    url: String,
+    collection: String,
+    api_key: Option<String>,
+) -> Result<()> {
+    let mut config = selfrag_qdrant::QdrantIndexConfig::new(url, collection, options.spec);
+    if let Some(key) = api_key {
+        config = config.api_key(key);
+    }
+    let index = config.build()?;
+    index.ensure().await?;
+    storage.vectors = Arc::new(index);
+    storage.backends.vectors = "qdrant";
+    Ok(())
+}
+
+#[cfg(not(feature = "qdrant"))]
+async fn qdrant(_: &mut Storage, _: &StorageOptions, _: String, _: String, _: Option<String>) -> Result<()> {
+    Err(missing_feature("QDRANT_URL", "qdrant"))
+}
+
+#[cfg(feature = "edge")]
+async fn edge(storage: &mut Storage, options: &StorageOptions, path: String) -> Result<()> {
+    let index = selfrag_edge::EdgeIndex::open(path, options.spec, selfrag_edge::EdgeIndexConfig::default()).await?;
+    storage.vectors = Arc::new(index);
+    storage.backends.vectors = "edge";
+    Ok(())
+}
+
+#[cfg(not(feature = "edge"))]
+async fn edge(_: &mut Storage, _: &StorageOptions, _: String) -> Result<()> {
+    Err(missing_feature("SELFRAG_EDGE_PATH", "edge"))
+}

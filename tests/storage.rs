@@ -1,0 +1,98 @@
+//! `Storage::from_lookup`: which backend serves what, and that each
+//! composition really works against its backend.
+
+use std::collections::HashMap;
+
+use selfrag::{MemoryQuery, NewMemoryLog, NewSession, Storage, StorageOptions};
+
+fn lookup(vars: &[(&str, String)]) -> impl Fn(&str) -> Option<String> {
+    let vars: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    move |name| vars.get(name).cloned()
+}
+
+/// Appends and reads back one memory log and one session.
+async fn round_trip(storage: &Storage) {
+    let user = storage.users.create_user().await.unwrap();
+    storage.memory.append(user, NewMemoryLog::new("fact", "likes tea").unwrap()).await.unwrap();
+    let page = storage.memory.query(user, &MemoryQuery::new()).await.unwrap();
+    assert_eq!(page.logs.len(), 1);
+    let session = storage.sessions.create(user, NewSession::new(std::time::Duration::from_secs(60)).unwrap()).await;
+    let session = session.unwrap();
+    assert_eq!(storage.sessions.get(user, session.id).await.unwrap().unwrap().id, session.id);
+    storage.users.delete_user(user).await.unwrap();
+}
+
+#[tokio::test]
+async fn nothing_set_means_everything_in_process() {
+    let storage = Storage::from_lookup(&StorageOptions::default(), lookup(&[])).await.unwrap();
+    assert_eq!(storage.backends.to_string(), "memory: local, sessions: local, rate limits: local, vectors: local");
+    round_trip(&storage).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn database_url_selects_postgres_and_migrates() {
+    let Some(server) = selfrag_testkit::servers::postgres().await else { return };
+    // A fresh schema keeps this test apart from every other.
+    let schema = format!("facade_{}", uuid::Uuid::new_v4().simple());
+    let (client, conn) =
+        selfrag::postgres::tokio_postgres::connect(&server.url, selfrag::postgres::tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    let vars = [("DATABASE_URL", server.url.clone()), ("SELFRAG_POSTGRES_SCHEMA", schema.clone())];
+    let storage = Storage::from_lookup(&StorageOptions::default(), lookup(&vars)).await.unwrap();
+    assert_eq!(storage.backends.memory, "postgres");
+    assert_eq!(storage.backends.sessions, "postgres");
+    round_trip(&storage).await;
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_bad_database_url_is_an_error() {
+    let vars = [("DATABASE_URL", "not a url".to_owned())];
+    let err = Storage::from_lookup(&StorageOptions::default(), lookup(&vars)).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_url_selects_redis_for_sessions_and_limits() {
+    let Some(server) = selfrag_testkit::servers::redis().await else { return };
+    let prefix = format!("facade-{}:", uuid::Uuid::new_v4().simple());
+    let vars = [("REDIS_URL", server.url.clone()), ("SELFRAG_REDIS_PREFIX", prefix)];
+    let storage = Storage::from_lookup(&StorageOptions::default(), lookup(&vars)).await.unwrap();
+    assert_eq!(storage.backends.sessions, "redis");
+    assert_eq!(storage.backends.rate_limiter, "redis");
+    round_trip(&storage).await;
+    let user = storage.users.create_user().await.unwrap();
+    let key = selfrag::RateLimitKey::new(user, "chat").unwrap();
+    let decision = storage.rate_limiter.check(&key, 1).await.unwrap();
+    assert!(decision.allowed);
+    storage.rate_limiter.reset(&key).await.unwrap();
+}
+
+#[cfg(feature = "edge")]
+#[tokio::test]
+async fn edge_path_selects_the_embedded_index() {
+    use selfrag::{Chunk, Distance, IndexSpec, SearchRequest, Tenant};
+    let dir = tempfile::tempdir().unwrap();
+    let options = StorageOptions { spec: IndexSpec::new(3, Distance::Cosine).unwrap(), ..StorageOptions::default() };
+    let vars = [("SELFRAG_EDGE_PATH", dir.path().join("vectors").display().to_string())];
+    let storage = Storage::from_lookup(&options, lookup(&vars)).await.unwrap();
+    assert_eq!(storage.backends.vectors, "edge");
+    let tenant = Tenant::new("t").unwrap();
+    storage.vectors.upsert(&tenant, vec![Chunk::new("doc", 0, "hello", vec![1.0, 0.0, 0.0])]).await.unwrap();
+    let hits = storage.vectors.search(&tenant, &SearchRequest::new(vec![1.0, 0.0, 0.0], 1)).await.unwrap();
+    assert_eq!(hits[0].payload.text, "hello");
+}
+
+#[cfg(not(feature = "qdrant"))]
+#[tokio::test]
+async fn a_backend_built_without_its_feature_is_named() {
+    let vars = [("QDRANT_URL", "http://127.0.0.1:6334".to_owned())];
+    let err = Storage::from_lookup(&StorageOptions::default(), lookup(&vars)).await.unwrap_err();
+    assert!(err.to_string().contains("`qdrant` feature"), "{err}");
+}
