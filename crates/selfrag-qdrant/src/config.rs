@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use qdrant_client::qdrant::{WriteOrdering, WriteOrderingType};
+use qdrant_client::qdrant::{read_consistency, ReadConsistencyType, WriteOrdering, WriteOrderingType};
 use qdrant_client::Qdrant;
 use selfrag_core::{Error, IndexSpec, Result};
 
@@ -38,6 +38,45 @@ impl From<WriteOrder> for WriteOrdering {
             WriteOrder::Strong => WriteOrderingType::Strong,
         };
         WriteOrdering { r#type: t as i32 }
+    }
+}
+
+/// How many replicas of a shard a read (search, get, scroll, count) asks, and
+/// which points it returns (the request's `read_consistency`). Only matters
+/// with `replication_factor > 1`.
+///
+/// Stronger settings make the replicas *agree* (a point missing from a
+/// queried replica is left out), they do not make a read see a write that a
+/// replica has not applied yet; see the crate docs, "Guarantees", for what
+/// makes a write visible to every read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ReadConsistency {
+    /// Nothing is sent: the server's default, which reads one replica per
+    /// shard (fastest).
+    #[default]
+    ServerDefault,
+    /// Asks this many replicas and returns the points present on all of
+    /// them.
+    Factor(u64),
+    /// Qdrant's `Majority`.
+    Majority,
+    /// Qdrant's `Quorum`.
+    Quorum,
+    /// Asks every replica and returns the points present on all of them.
+    All,
+}
+
+impl ReadConsistency {
+    /// The request field, `None` for [`ReadConsistency::ServerDefault`].
+    pub fn to_qdrant(self) -> Option<read_consistency::Value> {
+        let t = |t: ReadConsistencyType| Some(read_consistency::Value::Type(t as i32));
+        match self {
+            ReadConsistency::ServerDefault => None,
+            ReadConsistency::Factor(n) => Some(read_consistency::Value::Factor(n)),
+            ReadConsistency::Majority => t(ReadConsistencyType::Majority),
+            ReadConsistency::Quorum => t(ReadConsistencyType::Quorum),
+            ReadConsistency::All => t(ReadConsistencyType::All),
+        }
     }
 }
 
@@ -82,7 +121,12 @@ pub struct QdrantIndexConfig {
     pub write_consistency_factor: Option<u32>,
     /// Ordering of writes across replicas.
     pub write_order: WriteOrder,
-    /// Points per upsert request (default 256). Each request is acknowledged
+    /// Replicas asked by every read (search, get, scroll, count); the
+    /// server's default (one replica) unless set.
+    pub read_consistency: ReadConsistency,
+    /// Most points per upsert request (default 256). A request is also cut
+    /// at [`MAX_UPSERT_BYTES`](crate::convert::MAX_UPSERT_BYTES) of encoded
+    /// points, under Qdrant's 32 MiB gRPC limit. Each request is acknowledged
     /// (`wait=true`) before the next is sent.
     pub upsert_batch_size: usize,
     /// Points per scroll page when reading a document (default 256).
@@ -103,6 +147,7 @@ impl fmt::Debug for QdrantIndexConfig {
             .field("replication_factor", &self.replication_factor)
             .field("write_consistency_factor", &self.write_consistency_factor)
             .field("write_order", &self.write_order)
+            .field("read_consistency", &self.read_consistency)
             .field("upsert_batch_size", &self.upsert_batch_size)
             .field("page_size", &self.page_size)
             .finish()
@@ -127,6 +172,7 @@ impl QdrantIndexConfig {
             replication_factor: None,
             write_consistency_factor: None,
             write_order: WriteOrder::default(),
+            read_consistency: ReadConsistency::default(),
             upsert_batch_size: 256,
             page_size: 256,
         }
@@ -202,6 +248,12 @@ impl QdrantIndexConfig {
         self
     }
 
+    /// Sets the read consistency of every read.
+    pub fn read_consistency(mut self, consistency: ReadConsistency) -> Self {
+        self.read_consistency = consistency;
+        self
+    }
+
     /// Sets the points per upsert request.
     pub fn upsert_batch_size(mut self, n: usize) -> Self {
         self.upsert_batch_size = n;
@@ -241,6 +293,9 @@ impl QdrantIndexConfig {
             if v == Some(0) {
                 return Err(Error::invalid(field, "must be at least 1"));
             }
+        }
+        if self.read_consistency == ReadConsistency::Factor(0) {
+            return Err(Error::invalid("read_consistency", "a factor must be at least 1"));
         }
         for (field, v) in [("upsert_batch_size", self.upsert_batch_size), ("page_size", self.page_size)] {
             if v == 0 || v > Self::MAX_BATCH {
@@ -316,6 +371,7 @@ mod tests {
             .replication_factor(3)
             .write_consistency_factor(2)
             .write_order(WriteOrder::Strong)
+            .read_consistency(ReadConsistency::Majority)
             .upsert_batch_size(64)
             .page_size(100);
         assert!(c.validate().is_ok());
@@ -326,6 +382,21 @@ mod tests {
         assert!(debug.contains("<redacted>") && !debug.contains("\"k\""), "{debug}");
         let d = QdrantIndexConfig::new("http://h:6334", "c", spec());
         assert_eq!((d.upsert_batch_size, d.page_size, d.write_order), (256, 256, WriteOrder::Weak));
+        assert_eq!(d.read_consistency, ReadConsistency::ServerDefault);
+        assert_eq!(d.read_consistency.to_qdrant(), None);
+        assert_eq!(
+            c.read_consistency.to_qdrant(),
+            Some(read_consistency::Value::Type(ReadConsistencyType::Majority as i32))
+        );
+        assert_eq!(
+            ReadConsistency::All.to_qdrant(),
+            Some(read_consistency::Value::Type(ReadConsistencyType::All as i32))
+        );
+        assert_eq!(
+            ReadConsistency::Quorum.to_qdrant(),
+            Some(read_consistency::Value::Type(ReadConsistencyType::Quorum as i32))
+        );
+        assert_eq!(ReadConsistency::Factor(2).to_qdrant(), Some(read_consistency::Value::Factor(2)));
     }
 
     #[test]
@@ -362,6 +433,7 @@ mod tests {
         assert_eq!(field(base().connect_timeout(Duration::ZERO)).as_deref(), Some("connect_timeout"));
         assert_eq!(field(base().replication_factor(0)).as_deref(), Some("replication_factor"));
         assert_eq!(field(base().upsert_batch_size(0)).as_deref(), Some("upsert_batch_size"));
+        assert_eq!(field(base().read_consistency(ReadConsistency::Factor(0))).as_deref(), Some("read_consistency"));
         assert_eq!(field(base().page_size(10_001)).as_deref(), Some("page_size"));
         assert!(base().build().is_ok(), "building is lazy and needs no server");
         assert_eq!(QdrantIndexConfig { url: "ftp://x".into(), ..base() }.build().unwrap_err().field(), Some("url"));

@@ -61,25 +61,74 @@ pub fn to_core_score(distance: Distance, server_score: f32) -> f32 {
     }
 }
 
-/// The `score_threshold` to send to Qdrant for a core threshold (keep hits
-/// with core score `>= threshold`).
+/// The `score_threshold` to send to Qdrant for a core threshold `t` (the
+/// contract keeps hits with core score `>= t`).
 ///
-/// For cosine and dot the threshold is a minimum similarity and passes
-/// through. For Euclid and Manhattan Qdrant reads it as a *maximum distance*:
-/// `-d >= t` is `d <= -t`, so `-t` is sent. `None` means no hit can pass (a
-/// positive threshold on a distance, which is never negative): the caller
-/// answers with no hits without asking the server.
+/// Qdrant's threshold is exclusive: it keeps `score > t` for cosine and dot
+/// and `distance < d` for Euclid and Manhattan, so a hit exactly at the
+/// boundary (e.g. an exact match under a Euclid threshold of `0.0`) would be
+/// lost. The value sent is therefore a little looser than `t`, by
+/// `max(|t|, 1) * 1e-6` (well above f32 rounding at any magnitude), and
+/// [`QdrantIndex::search`](crate::QdrantIndex) filters the hits again with
+/// the exact `score >= t`.
+///
+/// For cosine and dot the threshold is a minimum similarity: `t - slack` is
+/// sent. For Euclid and Manhattan Qdrant reads it as a *maximum distance*:
+/// `-d >= t` is `d <= -t`, so `-t + slack` is sent (`0.0` becomes a tiny
+/// positive distance). `None` means no hit can pass (a positive threshold on
+/// a distance, which is never negative): the caller answers with no hits
+/// without asking the server.
 pub fn server_score_threshold(distance: Distance, threshold: f32) -> Option<f32> {
+    let slack = threshold.abs().max(1.0) * THRESHOLD_SLACK;
     if is_distance_scored(distance) {
         if threshold > 0.0 {
             None
         } else {
-            // `-0.0` would be fine for Qdrant too, but send a clean zero.
-            Some(if threshold == 0.0 { 0.0 } else { -threshold })
+            Some(-threshold + slack)
         }
     } else {
-        Some(threshold)
+        Some(threshold - slack)
     }
+}
+
+/// Relative loosening of a threshold sent to Qdrant; see
+/// [`server_score_threshold`].
+const THRESHOLD_SLACK: f32 = 1e-6;
+
+/// Upper bound on the encoded points of one upsert request. Qdrant refuses
+/// gRPC messages over 32 MiB by default; half of that leaves room for the
+/// request's other fields and for servers with a lower limit.
+pub const MAX_UPSERT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The bytes `point` adds to an upsert request: its encoded length plus the
+/// field tag and length prefix of the repeated `points` field.
+pub fn point_request_len(point: &PointStruct) -> usize {
+    let len = prost::Message::encoded_len(point);
+    1 + prost::length_delimiter_len(len) + len
+}
+
+/// Splits the points of an upsert into requests of at most `max_points`
+/// points and `max_bytes` encoded bytes each, keeping their order. A point
+/// that alone exceeds `max_bytes` goes in a request of its own (the server
+/// decides whether it fits its limit). `max_points` of 0 counts as 1.
+pub fn upsert_batches(points: Vec<PointStruct>, max_points: usize, max_bytes: usize) -> Vec<Vec<PointStruct>> {
+    let max_points = max_points.max(1);
+    let mut batches = Vec::new();
+    let mut batch: Vec<PointStruct> = Vec::new();
+    let mut bytes = 0usize;
+    for point in points {
+        let len = point_request_len(&point);
+        if !batch.is_empty() && (batch.len() >= max_points || bytes.saturating_add(len) > max_bytes) {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(len);
+        batch.push(point);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
 }
 
 fn field_condition(key: String, r#match: Option<QMatch>, range: Option<qdrant::Range>) -> Condition {
@@ -461,17 +510,83 @@ mod tests {
 
     #[test]
     fn thresholds_translate_per_distance() {
-        assert_eq!(server_score_threshold(Distance::Cosine, 0.5), Some(0.5));
-        assert_eq!(server_score_threshold(Distance::Cosine, -0.5), Some(-0.5));
-        assert_eq!(server_score_threshold(Distance::Dot, 12.0), Some(12.0));
-        // score >= -2 <=> distance <= 2.
-        assert_eq!(server_score_threshold(Distance::Euclid, -2.0), Some(2.0));
-        assert_eq!(server_score_threshold(Distance::Manhattan, -7.5), Some(7.5));
-        assert_eq!(server_score_threshold(Distance::Euclid, 0.0), Some(0.0));
-        assert!(server_score_threshold(Distance::Euclid, 0.0).unwrap().is_sign_positive());
+        // Qdrant keeps `score > sent` (similarities) or `distance < sent`
+        // (distances): what the server keeps for a hit with core score `s`.
+        let server_keeps = |d: Distance, sent: f32, s: f32| if is_distance_scored(d) { -s < sent } else { s > sent };
+        for d in [Distance::Cosine, Distance::Dot, Distance::Euclid, Distance::Manhattan] {
+            for t in [0.0f32, -0.0, -0.5, 0.5, -1.0, 1.0, -2.0, 12.0, -7.5, 1e6, -1e6, 3e30, -3e30] {
+                let Some(sent) = server_score_threshold(d, t) else {
+                    assert!(is_distance_scored(d) && t > 0.0, "{d:?} {t}");
+                    continue;
+                };
+                // A hit exactly at the threshold reaches the client...
+                assert!(server_keeps(d, sent, t), "{d:?} t={t} sent={sent}");
+                // ...and the loosening stays tiny: a hit clearly below the
+                // threshold is still cut by the server.
+                let below = t - t.abs().max(1.0) * 1e-4;
+                assert!(!server_keeps(d, sent, below), "{d:?} t={t} sent={sent}");
+            }
+        }
+        // score >= -2 <=> distance <= 2: a bit more than 2 is sent.
+        let sent = server_score_threshold(Distance::Euclid, -2.0).unwrap();
+        assert!(sent > 2.0 && sent < 2.0001, "{sent}");
+        // An exact match (distance 0) passes a threshold of 0.0.
+        let sent = server_score_threshold(Distance::Euclid, 0.0).unwrap();
+        assert!(sent > 0.0 && sent <= 1e-6, "{sent}");
+        let sent = server_score_threshold(Distance::Dot, 12.0).unwrap();
+        assert!(sent < 12.0 && sent > 11.9999, "{sent}");
         // A positive threshold on a distance can never pass.
         assert_eq!(server_score_threshold(Distance::Euclid, 0.1), None);
         assert_eq!(server_score_threshold(Distance::Manhattan, 3.0), None);
+    }
+
+    #[test]
+    fn upserts_split_by_count_and_by_encoded_size() {
+        let t = tenant();
+        let point = |i: u32, text_len: usize| {
+            let c = Chunk::new("doc", i, "x".repeat(text_len), vec![0.5, 0.25]);
+            chunk_points(&t, vec![c]).unwrap().remove(0)
+        };
+        let ids = |batches: &[Vec<PointStruct>]| -> Vec<Vec<Option<qdrant::PointId>>> {
+            batches.iter().map(|b| b.iter().map(|p| p.id.clone()).collect()).collect()
+        };
+        // By count only: 5 small points, 2 per request, order kept.
+        let small: Vec<_> = (0..5).map(|i| point(i, 10)).collect();
+        let batches = upsert_batches(small.clone(), 2, MAX_UPSERT_BYTES);
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+        assert_eq!(ids(&batches).concat(), small.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
+        assert_eq!(upsert_batches(small.clone(), 0, MAX_UPSERT_BYTES).len(), 5);
+        assert!(upsert_batches(Vec::new(), 2, MAX_UPSERT_BYTES).is_empty());
+        // By size: each big point takes a bit over 1000 bytes; a 2500-byte
+        // cap fits two of them, whatever the count limit.
+        let big: Vec<_> = (0..5).map(|i| point(i, 1000)).collect();
+        let len = point_request_len(&big[0]);
+        assert!((1000..1400).contains(&len), "{len}");
+        let batches = upsert_batches(big.clone(), 256, 2500);
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+        for b in &batches {
+            // The request's points field is exactly the sum measured.
+            let request = qdrant::UpsertPoints { points: b.clone(), ..Default::default() };
+            assert!(prost::Message::encoded_len(&request) <= 2500 + 64);
+            assert_eq!(b.iter().map(point_request_len).sum::<usize>(), prost::Message::encoded_len(&request));
+        }
+        // A point larger than the cap goes alone, never dropped.
+        let batches = upsert_batches(vec![small[0].clone(), big[0].clone(), small[1].clone()], 256, 100);
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 1]);
+        // The real cap: 256 points with max-size vectors (65,536 f32 = 256 KiB
+        // each, 64 MiB in all) must not go in one request.
+        let huge: Vec<_> = (0..256u32)
+            .map(|i| {
+                let c = Chunk::new("doc", i, "t", vec![0.5; 65_536]);
+                chunk_points(&t, vec![c]).unwrap().remove(0)
+            })
+            .collect();
+        let batches = upsert_batches(huge, 256, MAX_UPSERT_BYTES);
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 256);
+        assert!(batches.len() >= 4, "{}", batches.len());
+        for b in &batches {
+            assert!(b.iter().map(point_request_len).sum::<usize>() <= MAX_UPSERT_BYTES);
+        }
     }
 
     #[test]

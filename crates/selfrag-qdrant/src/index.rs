@@ -1,18 +1,18 @@
 //! [`QdrantIndex`]: the [`VectorIndex`] on a Qdrant collection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use qdrant_client::qdrant::{
     self, payload_index_params::IndexParams, Condition, CountPointsBuilder, CreateCollectionBuilder,
-    CreateFieldIndexCollectionBuilder, DeleteCollectionBuilder, DeletePointsBuilder, Direction, FieldType,
-    GetPointsBuilder, IntegerIndexParamsBuilder, KeywordIndexParamsBuilder, OrderByBuilder, Query, QueryPointsBuilder,
-    ScrollPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder, WriteOrdering,
+    CreateFieldIndexCollectionBuilder, DeleteCollectionBuilder, DeletePointsBuilder, FieldType, GetPointsBuilder,
+    IntegerIndexParamsBuilder, KeywordIndexParamsBuilder, Query, QueryPointsBuilder, ScrollPointsBuilder,
+    UpsertPointsBuilder, VectorParamsBuilder, WriteOrdering,
 };
 use qdrant_client::Qdrant;
-use selfrag_core::vector::{keys, validate_chunks, validate_ids};
+use selfrag_core::vector::{keys, validate_chunks, validate_document_id, validate_ids};
 use selfrag_core::{
     Chunk, ChunkId, ChunkRecord, Filter, IndexSpec, Result, ScoredChunk, SearchRequest, Tenant, VectorIndex,
 };
@@ -20,7 +20,7 @@ use selfrag_core::{
 use crate::config::QdrantIndexConfig;
 use crate::convert::{
     chunk_point_id, chunk_points, decode_record, distance_to_qdrant, keyword_condition, scoped_filter,
-    server_score_threshold, tenant_condition, to_core_score,
+    server_score_threshold, tenant_condition, to_core_score, upsert_batches, MAX_UPSERT_BYTES,
 };
 use crate::error::map_error;
 use crate::report::{check_vectors, missing_indexes, EnsureReport, PayloadIndex};
@@ -96,6 +96,12 @@ impl QdrantIndex {
 
     fn ordering(&self) -> WriteOrdering {
         self.config.write_order.into()
+    }
+
+    /// The `read_consistency` of every read request (`None`: the server's
+    /// default).
+    fn read_consistency(&self) -> Option<qdrant::read_consistency::Value> {
+        self.config.read_consistency.to_qdrant()
     }
 
     async fn info(&self) -> Result<qdrant::CollectionInfo> {
@@ -227,6 +233,9 @@ impl QdrantIndex {
             if let Some(o) = offset.take() {
                 request = request.offset(o);
             }
+            if let Some(rc) = self.read_consistency() {
+                request = request.read_consistency(rc);
+            }
             let resp = self.client.scroll(request).await.map_err(|e| map_error(&self.action("scroll"), e))?;
             for p in resp.result {
                 out.extend(decode_record(tenant, p.payload)?);
@@ -255,10 +264,10 @@ impl VectorIndex for QdrantIndex {
         validate_chunks(&self.config.spec, &chunks)?;
         // Every point is built before the first request, so a value Qdrant
         // cannot store rejects the whole upsert with nothing written.
-        let mut rest = chunk_points(tenant, chunks)?;
-        while !rest.is_empty() {
-            let tail = rest.split_off(rest.len().min(self.config.upsert_batch_size));
-            let batch = std::mem::replace(&mut rest, tail);
+        let points = chunk_points(tenant, chunks)?;
+        // Cut by count and by encoded size: a few hundred large vectors can
+        // exceed Qdrant's 32 MiB gRPC message limit.
+        for batch in upsert_batches(points, self.config.upsert_batch_size, MAX_UPSERT_BYTES) {
             let request = UpsertPointsBuilder::new(self.collection(), batch).wait(true).ordering(self.ordering());
             self.client.upsert_points(request).await.map_err(|e| map_error(&self.action("upsert"), e))?;
         }
@@ -285,12 +294,16 @@ impl VectorIndex for QdrantIndex {
         if let Some(t) = threshold {
             query = query.score_threshold(t);
         }
+        if let Some(rc) = self.read_consistency() {
+            query = query.read_consistency(rc);
+        }
         let resp = self.client.query(query).await.map_err(|e| map_error(&self.action("search"), e))?;
         let mut hits = Vec::with_capacity(resp.result.len());
         for p in resp.result {
             let score = to_core_score(distance, p.score);
-            // The server applied the threshold already; checking it again in
-            // core terms keeps the boundary exactly `score >= threshold`.
+            // The server applied a slightly looser, exclusive threshold (see
+            // `server_score_threshold`); this makes the boundary exactly the
+            // contract's inclusive `score >= threshold`.
             if request.score_threshold.is_some_and(|t| score < t) {
                 continue;
             }
@@ -308,9 +321,15 @@ impl VectorIndex for QdrantIndex {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut point_ids: Vec<qdrant::PointId> = ids.iter().map(|id| chunk_point_id(tenant, *id)).collect();
-        point_ids.dedup();
-        let request = GetPointsBuilder::new(self.collection(), point_ids).with_payload(true).with_vectors(false);
+        // Each point once, however often the caller repeats an id; the
+        // answer still follows `ids`, repeats included.
+        let mut seen = HashSet::with_capacity(ids.len());
+        let point_ids: Vec<qdrant::PointId> =
+            ids.iter().filter(|id| seen.insert(**id)).map(|id| chunk_point_id(tenant, *id)).collect();
+        let mut request = GetPointsBuilder::new(self.collection(), point_ids).with_payload(true).with_vectors(false);
+        if let Some(rc) = self.read_consistency() {
+            request = request.read_consistency(rc);
+        }
         let resp = self.client.get_points(request).await.map_err(|e| map_error(&self.action("get"), e))?;
         let mut found: HashMap<ChunkId, ChunkRecord> = HashMap::with_capacity(resp.result.len());
         for p in resp.result {
@@ -322,45 +341,11 @@ impl VectorIndex for QdrantIndex {
     }
 
     async fn document_chunks(&self, tenant: &Tenant, document_id: &str) -> Result<Vec<ChunkRecord>> {
-        let base = vec![tenant_condition(tenant), keyword_condition(keys::DOCUMENT_ID, document_id)];
-        let limit = self.page_limit();
-        let mut out = Vec::new();
-        // Pages ordered by `chunk_index` (served by its range index). An
-        // ordered scroll has no offset, so each page starts after the last
-        // index seen; the group of points sharing a full page's last index is
-        // read whole, so duplicates of an index never split across pages.
-        let mut after: Option<i64> = None;
-        loop {
-            let mut must = base.clone();
-            if let Some(a) = after {
-                must.push(Condition::range(
-                    keys::CHUNK_INDEX,
-                    qdrant::Range { gt: Some(a as f64), ..Default::default() },
-                ));
-            }
-            let request = ScrollPointsBuilder::new(self.collection())
-                .filter(qdrant::Filter::must(must))
-                .limit(limit)
-                .with_payload(true)
-                .with_vectors(false)
-                .order_by(OrderByBuilder::new(keys::CHUNK_INDEX).direction(Direction::Asc as i32));
-            let resp = self.client.scroll(request).await.map_err(|e| map_error(&self.action("read document"), e))?;
-            let full = resp.result.len() >= self.config.page_size;
-            let mut page = Vec::with_capacity(resp.result.len());
-            for p in resp.result {
-                page.extend(decode_record(tenant, p.payload)?);
-            }
-            if !full {
-                out.extend(page);
-                break;
-            }
-            let Some(last) = page.iter().map(|r| r.payload.chunk_index).max() else { break };
-            out.extend(page.into_iter().filter(|r| r.payload.chunk_index < last));
-            let mut group = base.clone();
-            group.push(Condition::matches(keys::CHUNK_INDEX, i64::from(last)));
-            out.extend(self.scroll_all(tenant, group).await?);
-            after = Some(i64::from(last));
-        }
+        validate_document_id(document_id)?;
+        // A document is small next to a page budget: read all its points
+        // (paged by point id) and order them here, by `chunk_index` then id.
+        let must = vec![tenant_condition(tenant), keyword_condition(keys::DOCUMENT_ID, document_id)];
+        let mut out = self.scroll_all(tenant, must).await?;
         out.sort_by(|a, b| a.payload.chunk_index.cmp(&b.payload.chunk_index).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -375,6 +360,7 @@ impl VectorIndex for QdrantIndex {
     }
 
     async fn delete_document(&self, tenant: &Tenant, document_id: &str) -> Result<()> {
+        validate_document_id(document_id)?;
         let filter =
             qdrant::Filter::must([tenant_condition(tenant), keyword_condition(keys::DOCUMENT_ID, document_id)]);
         self.delete_where("delete document", filter).await
@@ -389,7 +375,10 @@ impl VectorIndex for QdrantIndex {
         if let Some(f) = filter {
             f.validate()?;
         }
-        let request = CountPointsBuilder::new(self.collection()).filter(scoped_filter(tenant, filter)).exact(true);
+        let mut request = CountPointsBuilder::new(self.collection()).filter(scoped_filter(tenant, filter)).exact(true);
+        if let Some(rc) = self.read_consistency() {
+            request = request.read_consistency(rc);
+        }
         let resp = self.client.count(request).await.map_err(|e| map_error(&self.action("count"), e))?;
         Ok(resp.result.map_or(0, |r| r.count))
     }
@@ -481,6 +470,10 @@ mod tests {
         assert_eq!(err.field(), Some("filter"));
         let err = index.delete_by_filter(&t, &Filter::any([])).await.unwrap_err();
         assert_eq!(err.field(), Some("filter"));
+        for err in [index.document_chunks(&t, "").await.unwrap_err(), index.delete_document(&t, "").await.unwrap_err()]
+        {
+            assert_eq!(err.field(), Some("document_id"), "{err}");
+        }
         // Nothing to send: no request, no error.
         index.upsert(&t, Vec::new()).await.unwrap();
         assert!(index.get(&t, &[]).await.unwrap().is_empty());

@@ -33,8 +33,10 @@
 //! `timeout` (30 s) and `connect_timeout` (5 s), `shard_number`,
 //! `replication_factor` and `write_consistency_factor` (used when `ensure`
 //! creates the collection), `write_order` (per-request write ordering across
-//! replicas), `upsert_batch_size` (256 points per request) and `page_size`
-//! (256 points per scroll page). Callers who hold a [`qdrant_client::Qdrant`]
+//! replicas), `read_consistency` (replicas asked by each read; server default
+//! unless set), `upsert_batch_size` (at most 256 points, and at most
+//! [`MAX_UPSERT_BYTES`](convert::MAX_UPSERT_BYTES) = 16 MiB of encoded points,
+//! per request) and `page_size` (256 points per scroll page). Callers who hold a [`qdrant_client::Qdrant`]
 //! use [`QdrantIndex::new`] or [`QdrantIndexConfig::build_with_client`].
 //!
 //! The client's server-version check is off: it runs a blocking health check
@@ -70,9 +72,13 @@
 //! Higher is better on every backend. Qdrant returns cosine similarity and
 //! dot product as they are, but Euclidean and Manhattan **distances**; this
 //! backend negates those, so a hit at distance 2 scores `-2.0`. A
-//! `score_threshold` `t` keeps hits with `score >= t`: sent as is for cosine
-//! and dot, and as the maximum distance `-t` for Euclid and Manhattan (a
-//! positive `t` there matches nothing and is answered without a request).
+//! `score_threshold` `t` keeps hits with `score >= t`. Qdrant's own threshold
+//! is exclusive (`score > t`, `distance < d`), so the server gets a slightly
+//! looser one (`t - max(|t|, 1) * 1e-6` for cosine and dot, the maximum
+//! distance `-t + max(|t|, 1) * 1e-6` for Euclid and Manhattan) and the hits
+//! are filtered again with the exact `score >= t`: an exact match passes a
+//! Euclid threshold of `0.0`. A positive `t` on a distance matches nothing
+//! and is answered without a request.
 //!
 //! # Filters
 //! The core [`Filter`](selfrag_core::Filter) translates one to one (see
@@ -85,14 +91,25 @@
 //! `unindexed_filtering_retrieve: false`.
 //!
 //! # Guarantees
-//! - Writes wait for the server's acknowledgement (`wait: true`), so they are
-//!   visible to reads when the call returns.
+//! - Writes are sent with `wait: true`: the call returns once the write is
+//!   applied on the replicas that acknowledged it, at least
+//!   `write_consistency_factor` of them (1 by default). On a collection with
+//!   one replica per shard (`replication_factor` 1, the default) a write is
+//!   therefore visible to every read when the call returns. With more
+//!   replicas the others apply it in parallel and may lag: a read served by a
+//!   lagging replica (the default reads one replica per shard) can miss a
+//!   write that returned. For read-your-writes on a replicated collection
+//!   set `write_consistency_factor` equal to `replication_factor` (writes
+//!   then fail while a replica is down). A stronger `read_consistency` makes
+//!   replicas agree (points missing from a queried replica are left out); it
+//!   does not by itself make a lagging write visible.
 //! - An upsert is checked whole before anything is sent. Large upserts go in
-//!   batches of `upsert_batch_size`; each batch is atomic, and if a later
+//!   requests of at most `upsert_batch_size` points and 16 MiB (Qdrant refuses
+//!   gRPC messages over 32 MiB); each request is atomic, and if a later
 //!   batch fails the earlier ones stay written. Upserts are idempotent by
 //!   chunk id, so retrying the whole call is safe.
-//! - `count` is exact. `document_chunks` reads every page, ordered by
-//!   `chunk_index` then chunk id.
+//! - `count` is exact. `document_chunks` reads every page of the document's
+//!   points and orders them by `chunk_index` then chunk id.
 //! - Errors keep the client error as their source; transport failures,
 //!   timeouts and overload are retryable (see [`map_error`]).
 
@@ -102,7 +119,7 @@ mod error;
 mod index;
 pub mod report;
 
-pub use config::{QdrantIndexConfig, WriteOrder};
+pub use config::{QdrantIndexConfig, ReadConsistency, WriteOrder};
 pub use error::map_error;
 pub use index::QdrantIndex;
 pub use qdrant_client;

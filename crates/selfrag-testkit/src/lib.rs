@@ -69,6 +69,8 @@ pub mod servers;
 pub mod session;
 pub mod vector;
 
+#[doc(hidden)]
+pub use macros::__defined_checks;
 pub use servers::TestServer;
 
 /// The outcome of one check: `Err` says what was expected and what happened.
@@ -366,7 +368,22 @@ where
     report
 }
 
+/// What [`__run_stamped`] did with a check (a failure panics).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StampedOutcome {
+    /// Listed in the backend's skip list: no fixture was made.
+    Skipped,
+    /// The fixture fn returned `None` (no server).
+    NoFixture,
+    /// The check ran and passed.
+    Passed,
+}
+
 /// Runs one stamped check: used by the stamping macros.
+///
+/// # Panics
+/// When the check fails (that is the test failing).
 #[doc(hidden)]
 pub fn __run_stamped<F, Fut>(
     suite: &'static str,
@@ -374,7 +391,8 @@ pub fn __run_stamped<F, Fut>(
     skip: &[&str],
     checks: Vec<Check<F>>,
     fixture: impl FnOnce() -> Fut,
-) where
+) -> StampedOutcome
+where
     Fut: Future<Output = Option<F>>,
 {
     if skip.contains(&name) {
@@ -383,7 +401,7 @@ pub fn __run_stamped<F, Fut>(
         // captured by the test harness).
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), "SKIPPED {suite}::{name}: listed in the backend's skip list");
-        return;
+        return StampedOutcome::Skipped;
     }
     let check =
         checks.into_iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check `{name}` in the {suite} suite"));
@@ -394,16 +412,17 @@ pub fn __run_stamped<F, Fut>(
         .expect("build a Tokio runtime");
     let result = runtime.block_on(async move {
         let Some(f) = fixture().await else {
-            return Ok(());
+            return Ok(StampedOutcome::NoFixture);
         };
         let r = match tokio::time::timeout(CHECK_TIMEOUT, (check.run)(&f)).await {
             Ok(r) => r,
             Err(_) => Err(format!("timed out after {CHECK_TIMEOUT:?}")),
         };
         drop(f);
-        r
+        r.map(|()| StampedOutcome::Passed)
     });
-    if let Err(msg) = result {
-        panic!("conformance check {suite}::{name} failed: {msg}");
+    match result {
+        Ok(outcome) => outcome,
+        Err(msg) => panic!("conformance check {suite}::{name} failed: {msg}"),
     }
 }

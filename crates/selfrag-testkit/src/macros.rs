@@ -30,16 +30,10 @@ macro_rules! __suite_list {
                 unique.sort_unstable();
                 unique.dedup();
                 assert_eq!(unique.len(), listed.len(), "a check is listed twice");
-                // Every `pub async fn x(f: &XFixture) -> CheckResult` of the
-                // module must be listed, or no backend would ever run it.
-                let source = include_str!($file);
-                let needle = concat!("(f: &", stringify!($fixture), ") -> CheckResult");
-                let defined: Vec<&str> = source
-                    .lines()
-                    .filter_map(|l| l.trim().strip_prefix("pub async fn "))
-                    .filter(|l| l.contains(needle))
-                    .filter_map(|l| l.split('(').next())
-                    .collect();
+                // Every `pub async fn x(..: &XFixture) -> CheckResult` of
+                // the module must be listed, or no backend would ever run it.
+                // Signatures may be wrapped over several lines by rustfmt.
+                let defined = $crate::__defined_checks(include_str!($file), stringify!($fixture));
                 for name in &defined {
                     assert!(listed.contains(name), "check `{name}` is defined but not listed");
                 }
@@ -54,6 +48,31 @@ macro_rules! __suite_list {
             }
         }
     };
+}
+
+/// The names of the checks defined in a suite's source: every
+/// `pub async fn NAME(` whose signature (up to its body's `{`, however
+/// rustfmt wrapped it) takes a `&FIXTURE` and returns `CheckResult`.
+#[doc(hidden)]
+pub fn __defined_checks<'a>(source: &'a str, fixture: &str) -> Vec<&'a str> {
+    let needle = "pub async fn ";
+    let fixture_ref = format!("&{fixture}");
+    let mut out = Vec::new();
+    let mut rest = source;
+    while let Some(at) = rest.find(needle) {
+        let after = &rest[at + needle.len()..];
+        rest = after;
+        let Some(open) = after.find('(') else { break };
+        let name = after[..open].trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let signature: String = after[open..after.find('{').unwrap_or(after.len())].split_whitespace().collect();
+        if signature.contains(&fixture_ref) && signature.contains("->CheckResult") {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// The names a stamping macro would stamp (for the unit tests).
@@ -165,4 +184,38 @@ macro_rules! vector_index_tests {
     ($fixture:path, skip = [$($skip:ident),* $(,)?] $(,)?) => {
         $crate::__vector_checks!(__stamp!(vector_index, vector, $fixture, [$($skip),*]));
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::__defined_checks;
+
+    #[test]
+    fn defined_checks_tolerate_wrapped_signatures() {
+        let source = r#"
+pub async fn one_line(f: &VectorFixture) -> CheckResult {
+    Ok(())
+}
+  pub async fn indented(fixture: &VectorFixture) -> CheckResult { Ok(()) }
+pub async fn wrapped_by_rustfmt(
+    f: &VectorFixture,
+) -> CheckResult {
+    Ok(())
+}
+pub async fn return_wrapped(f: &VectorFixture)
+    -> CheckResult
+{
+    Ok(())
+}
+pub async fn helper(f: &VectorFixture) -> Result<u32, String> { Ok(1) }
+pub async fn other_fixture(f: &MemoryFixture) -> CheckResult { Ok(()) }
+async fn private(f: &VectorFixture) -> CheckResult { Ok(()) }
+pub fn not_async(f: &VectorFixture) -> CheckResult { Ok(()) }
+"#;
+        assert_eq!(
+            __defined_checks(source, "VectorFixture"),
+            vec!["one_line", "indented", "wrapped_by_rustfmt", "return_wrapped"]
+        );
+        assert_eq!(__defined_checks(source, "MemoryFixture"), vec!["other_fixture"]);
+    }
 }

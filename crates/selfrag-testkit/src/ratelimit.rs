@@ -106,12 +106,17 @@ pub async fn remaining_budget_is_reported(f: &RateLimitFixture) -> CheckResult {
 }
 
 /// A check is atomic across windows: a denial by one window consumes nothing
-/// in any other. Windows (1 s, 3) and (60 s, 5): three requests fill the
+/// in any other. Windows (4 s, 3) and (60 s, 5): three requests fill the
 /// short window; two denied ones must not eat the long window's last two
-/// units, which are then used through the short window's headroom; a denial
-/// by the long window must leave the short window's count alone.
+/// units, which are then used through the short window's headroom.
+///
+/// The short window is 4 s, not 1 s, so that a busy machine (or a slow round
+/// trip to a real server) cannot let it decay between the requests that fill
+/// it and the ones that must be denied; time passes (through the fixture's
+/// clock) only once, for the `retry_after` of the short window.
 pub async fn denial_is_atomic_across_windows(f: &RateLimitFixture) -> CheckResult {
-    let l = (f.make)(policy(&[(1000, 3), (60_000, 5)]));
+    let short = Duration::from_secs(4);
+    let l = (f.make)(policy(&[(4000, 3), (60_000, 5)]));
     let k = key(UserId::new(), "chat");
     for n in 1..=3 {
         let d = check(&l, &k, 1).await?;
@@ -120,26 +125,58 @@ pub async fn denial_is_atomic_across_windows(f: &RateLimitFixture) -> CheckResul
     let mut wait = Duration::ZERO;
     for n in 1..=2 {
         let d = check(&l, &k, 1).await?;
-        ensure!(!d.allowed, "request 4 within a second of a 3/s window allowed: {d:?}");
+        ensure!(!d.allowed, "request 4 within moments of a 3 per 4 s window allowed: {d:?}");
         ensure!(!d.windows[0].allowed && d.windows[1].allowed, "denial {n}: only the short window denies: {d:?}");
         ensure_eq!(d.windows[1].remaining, 2, "long window remaining after short-window denial {n}");
-        wait = wait.max(d.retry_after.unwrap_or_default());
+        let r = d.retry_after.unwrap_or_default();
+        ensure!(r <= 2 * short, "denial {n} by the 4 s window only: retry_after {r:?} is above 8 s");
+        wait = wait.max(r);
     }
     f.clock.advance(wait + Duration::from_millis(150)).await;
     let d = check(&l, &k, 1).await?;
     ensure!(d.allowed, "request after retry_after denied (did the denials consume the long window?): {d:?}");
     ensure_eq!(d.windows[1].remaining, 1, "long window remaining: the two denials must not have counted");
-    // Let the short window empty (two of its lengths), keeping the long one.
-    f.clock.advance(Duration::from_millis(2100)).await;
-    let d = check(&l, &k, 2).await?;
-    ensure!(!d.allowed, "cost 2 with 1 left in the long window allowed: {d:?}");
-    ensure!(d.windows[0].allowed && !d.windows[1].allowed, "only the long window denies: {d:?}");
-    ensure_eq!(d.windows[0].remaining, 3, "short window remaining, unconsumed by the denial");
-    let d = check(&l, &k, 1).await?;
-    ensure!(d.allowed, "cost 1 with 1 left denied: {d:?}");
-    ensure_eq!(remaining(&d), vec![2, 0], "remaining after the long window's last unit (short: 3 - 1)");
-    let d = check(&l, &k, 1).await?;
-    ensure!(!d.allowed && !d.windows[1].allowed, "the long window is full: {d:?}");
+    Ok(())
+}
+
+/// When the longer window denies, nothing is consumed in the shorter one,
+/// and `retry_after` is the **largest** of the denying windows' waits (the
+/// request is allowed only once every window allows it), no time passing.
+///
+/// Windows (4 s, 5) and (60 s, 3): three requests use the long window up
+/// while the short one has 2 left. Cost 1 and cost 2 are denied by the long
+/// window alone (its wait is most of a minute: at least 2 of the short
+/// window's lengths, at most 2 of its own); cost 3 is denied by both, and the
+/// wait is still the long window's, not the short one's (at most about 1.3 of
+/// its 4 s here).
+pub async fn retry_after_is_the_longest_wait(f: &RateLimitFixture) -> CheckResult {
+    let (short, long) = (Duration::from_secs(4), Duration::from_secs(60));
+    let l = (f.make)(policy(&[(4000, 5), (60_000, 3)]));
+    let k = key(UserId::new(), "chat");
+    for n in 1..=3 {
+        let d = check(&l, &k, 1).await?;
+        ensure!(d.allowed, "request {n} denied: {d:?}");
+    }
+    for cost in [1, 2] {
+        let d = check(&l, &k, cost).await?;
+        ensure!(!d.allowed, "cost {cost} with the 3 per minute window used up allowed: {d:?}");
+        ensure!(d.windows[0].allowed && !d.windows[1].allowed, "cost {cost}: only the long window denies: {d:?}");
+        ensure_eq!(d.windows[0].remaining, 2, "short window remaining, unconsumed by the denial of cost {cost}");
+        let r = d.retry_after.unwrap_or_default();
+        ensure!(
+            r >= 2 * short && r <= 2 * long,
+            "cost {cost} denied by the 60 s window: retry_after {r:?} is not within [8 s, 120 s]"
+        );
+    }
+    let d = check(&l, &k, 3).await?;
+    ensure!(!d.allowed && !d.windows[0].allowed && !d.windows[1].allowed, "cost 3: both windows deny: {d:?}");
+    let r = d.retry_after.unwrap_or_default();
+    ensure!(
+        r >= 2 * short && r <= 2 * long,
+        "denied by both windows: retry_after {r:?} must be the 60 s window's wait (within [8 s, 120 s]), \
+         the largest of the two"
+    );
+    ensure_eq!(remaining(&d), vec![2, 0], "remaining after the denials (nothing consumed)");
     Ok(())
 }
 
@@ -189,7 +226,9 @@ pub async fn keys_are_isolated(f: &RateLimitFixture) -> CheckResult {
 
 /// `reset` forgets a key's use (and only that key's).
 pub async fn reset_forgets_use(f: &RateLimitFixture) -> CheckResult {
-    let l = (f.make)(policy(&[(1000, 2), (60_000, 4)]));
+    // A 4 s short window: the filled keys must stay full for the whole
+    // check, even on a slow machine against a real server.
+    let l = (f.make)(policy(&[(4000, 2), (60_000, 4)]));
     let k = key(UserId::new(), "chat");
     let other = key(UserId::new(), "chat");
     for _ in 0..2 {
@@ -254,6 +293,7 @@ macro_rules! __ratelimit_checks {
             costs_are_units,
             remaining_budget_is_reported,
             denial_is_atomic_across_windows,
+            retry_after_is_the_longest_wait,
             retry_after_is_honest,
             keys_are_isolated,
             reset_forgets_use,

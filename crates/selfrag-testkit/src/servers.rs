@@ -142,11 +142,18 @@ fn skip_with<T>(require: Option<&str>, backend: &str, reason: &str) -> Option<T>
 }
 
 async fn provide(backend: Backend) -> Option<TestServer> {
+    provide_with(backend, |name| std::env::var(name).ok()).await
+}
+
+/// [`provide`] with the environment read through `env` (so tests can give
+/// variables without touching the process environment).
+async fn provide_with(backend: Backend, env: impl Fn(&str) -> Option<String>) -> Option<TestServer> {
+    let require = env(REQUIRE_VAR);
     // Parse the requirement first: a typo in it must fail every run.
-    if let Err(e) = parse_require(std::env::var(REQUIRE_VAR).ok().as_deref()) {
+    if let Err(e) = parse_require(require.as_deref()) {
         panic!("{e}");
     }
-    if let Ok(url) = std::env::var(backend.url_var()) {
+    if let Some(url) = env(backend.url_var()) {
         if !url.trim().is_empty() {
             return Some(TestServer { url: url.trim().to_owned(), guard: None });
         }
@@ -159,7 +166,7 @@ async fn provide(backend: Backend) -> Option<TestServer> {
         },
         Err(why) => format!("{} is not set, and no Docker engine answers ({why})", backend.url_var()),
     };
-    skip(backend.name(), &reason)
+    skip_with(require.as_deref(), backend.name(), &reason)
 }
 
 /// Parses `SELFRAG_TEST_REQUIRE`: comma-separated backend names, any case,
@@ -395,17 +402,39 @@ mod tests {
         assert!(ping(bad, "x").is_err());
     }
 
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
     #[test]
     fn url_from_the_environment_wins() {
-        // Only checks the unset-and-required path indirectly: an unset URL
-        // and no Docker engine must skip with `None` (the variables are not
-        // set by this test, to keep tests independent of each other).
+        // No Docker is needed or tried: a URL in the environment is used as
+        // is (trimmed), without a container, also when the backend is
+        // required.
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        if std::env::var_os(Backend::Qdrant.url_var()).is_none()
-            && std::env::var_os(REQUIRE_VAR).is_none()
-            && docker_engine().is_err()
-        {
-            assert!(rt.block_on(qdrant()).is_none());
+        let vars = env(&[
+            ("SELFRAG_TEST_QDRANT_URL", "  http://qdrant.example:6334 \n"),
+            ("SELFRAG_TEST_REDIS_URL", "redis://r:6379"),
+            (REQUIRE_VAR, "all"),
+        ]);
+        let server = rt.block_on(provide_with(Backend::Qdrant, &vars)).expect("a server from the environment");
+        assert_eq!(server.url, "http://qdrant.example:6334");
+        assert!(server.guard.is_none(), "no container for a URL from the environment");
+        let server = rt.block_on(provide_with(Backend::Redis, &vars)).unwrap();
+        assert_eq!((server.url.as_str(), server.guard.is_none()), ("redis://r:6379", true));
+        // A blank URL counts as unset: without Docker (and not required),
+        // the backend is skipped.
+        if docker_engine().is_err() {
+            let blank = env(&[("SELFRAG_TEST_POSTGRES_URL", "   ")]);
+            assert!(rt.block_on(provide_with(Backend::Postgres, blank)).is_none());
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown backend `qdrnt`")]
+    fn a_typo_in_the_requirement_panics_even_with_a_url() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let vars = env(&[("SELFRAG_TEST_QDRANT_URL", "http://q:6334"), (REQUIRE_VAR, "qdrnt")]);
+        let _ = rt.block_on(provide_with(Backend::Qdrant, vars));
     }
 }

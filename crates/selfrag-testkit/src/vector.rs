@@ -10,6 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use selfrag_core::vector::MAX_KEYWORD_BYTES;
 use selfrag_core::{
     Chunk, ChunkId, ChunkRecord, Distance, Field, Filter, IndexSpec, ScoredChunk, SearchRequest, Tenant, VectorIndex,
 };
@@ -318,9 +319,10 @@ pub async fn tenant_isolation(f: &VectorFixture) -> CheckResult {
     Ok(())
 }
 
-/// Bad vectors (wrong dimension, NaN, ±infinity, the zero vector under
-/// cosine) reject the whole upsert with `InvalidInput`: nothing is written,
-/// not even the good chunks of the batch.
+/// Bad vectors (wrong dimension, NaN, ±infinity, a squared norm that
+/// overflows f32, the zero vector or a vector of tiny norm under cosine)
+/// reject the whole upsert with `InvalidInput`: nothing is written, not even
+/// the good chunks of the batch.
 pub async fn bad_vectors_write_nothing(f: &VectorFixture) -> CheckResult {
     let idx = index(f, spec(3, Distance::Cosine)).await?;
     let t = tenant("badvec");
@@ -333,6 +335,10 @@ pub async fn bad_vectors_write_nothing(f: &VectorFixture) -> CheckResult {
         ("infinity", vec![f32::INFINITY, 0.0, 0.0]),
         ("negative infinity", vec![0.0, 0.0, f32::NEG_INFINITY]),
         ("the zero vector under cosine", vec![0.0, 0.0, 0.0]),
+        // Squared norm 1e-8 < f32::EPSILON: engines leave it unnormalised.
+        ("a vector of tiny norm under cosine", vec![1e-4, 0.0, 0.0]),
+        // Finite components whose squared norm (2e40) overflows f32.
+        ("a vector whose squared norm overflows", vec![1e20, 1e20, 0.0]),
     ];
     for (what, v) in cases {
         let bad = Chunk::new("bad", 0, "bad", v);
@@ -347,11 +353,20 @@ pub async fn bad_vectors_write_nothing(f: &VectorFixture) -> CheckResult {
     let dot = index(f, spec(3, Distance::Dot)).await?;
     dot.upsert(&t, vec![Chunk::new("zero", 0, "z", vec![0.0; 3])]).await.ctx("zero vector under dot")?;
     ensure_eq!(dot.count(&t, None).await.ctx("count")?, 1, "zero vector stored under dot");
+    let huge = Chunk::new("huge", 0, "h", vec![1e20, 1e20, 0.0]);
+    expect_invalid_where(
+        dot.upsert(&t, vec![huge]).await,
+        "upsert under dot of a vector whose squared norm overflows",
+        "`chunks[0].vector`",
+        |f| f.starts_with("chunks[0].vector"),
+    )?;
+    ensure_eq!(dot.count(&t, None).await.ctx("count")?, 1, "chunks under dot after the rejected upsert");
     Ok(())
 }
 
-/// Bad payloads (empty `document_id`, NUL bytes, empty tags) and duplicate
-/// ids in one upsert reject the whole upsert: nothing is written.
+/// Bad payloads (empty `document_id`, NUL bytes, empty tags, an `extra`
+/// integer above `i64::MAX`) and duplicate ids in one upsert reject the
+/// whole upsert: nothing is written.
 pub async fn bad_payloads_write_nothing(f: &VectorFixture) -> CheckResult {
     let idx = index(f, spec(2, Distance::Euclid)).await?;
     let t = tenant("badpayload");
@@ -363,6 +378,16 @@ pub async fn bad_payloads_write_nothing(f: &VectorFixture) -> CheckResult {
         ("NUL in a tag", Chunk::new("d", 0, "x", vec![1.0, 1.0]).tags(["ok", "b\u{0}"]), "chunks[1].tags[1]"),
         ("an empty tag", Chunk::new("d", 0, "x", vec![1.0, 1.0]).tags([""]), "chunks[1].tags[0]"),
         ("NUL in extra", Chunk::new("d", 0, "x", vec![1.0, 1.0]).extra("k", "\u{0}"), "chunks[1].extra"),
+        (
+            "an extra integer above i64::MAX",
+            Chunk::new("d", 0, "x", vec![1.0, 1.0]).extra("n", u64::MAX),
+            "chunks[1].extra",
+        ),
+        (
+            "a nested extra integer above i64::MAX",
+            Chunk::new("d", 0, "x", vec![1.0, 1.0]).extra("n", json!({"deep": [1, i64::MAX as u64 + 1]})),
+            "chunks[1].extra",
+        ),
     ];
     for (what, bad, field) in cases {
         expect_invalid(idx.upsert(&t, vec![good.clone(), bad]).await, &format!("upsert with {what}"), field)?;
@@ -414,6 +439,18 @@ pub async fn bad_search_requests_are_rejected(f: &VectorFixture) -> CheckResult 
         "`vector`",
         vector_field,
     )?;
+    expect_invalid_where(
+        search(SearchRequest::new(vec![1e-4, 0.0, 0.0], 5)).await,
+        "a query of tiny norm under cosine",
+        "`vector`",
+        vector_field,
+    )?;
+    expect_invalid_where(
+        search(SearchRequest::new(vec![1e20, 1e20, 0.0], 5)).await,
+        "a query whose squared norm overflows",
+        "`vector`",
+        vector_field,
+    )?;
     expect_invalid(search(SearchRequest::new(vec![1.0, 0.0, 0.0], 0)).await, "limit 0", "limit")?;
     expect_invalid(
         search(SearchRequest::new(vec![1.0, 0.0, 0.0], SearchRequest::MAX_LIMIT + 1)).await,
@@ -450,6 +487,19 @@ pub async fn bad_filters_are_rejected(f: &VectorFixture) -> CheckResult {
         ("a dotted extra key", Filter::eq(extra("a.b"), "x")),
         ("an empty extra key", Filter::eq(extra(""), "x")),
         ("a NUL in a keyword", Filter::eq(Field::Source, "a\u{0}")),
+        ("a keyword over MAX_KEYWORD_BYTES", Filter::eq(Field::Source, "k".repeat(MAX_KEYWORD_BYTES + 1))),
+        (
+            "an any_of keyword over MAX_KEYWORD_BYTES",
+            Filter::any_of(Field::Tags, ["a".to_owned(), "k".repeat(MAX_KEYWORD_BYTES + 1)]),
+        ),
+        (
+            "an any_of with MAX_ANY_OF + 1 values",
+            Filter::any_of(Field::Tags, (0..=Filter::MAX_ANY_OF).map(|i| format!("t{i}"))),
+        ),
+        (
+            "an integer any_of with MAX_ANY_OF + 1 values",
+            Filter::any_of(Field::ChunkIndex, (0..=Filter::MAX_ANY_OF).map(|i| i as i64)),
+        ),
         ("nesting too deep", deep),
         ("a bad filter nested in a good one", Filter::all([Filter::eq(Field::Tags, "a"), Filter::any([])])),
     ];
@@ -471,6 +521,86 @@ pub async fn bad_filters_are_rejected(f: &VectorFixture) -> CheckResult {
         )?;
     }
     ensure_eq!(idx.count(&t, None).await.ctx("count")?, 1, "chunks after rejected delete_by_filter calls");
+    Ok(())
+}
+
+/// `document_chunks` and `delete_document` refuse a bad document id (empty,
+/// over [`MAX_KEYWORD_BYTES`], with a NUL) with `InvalidInput` naming
+/// `document_id`, and delete nothing. (A backend that passed `""` on as a
+/// filter value might match chunks without a document id, or all of them.)
+pub async fn bad_document_ids_are_rejected(f: &VectorFixture) -> CheckResult {
+    let idx = index(f, spec(2, Distance::Dot)).await?;
+    let t = tenant("baddocid");
+    let chunks: Vec<Chunk> = (0..3).map(|i| Chunk::new("doc", i, "x", vec![1.0, i as f32])).collect();
+    idx.upsert(&t, chunks.clone()).await.ctx("upsert")?;
+    let long = "d".repeat(MAX_KEYWORD_BYTES + 1);
+    for (what, id) in
+        [("an empty document_id", ""), ("a document_id with NUL", "doc\u{0}"), ("a long document_id", &long)]
+    {
+        expect_invalid(idx.document_chunks(&t, id).await, &format!("document_chunks of {what}"), "document_id")?;
+        expect_invalid(idx.delete_document(&t, id).await, &format!("delete_document of {what}"), "document_id")?;
+    }
+    ensure_eq!(idx.count(&t, None).await.ctx("count")?, 3, "chunks after rejected delete_document calls");
+    ensure_eq!(
+        idx.document_chunks(&t, "doc").await.ctx("document_chunks")?,
+        chunks.iter().map(record).collect::<Vec<_>>(),
+        "the document after rejected calls"
+    );
+    Ok(())
+}
+
+/// `score_threshold` is inclusive (`score >= threshold`) exactly at the
+/// boundary: a query equal to a stored vector under Euclid or Manhattan with
+/// threshold `0.0` returns that chunk; a chunk at distance exactly 1 passes
+/// `-1.0`; under dot, small-integer vectors scoring exactly `k` pass
+/// threshold `k`; under cosine, an axis vector passes `1.0` with its own
+/// axis as the query. All these scores are exact in f32.
+pub async fn score_threshold_is_inclusive(f: &VectorFixture) -> CheckResult {
+    let t = tenant("inclusive");
+    let ids = |hits: &[ScoredChunk]| hits.iter().map(|h| h.id).collect::<Vec<_>>();
+    let scores_near = |hits: &[ScoredChunk], want: &[f32]| {
+        hits.len() == want.len() && hits.iter().zip(want).all(|(h, w)| (h.score - w).abs() <= SCORE_TOLERANCE)
+    };
+    for distance in [Distance::Euclid, Distance::Manhattan] {
+        let idx = index(f, spec(4, distance)).await?;
+        let exact = Chunk::new("d", 0, "exact", vec![1.0, 2.0, 3.0, 4.0]);
+        let one_off = Chunk::new("d", 1, "one off", vec![1.0, 2.0, 3.0, 5.0]);
+        let far = Chunk::new("d", 2, "far", vec![-4.0, 2.0, 3.0, 4.0]);
+        idx.upsert(&t, vec![exact.clone(), one_off.clone(), far]).await.ctx("upsert")?;
+        let req = SearchRequest::new(exact.vector.clone(), 10).score_threshold(0.0);
+        let hits = idx.search(&t, &req).await.ctx("search")?;
+        ensure_eq!(ids(&hits), vec![exact.id], "{distance}: the stored vector itself with threshold 0.0");
+        let req = SearchRequest::new(exact.vector.clone(), 10).score_threshold(-1.0);
+        let hits = idx.search(&t, &req).await.ctx("search")?;
+        ensure_eq!(
+            ids(&hits),
+            vec![exact.id, one_off.id],
+            "{distance}: hits at distance 0 and exactly 1, threshold -1.0"
+        );
+        ensure!(scores_near(&hits, &[0.0, -1.0]), "{distance}: scores {hits:?}, expected 0 and -1 (negated distances)");
+    }
+    let idx = index(f, spec(4, Distance::Dot)).await?;
+    let query = vec![1.0, 2.0, 3.0, 0.0];
+    let above = Chunk::new("d", 0, "8", vec![0.0, 1.0, 2.0, 0.0]);
+    let at = Chunk::new("d", 1, "6", vec![1.0, 1.0, 1.0, 7.0]);
+    let below = Chunk::new("d", 2, "3", vec![1.0, 1.0, 0.0, 0.0]);
+    idx.upsert(&t, vec![above.clone(), at.clone(), below]).await.ctx("upsert")?;
+    let req = SearchRequest::new(query.clone(), 10).score_threshold(6.0);
+    let hits = idx.search(&t, &req).await.ctx("search")?;
+    ensure_eq!(ids(&hits), vec![above.id, at.id], "dot: scores 8 and exactly 6 with threshold 6.0");
+    ensure!(scores_near(&hits, &[8.0, 6.0]), "dot: scores {hits:?}, expected 8 and 6");
+    let req = SearchRequest::new(query, 10).score_threshold(8.0);
+    ensure_eq!(ids(&idx.search(&t, &req).await.ctx("search")?), vec![above.id], "dot: score exactly 8, threshold 8.0");
+    let idx = index(f, spec(4, Distance::Cosine)).await?;
+    let axis = Chunk::new("d", 0, "x", vec![1.0, 0.0, 0.0, 0.0]);
+    let other = Chunk::new("d", 1, "y", vec![0.0, 1.0, 0.0, 0.0]);
+    idx.upsert(&t, vec![axis.clone(), other]).await.ctx("upsert")?;
+    let req = SearchRequest::new(vec![2.0, 0.0, 0.0, 0.0], 10).score_threshold(1.0);
+    ensure_eq!(
+        ids(&idx.search(&t, &req).await.ctx("search")?),
+        vec![axis.id],
+        "cosine: similarity exactly 1, threshold 1.0"
+    );
     Ok(())
 }
 
@@ -719,8 +849,10 @@ macro_rules! __vector_checks {
             bad_payloads_write_nothing,
             bad_search_requests_are_rejected,
             bad_filters_are_rejected,
+            bad_document_ids_are_rejected,
             scores_match_reference,
             score_threshold_filters_hits,
+            score_threshold_is_inclusive,
             filters_match_reference,
             limit_caps_hits,
             document_chunks_are_ordered,

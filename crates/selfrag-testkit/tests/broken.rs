@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use selfrag_core::local::{LocalRateLimiter, LocalStore, LocalVectorIndex};
 use selfrag_core::{
-    Chunk, ChunkId, ChunkRecord, Filter, IndexSpec, ManualClock, MemoryLog, MemoryLogId, MemoryPage, MemoryQuery,
-    MemoryStore, NewMemoryLog, NewSession, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter, Result,
-    ScoredChunk, SearchRequest, Session, SessionId, SessionStore, Tenant, UserId, VectorIndex,
+    Chunk, ChunkId, ChunkRecord, Distance, Filter, IndexSpec, ManualClock, MemoryLog, MemoryLogId, MemoryPage,
+    MemoryQuery, MemoryStore, NewMemoryLog, NewSession, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter,
+    Result, ScoredChunk, SearchRequest, Session, SessionId, SessionStore, Tenant, UserId, VectorIndex,
 };
 use selfrag_testkit::{
     memory, ratelimit, run_suite, session, vector, ManualTestClock, MemoryFixture, RateLimitFixture, SessionFixture,
@@ -46,6 +46,8 @@ enum MemoryBug {
     /// Pages by offset (the cursor stands for a row count), so appends
     /// between pages shift them.
     OffsetPaging,
+    /// `delete` ignores the user: any user deletes any log by id.
+    DeleteIgnoresUser,
 }
 
 #[derive(Debug)]
@@ -119,6 +121,12 @@ impl MemoryStore for BrokenMemory {
     }
 
     async fn delete(&self, user: UserId, id: MemoryLogId) -> Result<bool> {
+        if self.bug == MemoryBug::DeleteIgnoresUser {
+            let owner = self.owners.lock().unwrap().get(&id).copied();
+            if let Some(owner) = owner {
+                return self.inner.delete(owner, id).await;
+            }
+        }
         self.inner.delete(user, id).await
     }
 }
@@ -136,6 +144,12 @@ async fn memory_report(bug: MemoryBug) -> SuiteReport {
 async fn memory_store_leaking_across_users_is_caught() {
     let report = memory_report(MemoryBug::LeaksAcrossUsers).await;
     assert_caught("memory get ignores the user", &report, &["user_isolation"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_delete_ignoring_the_user_is_caught() {
+    let report = memory_report(MemoryBug::DeleteIgnoresUser).await;
+    assert_caught("memory delete ignores the user", &report, &["user_isolation"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,6 +191,8 @@ enum SessionBug {
     ForgetsExpiry,
     /// `touch` marks nothing: the expiry does not slide.
     TouchDoesNotSlide,
+    /// `get` ignores the user: any user reads any live session by id.
+    LeaksAcrossUsers,
 }
 
 #[derive(Debug)]
@@ -204,6 +220,10 @@ impl SessionStore for BrokenSessions {
     }
 
     async fn get(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
+        if self.bug == SessionBug::LeaksAcrossUsers {
+            let owner = self.seen.lock().unwrap().get(&id).map(|s| s.user_id);
+            return SessionStore::get(&self.inner, owner.unwrap_or(user), id).await;
+        }
         let s = SessionStore::get(&self.inner, user, id).await?;
         if s.is_none() && self.bug == SessionBug::ForgetsExpiry {
             let stale = self.seen.lock().unwrap().get(&id).cloned();
@@ -215,7 +235,7 @@ impl SessionStore for BrokenSessions {
     async fn touch(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
         let s = match self.bug {
             SessionBug::TouchDoesNotSlide => SessionStore::get(&self.inner, user, id).await?,
-            SessionBug::ForgetsExpiry => self.inner.touch(user, id).await?,
+            SessionBug::ForgetsExpiry | SessionBug::LeaksAcrossUsers => self.inner.touch(user, id).await?,
         };
         self.remember(&s);
         Ok(s)
@@ -263,6 +283,12 @@ async fn session_store_forgetting_expiry_is_caught() {
         &report,
         &["expired_sessions_are_gone", "get_does_not_extend", "set_data_replaces_without_extending"],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_store_leaking_across_users_is_caught() {
+    let report = session_report(SessionBug::LeaksAcrossUsers).await;
+    assert_caught("session get ignores the user", &report, &["user_isolation"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,7 +399,12 @@ async fn rate_limiter_consuming_on_denial_is_caught() {
     assert_caught(
         "limiter consumes on denial",
         &report,
-        &["denial_is_atomic_across_windows", "remaining_budget_is_reported", "concurrent_checks_respect_the_limit"],
+        &[
+            "denial_is_atomic_across_windows",
+            "retry_after_is_the_longest_wait",
+            "remaining_budget_is_reported",
+            "concurrent_checks_respect_the_limit",
+        ],
     );
 }
 
@@ -415,6 +446,11 @@ enum VectorBug {
     LeaksAcrossTenants,
     /// Non-finite components are quietly stored as 0 instead of rejected.
     AcceptsNaN,
+    /// Euclid and Manhattan hits carry the raw distance (lower is better)
+    /// instead of its negation, as an engine's score would.
+    RawDistances,
+    /// `score_threshold` keeps `score > threshold` instead of `>=`.
+    ExclusiveThreshold,
 }
 
 #[derive(Debug)]
@@ -462,7 +498,21 @@ impl VectorIndex for BrokenIndex {
             let request = SearchRequest { filter: None, ..request.clone() };
             return self.inner.search(tenant, &request).await;
         }
-        self.inner.search(self.tenant(tenant), request).await
+        let mut hits = self.inner.search(self.tenant(tenant), request).await?;
+        match self.bug {
+            VectorBug::RawDistances if matches!(self.spec().distance(), Distance::Euclid | Distance::Manhattan) => {
+                for h in &mut hits {
+                    h.score = -h.score;
+                }
+            }
+            VectorBug::ExclusiveThreshold => {
+                if let Some(t) = request.score_threshold {
+                    hits.retain(|h| h.score > t);
+                }
+            }
+            _ => {}
+        }
+        Ok(hits)
     }
 
     async fn get(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<Vec<ChunkRecord>> {
@@ -523,6 +573,25 @@ async fn vector_index_leaking_across_tenants_is_caught() {
         &report,
         &["tenant_isolation", "filters_match_reference", "delete_by_filter_matches_reference"],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_index_returning_raw_distances_is_caught() {
+    let report = vector_report(VectorBug::RawDistances).await;
+    assert_caught(
+        "vector Euclid/Manhattan scores not negated",
+        &report,
+        &["scores_match_reference", "score_threshold_is_inclusive", "limit_caps_hits"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_index_with_an_exclusive_threshold_is_caught() {
+    let report = vector_report(VectorBug::ExclusiveThreshold).await;
+    assert_caught("vector threshold exclusive", &report, &["score_threshold_is_inclusive"]);
+    // The randomised threshold check puts its threshold in a gap between
+    // scores: only the exact-boundary check can see this bug.
+    assert!(!report.failed("score_threshold_filters_hits"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

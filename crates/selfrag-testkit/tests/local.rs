@@ -103,7 +103,37 @@ mod without_users {
 
 /// The skip-list form: a listed check is skipped (loudly), the others run.
 mod with_skip_list {
+    use selfrag_testkit::StampedOutcome;
+
     use super::*;
 
     selfrag_testkit::rate_limiter_tests!(rate_limits, skip = [concurrent_checks_respect_the_limit, policy_is_kept]);
+
+    /// What the stamped tests above do, check by check: exactly the listed
+    /// checks are skipped (their fixture is never made), every other check
+    /// runs and passes.
+    #[test]
+    fn exactly_the_listed_checks_are_skipped() {
+        let skip = ["concurrent_checks_respect_the_limit", "policy_is_kept"];
+        let checks = selfrag_testkit::ratelimit::checks();
+        let mut skipped = Vec::new();
+        for check in &checks {
+            let outcome = selfrag_testkit::__run_stamped("rate_limiter", check.name, &skip, checks.clone(), || async {
+                assert!(!skip.contains(&check.name), "the fixture of skipped check `{}` was made", check.name);
+                rate_limits().await
+            });
+            match outcome {
+                StampedOutcome::Skipped => skipped.push(check.name),
+                StampedOutcome::Passed => {}
+                StampedOutcome::NoFixture => panic!("check `{}`: the local fixture is always there", check.name),
+            }
+        }
+        skipped.sort_unstable();
+        assert_eq!(skipped, skip);
+        // A check not in the suite is a panic, not a silent pass.
+        let unknown = std::panic::catch_unwind(|| {
+            selfrag_testkit::__run_stamped("rate_limiter", "no_such_check", &[], checks.clone(), rate_limits)
+        });
+        assert!(unknown.is_err(), "running an unknown check did not panic");
+    }
 }
