@@ -25,9 +25,10 @@ use serde_json::json;
 fn embed(text: &str) -> Vec<f32> {
     let mut v = vec![0.0f32; 64];
     for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
-        let h = word.to_lowercase().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let h = word
+            .to_lowercase()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
         v[(h % 64) as usize] += 1.0;
     }
     v
@@ -46,7 +47,10 @@ async fn main() -> Result<(), selfrag::Error> {
 
     // Memory logs: append-only, queried newest first.
     memory
-        .append(user, NewMemoryLog::new("chat.user", "What is our refund policy?")?.with_metadata(json!({"channel": "web"}))?)
+        .append(
+            user,
+            NewMemoryLog::new("chat.user", "What is our refund policy?")?.with_metadata(json!({"channel": "web"}))?,
+        )
         .await?;
     memory.append(user, NewMemoryLog::new("fact", "Prefers answers in French")?).await?;
     let batch = vec![
@@ -69,7 +73,8 @@ async fn main() -> Result<(), selfrag::Error> {
     }
 
     // Sessions: a TTL that slides on every touch.
-    let session = sessions.create(user, NewSession::new(Duration::from_secs(1800))?.with_data(json!({"lang": "fr"}))?).await?;
+    let session =
+        sessions.create(user, NewSession::new(Duration::from_secs(1800))?.with_data(json!({"lang": "fr"}))?).await?;
     println!("opened session {} (expires {})", session.id, session.expires_at);
     let touched = sessions.touch(user, session.id).await?.expect("live session");
     println!("touched: now expires {}", touched.expires_at);
