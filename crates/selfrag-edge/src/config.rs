@@ -1,0 +1,119 @@
+//! Settings of an [`EdgeIndex`](crate::EdgeIndex).
+
+use std::time::Duration;
+
+/// When the index forces its writes to stable storage.
+///
+/// The engine (qdrant-edge 0.7.2) writes every update into memory-mapped
+/// segment files and a write-ahead log, but makes them durable only on a
+/// flush, and it does **not** replay its WAL when a directory is reopened.
+/// What a crash can lose therefore depends on how often this crate flushes:
+///
+/// | setting | process crash (panic, `kill -9`, OOM) | power loss / kernel crash |
+/// | --- | --- | --- |
+/// | [`Durability::FlushEveryWrite`] | nothing acknowledged | nothing acknowledged |
+/// | [`Durability::Periodic`]`(d)` | at most the writes of the last `d` | at most the writes of the last `d` |
+/// | [`Durability::OnClose`] | everything since the last flush (open or [`EdgeIndex::flush`](crate::EdgeIndex::flush)) | the same |
+///
+/// "Acknowledged" means the write call returned `Ok`. A clean
+/// [`EdgeIndex::close`](crate::EdgeIndex::close) or drop flushes under every
+/// setting. A flush writes the segments with `fsync`, so after one
+/// returns, the data survives power loss too (on hardware that honours
+/// `fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Flush before every write call returns. The strongest setting and the
+    /// slowest: a flush rewrites the changed parts of every segment, from a
+    /// few milliseconds on small indexes to about a second on 100,000 points.
+    /// Batch your upserts under this setting.
+    FlushEveryWrite,
+    /// Flush on a background thread every period, when something was written
+    /// since the last flush. Writes return without waiting for the disk.
+    Periodic(Duration),
+    /// Flush only when the index is closed or dropped, or when
+    /// [`EdgeIndex::flush`](crate::EdgeIndex::flush) is called. Fastest; for
+    /// data that can be rebuilt (caches, tests, bulk loads followed by an
+    /// explicit flush).
+    OnClose,
+}
+
+/// Settings of an [`EdgeIndex`](crate::EdgeIndex).
+///
+/// The defaults suit a service: one flush per second, an HNSW build in the
+/// background after every 10,000 written points, the engine's search and
+/// indexing defaults.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EdgeIndexConfig {
+    /// When writes reach stable storage. Default:
+    /// `Durability::Periodic(1 s)`.
+    pub durability: Durability,
+    /// Start a background optimization (HNSW build, segment merge, vacuum)
+    /// once this many points were upserted or deleted since the last one
+    /// started; also at open when at least this many points are not in an
+    /// HNSW graph yet. `None` disables automatic optimization (call
+    /// [`EdgeIndex::optimize_now`](crate::EdgeIndex::optimize_now) yourself).
+    /// Default: `Some(10_000)`.
+    pub optimize_after_points: Option<u64>,
+    /// The HNSW `ef` used by searches (candidates examined; higher is more
+    /// exact and slower). `None` keeps the engine default (`ef_construct`,
+    /// 100). Default: `None`.
+    pub search_ef: Option<usize>,
+    /// Whether filtered searches may use ACORN (the engine explores
+    /// neighbours of neighbours when the filter matches at most 40% of the
+    /// points): better recall for selective filters on clustered data, at
+    /// some cost in latency. Default: `true`.
+    pub acorn: bool,
+    /// Segments smaller than this many kilobytes of vectors are searched by
+    /// a full scan and never get an HNSW graph. `None` keeps the engine
+    /// default (10,000 KB: about 6,500 vectors of dimension 384). Lower it
+    /// only for tests of the indexed path; `Some(0)` never builds a graph.
+    /// Default: `None`.
+    pub indexing_threshold_kb: Option<usize>,
+}
+
+impl Default for EdgeIndexConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Periodic(Duration::from_secs(1)),
+            optimize_after_points: Some(10_000),
+            search_ef: None,
+            acorn: true,
+            indexing_threshold_kb: None,
+        }
+    }
+}
+
+impl EdgeIndexConfig {
+    /// Sets [`EdgeIndexConfig::durability`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets [`EdgeIndexConfig::optimize_after_points`] (`None` disables
+    /// background optimization).
+    pub fn optimize_after_points(mut self, points: Option<u64>) -> Self {
+        self.optimize_after_points = points;
+        self
+    }
+
+    /// Sets [`EdgeIndexConfig::search_ef`].
+    pub fn search_ef(mut self, ef: Option<usize>) -> Self {
+        self.search_ef = ef;
+        self
+    }
+
+    /// Sets [`EdgeIndexConfig::acorn`].
+    pub fn acorn(mut self, acorn: bool) -> Self {
+        self.acorn = acorn;
+        self
+    }
+
+    /// Sets [`EdgeIndexConfig::indexing_threshold_kb`].
+    pub fn indexing_threshold_kb(mut self, kb: Option<usize>) -> Self {
+        self.indexing_threshold_kb = kb;
+        self
+    }
+}

@@ -1,0 +1,778 @@
+//! [`EdgeIndex`]: the [`VectorIndex`] on the embedded engine.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qdrant_edge::{
+    AcornSearchParams, CountRequest, CreateIndex, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
+    FieldIndexOperations, IntegerIndexParams, KeywordIndexParams, NamedQuery, OperationError, PayloadFieldSchema,
+    PayloadSchemaParams, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, QueryRequest, Record,
+    ScoringQuery, ScrollRequest, SearchParams, UpdateOperation, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
+};
+use selfrag_core::vector::{keys, point_id, validate_chunks, validate_document_id, validate_ids};
+use selfrag_core::{
+    Chunk, ChunkId, ChunkPayload, ChunkRecord, Distance, Error, Field, Filter, IndexSpec, Result, ScoredChunk,
+    SearchRequest, Tenant, VectorIndex,
+};
+use serde_json::{Map, Value};
+
+use crate::config::{Durability, EdgeIndexConfig};
+use crate::filter::tenant_filter;
+
+/// The backend name in errors.
+pub(crate) const BACKEND: &str = "qdrant-edge";
+
+/// Page size of the scrolls behind `document_chunks`.
+const SCROLL_PAGE: usize = 1_000;
+
+/// A [`VectorIndex`] on the Qdrant engine embedded in this process
+/// (`qdrant-edge`), persisted in one directory.
+///
+/// See the crate docs for the on-disk layout, durability and optimization.
+/// Every engine call runs on tokio's blocking pool, never on a runtime
+/// worker thread.
+pub struct EdgeIndex {
+    inner: Arc<Inner>,
+    flusher: Option<Flusher>,
+}
+
+struct Flusher {
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+/// Everything shared with the blocking tasks and background threads.
+struct Inner {
+    shard: EdgeShard,
+    spec: IndexSpec,
+    path: PathBuf,
+    config: EdgeIndexConfig,
+    /// Serializes engine writes and flushes: the engine's `flush()` takes its
+    /// WAL lock with `try_lock` and panics if an update holds it.
+    write_lock: Mutex<()>,
+    /// Held by a running optimization, so that there is never more than one.
+    optimize_lock: Mutex<()>,
+    /// Set while a background optimization thread exists.
+    optimizing: AtomicBool,
+    /// The background optimization thread, joined by `close`.
+    optimizer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Points upserted or deleted since the last optimization started.
+    pending: AtomicU64,
+    /// Whether something was written since the last flush.
+    dirty: AtomicBool,
+    /// Optimizations finished (successfully or not) since open.
+    optimizations: AtomicU64,
+    /// The error of the last failed background optimization.
+    last_optimize_error: Mutex<Option<String>>,
+}
+
+/// A snapshot of an index's state, from [`EdgeIndex::stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EdgeStats {
+    /// Points stored, all tenants together (approximate while an
+    /// optimization runs).
+    pub points: usize,
+    /// Points in an HNSW graph; the rest are searched by a full scan.
+    pub indexed_vectors: usize,
+    /// Segments (an optimization merges them).
+    pub segments: usize,
+    /// Payload indexes present, by payload path.
+    pub payload_indexes: Vec<String>,
+    /// Whether an optimization is running now.
+    pub optimizing: bool,
+    /// Optimizations finished since open.
+    pub optimizations: u64,
+    /// The error of the last failed background optimization, if any.
+    pub last_optimize_error: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves no broken invariant
+    // behind (they guard the engine, not data of ours), so poisoning is
+    // ignored.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn engine_err(what: &str, e: OperationError) -> Error {
+    Error::backend(BACKEND, format!("{what} failed: {e}"), false, e)
+}
+
+/// Runs blocking engine work on tokio's blocking pool.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Backend {
+        backend: BACKEND,
+        message: format!("engine task failed: {e}"),
+        retryable: false,
+        source: None,
+    })?
+}
+
+impl fmt::Debug for EdgeIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EdgeIndex")
+            .field("path", &self.inner.path)
+            .field("spec", &self.inner.spec)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_distance(d: Distance) -> qdrant_edge::Distance {
+    match d {
+        Distance::Cosine => qdrant_edge::Distance::Cosine,
+        Distance::Dot => qdrant_edge::Distance::Dot,
+        Distance::Euclid => qdrant_edge::Distance::Euclid,
+        Distance::Manhattan => qdrant_edge::Distance::Manhattan,
+        // `Distance` is non-exhaustive: a distance added to the core later
+        // must be mapped here before it can be used.
+        #[allow(unreachable_patterns)]
+        other => unreachable!("distance {other} has no engine equivalent"),
+    }
+}
+
+/// The engine's score for a hit, in the core convention (higher is better):
+/// the engine reports Euclid and Manhattan as distances (smaller is better).
+fn core_score(d: Distance, engine_score: f32) -> f32 {
+    match d {
+        Distance::Euclid | Distance::Manhattan => -engine_score,
+        _ => engine_score,
+    }
+}
+
+/// The payload indexes every index carries (see the crate docs).
+fn payload_indexes() -> Vec<(&'static str, PayloadSchemaParams)> {
+    let keyword = |is_tenant: bool, hnsw: bool| {
+        PayloadSchemaParams::Keyword(KeywordIndexParams {
+            is_tenant: Some(is_tenant),
+            enable_hnsw: Some(hnsw),
+            ..KeywordIndexParams::default()
+        })
+    };
+    vec![
+        (keys::TENANT, keyword(true, true)),
+        (keys::DOCUMENT_TYPE, keyword(false, true)),
+        (keys::TAGS, keyword(false, true)),
+        (keys::SOURCE, keyword(false, true)),
+        // Lookup-only fields (delete by document, document_chunks): no HNSW
+        // links, which makes the build about 3x faster.
+        (keys::DOCUMENT_ID, keyword(false, false)),
+        (
+            keys::CHUNK_INDEX,
+            PayloadSchemaParams::Integer(IntegerIndexParams {
+                lookup: Some(true),
+                range: Some(true),
+                is_principal: Some(false),
+                enable_hnsw: Some(false),
+                ..IntegerIndexParams::default()
+            }),
+        ),
+    ]
+}
+
+impl EdgeIndex {
+    /// Opens the index in directory `path`, creating the directory and an
+    /// empty index when there is none, and creates the payload indexes
+    /// (idempotent).
+    ///
+    /// # Errors
+    /// - [`Error::Incompatible`] when the directory holds an index of
+    ///   another dimension or distance, or data the engine cannot read.
+    /// - [`Error::Unavailable`] when the directory is already open (in this
+    ///   process or another): the engine holds an exclusive lock on it.
+    /// - [`Error::Backend`] for I/O and other engine failures.
+    pub async fn open(path: impl AsRef<Path>, spec: IndexSpec, config: EdgeIndexConfig) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let (inner, unindexed) = blocking(move || {
+            let inner = Inner::open(path, spec, config)?;
+            let info = inner.shard.info();
+            Ok((Arc::new(inner), info.points_count.saturating_sub(info.indexed_vectors_count) as u64))
+        })
+        .await?;
+        let flusher = match inner.config.durability {
+            Durability::Periodic(period) => Some(Flusher::start(&inner, period)?),
+            _ => None,
+        };
+        // An index left unoptimized (e.g. by a process that exited right
+        // after a bulk load) gets its graph now.
+        if inner.config.optimize_after_points.is_some_and(|after| unindexed >= after) {
+            inner.pending.store(unindexed, Ordering::SeqCst);
+            inner.spawn_optimizer();
+        }
+        Ok(Self { inner, flusher })
+    }
+
+    /// The directory of the index.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The settings the index was opened with.
+    pub fn config(&self) -> &EdgeIndexConfig {
+        &self.inner.config
+    }
+
+    /// Point counts, segments, payload indexes and optimization state.
+    pub async fn stats(&self) -> Result<EdgeStats> {
+        let inner = self.inner.clone();
+        blocking(move || Ok(inner.stats())).await
+    }
+
+    /// Whether a background optimization is running.
+    pub fn is_optimizing(&self) -> bool {
+        self.inner.optimizing.load(Ordering::SeqCst)
+    }
+
+    /// Runs an optimization now (builds the HNSW graph of large enough
+    /// segments, merges small segments, vacuums deleted points) and waits for
+    /// it; if a background one is running, waits for that first. Searches
+    /// and writes keep working meanwhile. Returns whether anything changed.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the engine fails.
+    pub async fn optimize_now(&self) -> Result<bool> {
+        let inner = self.inner.clone();
+        blocking(move || inner.run_optimize()).await
+    }
+
+    /// Waits until no background optimization runs.
+    pub async fn wait_for_optimization(&self) {
+        while self.is_optimizing() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Forces everything written so far to stable storage, whatever the
+    /// [`Durability`] setting.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the engine fails to flush.
+    pub async fn flush(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let _w = lock(&inner.write_lock);
+            inner.flush_locked()
+        })
+        .await
+    }
+
+    /// Closes the index: stops the periodic flusher, waits for a running
+    /// optimization to finish, flushes, and releases the directory so that it
+    /// can be opened again when this returns. Dropping the index also flushes
+    /// and releases it, but without waiting for a background optimization
+    /// (the directory stays locked until that finishes).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the final flush fails.
+    pub async fn close(mut self) -> Result<()> {
+        let flusher = self.flusher.take();
+        let inner = self.inner.clone();
+        let result = blocking(move || {
+            if let Some(f) = flusher {
+                f.stop();
+            }
+            let thread = lock(&inner.optimizer_thread).take();
+            if let Some(t) = thread {
+                // A panic in the optimizer thread was already recorded.
+                let _ = t.join();
+            }
+            let _w = lock(&inner.write_lock);
+            inner.flush_locked()
+        })
+        .await;
+        // The last reference drops the engine shard, which releases the
+        // directory lock. Requests still running on the blocking pool (from
+        // cancelled futures) keep it until they finish.
+        drop(self);
+        result
+    }
+}
+
+/// Stops the periodic flusher (waiting for a flush in progress). The engine
+/// flushes when the last reference to it goes, which is here unless a
+/// background optimization still runs: prefer [`EdgeIndex::close`] in async
+/// code, which does that work on the blocking pool.
+impl Drop for EdgeIndex {
+    fn drop(&mut self) {
+        if let Some(f) = self.flusher.take() {
+            f.stop();
+        }
+    }
+}
+
+impl Flusher {
+    fn start(inner: &Arc<Inner>, period: Duration) -> Result<Self> {
+        let (stop, rx) = mpsc::channel::<()>();
+        // A weak reference: the flusher must not keep the shard (and its
+        // directory lock) alive after the index is dropped.
+        let weak: Weak<Inner> = Arc::downgrade(inner);
+        let thread = std::thread::Builder::new()
+            .name("selfrag-edge-flush".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(period) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        if inner.dirty.load(Ordering::SeqCst) {
+                            let _w = lock(&inner.write_lock);
+                            if let Err(e) = inner.flush_locked() {
+                                tracing::warn!(path = %inner.path.display(), error = %e, "periodic flush failed");
+                            }
+                        }
+                    }
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+            })
+            .map_err(|e| Error::backend(BACKEND, "cannot start the flusher thread", false, e))?;
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+impl Inner {
+    fn open(path: PathBuf, spec: IndexSpec, config: EdgeIndexConfig) -> Result<Self> {
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::backend(BACKEND, format!("cannot create directory {}", path.display()), false, e))?;
+        // Compare with the stored configuration before the engine loads
+        // anything, to name the mismatch precisely.
+        if let Some(stored) = EdgeConfig::load(&path) {
+            let stored = stored.map_err(|e| Error::Incompatible {
+                backend: BACKEND,
+                message: format!("cannot read the index configuration in {}: {e}", path.display()),
+            })?;
+            check_compatible(&path, &spec, &stored)?;
+        }
+        let engine_config = EdgeConfig::builder()
+            .vector(
+                DEFAULT_VECTOR_NAME,
+                EdgeVectorParams::builder(spec.dimension(), engine_distance(spec.distance())).build(),
+            )
+            .optimizers(EdgeOptimizersConfig {
+                indexing_threshold: config.indexing_threshold_kb,
+                ..EdgeOptimizersConfig::default()
+            })
+            .build();
+        let shard = EdgeShard::load(&path, Some(engine_config)).map_err(|e| open_error(&path, e))?;
+        let inner = Inner {
+            shard,
+            spec,
+            path,
+            config,
+            write_lock: Mutex::new(()),
+            optimize_lock: Mutex::new(()),
+            optimizing: AtomicBool::new(false),
+            optimizer_thread: Mutex::new(None),
+            pending: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            optimizations: AtomicU64::new(0),
+            last_optimize_error: Mutex::new(None),
+        };
+        inner.ensure_payload_indexes()?;
+        Ok(inner)
+    }
+
+    /// Creates the payload indexes; the engine skips those that exist.
+    fn ensure_payload_indexes(&self) -> Result<()> {
+        let _w = lock(&self.write_lock);
+        for (key, params) in payload_indexes() {
+            let op = UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(CreateIndex {
+                field_name: crate::filter::field_path_str(key)?,
+                field_schema: Some(PayloadFieldSchema::FieldParams(params)),
+            }));
+            self.shard.update(op).map_err(|e| engine_err("creating a payload index", e))?;
+        }
+        self.dirty.store(true, Ordering::SeqCst);
+        self.flush_locked()
+    }
+
+    /// Flushes; the caller holds `write_lock`.
+    ///
+    /// The engine's `flush()` also takes the segment list lock with
+    /// `try_read` and panics when it is taken for writing, which a running
+    /// optimization does for a few milliseconds when it swaps segments. The
+    /// panic happens before anything is written, so it is caught and the
+    /// flush retried.
+    fn flush_locked(&self) -> Result<()> {
+        self.dirty.store(false, Ordering::SeqCst);
+        let mut attempts = 0;
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.shard.flush())) {
+                Ok(()) => return Ok(()),
+                Err(_) if attempts < 500 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    self.dirty.store(true, Ordering::SeqCst);
+                    return Err(Error::Backend {
+                        backend: BACKEND,
+                        message: "flush failed: the segment lock stayed busy for 5 s".into(),
+                        retryable: true,
+                        source: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Applies one engine write of `points` points, then flushes or
+    /// schedules an optimization as configured.
+    fn write(self: &Arc<Self>, what: &str, op: UpdateOperation, points: u64) -> Result<()> {
+        {
+            let _w = lock(&self.write_lock);
+            self.shard.update(op).map_err(|e| engine_err(what, e))?;
+            self.dirty.store(true, Ordering::SeqCst);
+            if self.config.durability == Durability::FlushEveryWrite {
+                self.flush_locked()?;
+            }
+        }
+        if let Some(after) = self.config.optimize_after_points {
+            let pending = self.pending.fetch_add(points, Ordering::SeqCst) + points;
+            if pending >= after {
+                self.spawn_optimizer();
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a background optimization unless one is running.
+    fn spawn_optimizer(self: &Arc<Self>) {
+        if self.optimizing.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            return;
+        }
+        let inner = self.clone();
+        let spawned = std::thread::Builder::new().name("selfrag-edge-optimize".into()).spawn(move || {
+            loop {
+                if let Err(e) = inner.run_optimize() {
+                    tracing::warn!(path = %inner.path.display(), error = %e, "background optimization failed");
+                    *lock(&inner.last_optimize_error) = Some(e.to_string());
+                    break;
+                }
+                // Writes that arrived during a long build may call for
+                // another round.
+                let again =
+                    inner.config.optimize_after_points.is_some_and(|a| inner.pending.load(Ordering::SeqCst) >= a);
+                if !again {
+                    break;
+                }
+            }
+            inner.optimizing.store(false, Ordering::SeqCst);
+        });
+        match spawned {
+            Ok(handle) => {
+                // Keep the handle for `close`; an older one has finished (the
+                // flag was clear), joining it is instant.
+                if let Some(old) = lock(&self.optimizer_thread).replace(handle) {
+                    let _ = old.join();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the optimizer thread");
+                self.optimizing.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// One optimization, never concurrent with another.
+    fn run_optimize(&self) -> Result<bool> {
+        let _o = lock(&self.optimize_lock);
+        self.pending.store(0, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let result = self.shard.optimize();
+        self.optimizations.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!(path = %self.path.display(), elapsed = ?started.elapsed(), ok = result.is_ok(), "optimization finished");
+        result.map_err(|e| engine_err("optimization", e))
+    }
+
+    fn stats(&self) -> EdgeStats {
+        let info = self.shard.info();
+        let mut payload_indexes: Vec<String> = info.payload_schema.keys().map(ToString::to_string).collect();
+        payload_indexes.sort();
+        EdgeStats {
+            points: info.points_count,
+            indexed_vectors: info.indexed_vectors_count,
+            segments: info.segments_count,
+            payload_indexes,
+            optimizing: self.optimizing.load(Ordering::SeqCst),
+            optimizations: self.optimizations.load(Ordering::SeqCst),
+            last_optimize_error: lock(&self.last_optimize_error).clone(),
+        }
+    }
+}
+
+fn check_compatible(path: &Path, spec: &IndexSpec, stored: &EdgeConfig) -> Result<()> {
+    let Some(v) = stored.vectors.get(DEFAULT_VECTOR_NAME) else {
+        return Err(Error::Incompatible {
+            backend: BACKEND,
+            message: format!("{} holds an index without the default dense vector", path.display()),
+        });
+    };
+    let wanted = engine_distance(spec.distance());
+    if v.size != spec.dimension() || v.distance != wanted {
+        return Err(Error::Incompatible {
+            backend: BACKEND,
+            message: format!(
+                "{} holds vectors of dimension {} compared by {:?}, not dimension {} by {:?}",
+                path.display(),
+                v.size,
+                v.distance,
+                spec.dimension(),
+                wanted
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn open_error(path: &Path, e: OperationError) -> Error {
+    let text = e.to_string();
+    if text.contains("WouldBlock") || text.contains("Resource temporarily unavailable") {
+        Error::Unavailable {
+            backend: BACKEND,
+            message: format!("{} is already open (by this or another process); close it first", path.display()),
+            source: Some(Box::new(e)),
+        }
+    } else if text.contains("incompatible") {
+        Error::Incompatible { backend: BACKEND, message: format!("{}: {text}", path.display()) }
+    } else {
+        engine_err("opening the index", e)
+    }
+}
+
+fn record_chunk(tenant: &Tenant, r: Record) -> Result<Option<ChunkRecord>> {
+    let Some(payload) = r.payload else { return Ok(None) };
+    to_record(tenant, &payload.0)
+}
+
+/// A stored payload as a chunk record, `None` when it belongs to another
+/// tenant (a defence in depth: every read is already filtered by tenant).
+fn to_record(tenant: &Tenant, payload: &Map<String, Value>) -> Result<Option<ChunkRecord>> {
+    if payload.get(keys::TENANT).and_then(Value::as_str) != Some(tenant.as_str()) {
+        return Ok(None);
+    }
+    let (id, payload) = ChunkPayload::from_json(BACKEND, payload)?;
+    Ok(Some(ChunkRecord { id, payload }))
+}
+
+#[async_trait]
+impl VectorIndex for EdgeIndex {
+    fn spec(&self) -> &IndexSpec {
+        &self.inner.spec
+    }
+
+    async fn upsert(&self, tenant: &Tenant, chunks: Vec<Chunk>) -> Result<()> {
+        validate_chunks(&self.inner.spec, &chunks)?;
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let points: Vec<_> = chunks
+            .into_iter()
+            .map(|c| {
+                let payload = Value::Object(c.payload.to_json(tenant, c.id));
+                PointStruct::new(PointId::Uuid(point_id(tenant, c.id)), c.vector, payload).into()
+            })
+            .collect();
+        let n = points.len() as u64;
+        let op =
+            UpdateOperation::PointOperation(PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)));
+        let inner = self.inner.clone();
+        blocking(move || inner.write("upsert", op, n)).await
+    }
+
+    async fn search(&self, tenant: &Tenant, request: &SearchRequest) -> Result<Vec<ScoredChunk>> {
+        request.validate(&self.inner.spec)?;
+        let filter = tenant_filter(tenant, request.filter.as_ref())?;
+        let query = QueryRequest {
+            prefetches: Vec::new(),
+            query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::default_dense(request.vector.clone())))),
+            filter: Some(filter),
+            // Applied below in the core convention (`score >= threshold`):
+            // the engine compares strictly, and as a distance for Euclid and
+            // Manhattan. Filtering the best-first top `limit` afterwards gives
+            // the same hits as filtering before the cut.
+            score_threshold: None,
+            limit: request.limit,
+            offset: 0,
+            params: Some(SearchParams {
+                hnsw_ef: self.inner.config.search_ef,
+                acorn: self.inner.config.acorn.then_some(AcornSearchParams { enable: true, max_selectivity: None }),
+                ..SearchParams::default()
+            }),
+            with_vector: WithVector::Bool(false),
+            with_payload: WithPayloadInterface::Bool(true),
+        };
+        let inner = self.inner.clone();
+        let tenant = tenant.clone();
+        let threshold = request.score_threshold;
+        blocking(move || {
+            let distance = inner.spec.distance();
+            let points = inner.shard.query(query).map_err(|e| engine_err("search", e))?;
+            let mut hits = Vec::with_capacity(points.len());
+            for p in points {
+                let score = core_score(distance, p.score);
+                if threshold.is_some_and(|t| score < t) {
+                    continue;
+                }
+                let Some(payload) = p.payload else { continue };
+                if let Some(r) = to_record(&tenant, &payload.0)? {
+                    hits.push(ScoredChunk { id: r.id, score, payload: r.payload });
+                }
+            }
+            // The engine returns best first; ties are ordered by id so that
+            // results are deterministic, like the reference backend.
+            hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+            Ok(hits)
+        })
+        .await
+    }
+
+    async fn get(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<Vec<ChunkRecord>> {
+        validate_ids(ids)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let point_ids: Vec<PointId> = ids.iter().map(|id| PointId::Uuid(point_id(tenant, *id))).collect();
+        let wanted = ids.to_vec();
+        let inner = self.inner.clone();
+        let tenant = tenant.clone();
+        blocking(move || {
+            let records = inner
+                .shard
+                .retrieve(&point_ids, Some(WithPayloadInterface::Bool(true)), Some(WithVector::Bool(false)))
+                .map_err(|e| engine_err("get", e))?;
+            let mut found = HashMap::with_capacity(records.len());
+            for r in records {
+                if let Some(c) = record_chunk(&tenant, r)? {
+                    found.insert(c.id, c);
+                }
+            }
+            // In the order asked for, repeating repeated ids like the
+            // reference backend.
+            Ok(wanted.iter().filter_map(|id| found.get(id).cloned()).collect())
+        })
+        .await
+    }
+
+    async fn document_chunks(&self, tenant: &Tenant, document_id: &str) -> Result<Vec<ChunkRecord>> {
+        validate_document_id(document_id)?;
+        let filter = tenant_filter(tenant, Some(&Filter::eq(Field::DocumentId, document_id)))?;
+        let inner = self.inner.clone();
+        let tenant = tenant.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut offset = None;
+            loop {
+                let request = ScrollRequest {
+                    offset,
+                    limit: Some(SCROLL_PAGE),
+                    filter: Some(filter.clone()),
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                };
+                let (records, next) = inner.shard.scroll(request).map_err(|e| engine_err("document_chunks", e))?;
+                for r in records {
+                    if let Some(c) = record_chunk(&tenant, r)? {
+                        out.push(c);
+                    }
+                }
+                match next {
+                    Some(n) => offset = Some(n),
+                    None => break,
+                }
+            }
+            out.sort_by(|a, b| a.payload.chunk_index.cmp(&b.payload.chunk_index).then(a.id.cmp(&b.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<()> {
+        validate_ids(ids)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Point ids embed the tenant (see `point_id`), so deleting by id
+        // cannot reach another tenant's points.
+        let point_ids: Vec<PointId> = ids.iter().map(|id| PointId::Uuid(point_id(tenant, *id))).collect();
+        let n = point_ids.len() as u64;
+        let op = UpdateOperation::PointOperation(PointOperations::DeletePoints { ids: point_ids });
+        let inner = self.inner.clone();
+        blocking(move || inner.write("delete", op, n)).await
+    }
+
+    async fn delete_document(&self, tenant: &Tenant, document_id: &str) -> Result<()> {
+        validate_document_id(document_id)?;
+        self.delete_by_filter(tenant, &Filter::eq(Field::DocumentId, document_id)).await
+    }
+
+    async fn delete_by_filter(&self, tenant: &Tenant, filter: &Filter) -> Result<()> {
+        let filter = tenant_filter(tenant, Some(filter))?;
+        let op = UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter));
+        let inner = self.inner.clone();
+        // The number of deleted points is unknown; count the call as one.
+        blocking(move || inner.write("delete_by_filter", op, 1)).await
+    }
+
+    async fn count(&self, tenant: &Tenant, filter: Option<&Filter>) -> Result<u64> {
+        let filter = tenant_filter(tenant, filter)?;
+        let inner = self.inner.clone();
+        blocking(move || {
+            let n = inner
+                .shard
+                .count(CountRequest { filter: Some(filter), exact: true })
+                .map_err(|e| engine_err("count", e))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_follow_the_core_convention() {
+        assert_eq!(core_score(Distance::Cosine, 0.5), 0.5);
+        assert_eq!(core_score(Distance::Dot, -3.0), -3.0);
+        assert_eq!(core_score(Distance::Euclid, 5.0), -5.0);
+        assert_eq!(core_score(Distance::Manhattan, 7.0), -7.0);
+    }
+
+    #[test]
+    fn payload_index_layout() {
+        let idx = payload_indexes();
+        let names: Vec<_> = idx.iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, ["tenant", "document_type", "tags", "source", "document_id", "chunk_index"]);
+        match &idx[0].1 {
+            PayloadSchemaParams::Keyword(k) => assert_eq!((k.is_tenant, k.enable_hnsw), (Some(true), Some(true))),
+            other => panic!("{other:?}"),
+        }
+        match &idx[4].1 {
+            PayloadSchemaParams::Keyword(k) => assert_eq!(k.enable_hnsw, Some(false)),
+            other => panic!("{other:?}"),
+        }
+        match &idx[5].1 {
+            PayloadSchemaParams::Integer(i) => {
+                assert_eq!((i.lookup, i.range, i.enable_hnsw), (Some(true), Some(true), Some(false)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
