@@ -481,6 +481,22 @@ pub struct MemoryPage {
     pub next: Option<Cursor>,
 }
 
+impl MemoryPage {
+    /// The page made from up to `limit + 1` logs fetched in order: stores
+    /// fetch one log more than the page size to learn whether another page
+    /// follows, without counting.
+    pub fn from_overfetch(mut logs: Vec<MemoryLog>, limit: u32) -> Self {
+        let limit = limit as usize;
+        let next = if logs.len() > limit {
+            logs.truncate(limit);
+            logs.last().map(MemoryLog::cursor)
+        } else {
+            None
+        };
+        MemoryPage { logs, next }
+    }
+}
+
 /// Most logs in one [`MemoryStore::append_batch`].
 pub const MAX_BATCH: usize = 10_000;
 /// Most bytes of content and metadata in one [`MemoryStore::append_batch`]

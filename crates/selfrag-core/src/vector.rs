@@ -547,6 +547,45 @@ impl From<bool> for MatchValue {
     }
 }
 
+/// The values of an `AnyOf`, sorted by kind: the shapes a match-any
+/// condition of Qdrant can take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyOfValues<'a> {
+    /// All keywords.
+    Keywords(Vec<String>),
+    /// All integers.
+    Integers(Vec<i64>),
+    /// Booleans, or a mix of kinds: no single match-any form.
+    Mixed(&'a [MatchValue]),
+}
+
+impl<'a> AnyOfValues<'a> {
+    /// Sorts `values` by kind.
+    pub fn of(values: &'a [MatchValue]) -> Self {
+        let keywords: Option<Vec<String>> = values
+            .iter()
+            .map(|v| match v {
+                MatchValue::Keyword(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(k) = keywords {
+            return AnyOfValues::Keywords(k);
+        }
+        let integers: Option<Vec<i64>> = values
+            .iter()
+            .map(|v| match v {
+                MatchValue::Integer(i) => Some(*i),
+                _ => None,
+            })
+            .collect();
+        match integers {
+            Some(i) => AnyOfValues::Integers(i),
+            None => AnyOfValues::Mixed(values),
+        }
+    }
+}
+
 impl MatchValue {
     fn matches(&self, v: &Value) -> bool {
         match (self, v) {

@@ -5,7 +5,7 @@
 
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{Condition, FieldCondition, Filter as EngineFilter, JsonPath, Match, Range};
-use selfrag_core::vector::keys;
+use selfrag_core::vector::{keys, AnyOfValues};
 use selfrag_core::{Error, Field, Filter, MatchValue, Result, Tenant};
 
 /// The engine filter for "chunks of `tenant` that pass `filter`": the tenant
@@ -75,25 +75,10 @@ pub fn condition(filter: &Filter) -> Result<Condition> {
 /// or mixed types on an extra key) a `should` of single matches.
 fn any_of(field: &Field, values: &[MatchValue]) -> Result<Condition> {
     let key = field_path(field)?;
-    let keywords: Option<Vec<String>> = values
-        .iter()
-        .map(|v| match v {
-            MatchValue::Keyword(s) => Some(s.clone()),
-            _ => None,
-        })
-        .collect();
-    if let Some(k) = keywords {
-        return Ok(Condition::Field(FieldCondition::new_match(key, Match::from(k))));
-    }
-    let integers: Option<Vec<i64>> = values
-        .iter()
-        .map(|v| match v {
-            MatchValue::Integer(i) => Some(*i),
-            _ => None,
-        })
-        .collect();
-    if let Some(i) = integers {
-        return Ok(Condition::Field(FieldCondition::new_match(key, Match::from(i))));
+    match AnyOfValues::of(values) {
+        AnyOfValues::Keywords(k) => return Ok(Condition::Field(FieldCondition::new_match(key, Match::from(k)))),
+        AnyOfValues::Integers(i) => return Ok(Condition::Field(FieldCondition::new_match(key, Match::from(i)))),
+        AnyOfValues::Mixed(_) => {}
     }
     Ok(Condition::Filter(EngineFilter {
         should: Some(

@@ -248,15 +248,8 @@ impl MemoryStore for PostgresMemoryStore {
         let conn = self.conn().await?;
         let stmt = conn.prepare_cached(&built.sql).await.map_err(error::pg)?;
         let rows = conn.query(&stmt, &built.params()).await.map_err(error::pg)?;
-        let mut logs = rows.iter().map(to_log).collect::<Result<Vec<_>>>()?;
-        let limit = query.effective_limit() as usize;
-        let next = if logs.len() > limit {
-            logs.truncate(limit);
-            logs.last().map(MemoryLog::cursor)
-        } else {
-            None
-        };
-        Ok(MemoryPage { logs, next })
+        let logs = rows.iter().map(to_log).collect::<Result<Vec<_>>>()?;
+        Ok(MemoryPage::from_overfetch(logs, query.effective_limit()))
     }
 
     async fn delete(&self, user: UserId, id: MemoryLogId) -> Result<bool> {

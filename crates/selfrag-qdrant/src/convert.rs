@@ -10,7 +10,7 @@ use qdrant_client::qdrant::{
     self, condition::ConditionOneOf, r#match::MatchValue as QMatch, value::Kind, Condition, FieldCondition, ListValue,
     PointStruct, RepeatedIntegers, RepeatedStrings, Struct,
 };
-use selfrag_core::vector::{keys, point_id};
+use selfrag_core::vector::{keys, point_id, AnyOfValues};
 use selfrag_core::{Chunk, ChunkId, ChunkPayload, ChunkRecord, Distance, Error, Filter, MatchValue, Result, Tenant};
 use serde_json::{Map, Number, Value};
 
@@ -185,30 +185,16 @@ pub fn filter_condition(filter: &Filter) -> Condition {
         Filter::Not(f) => qdrant::Filter::must_not([filter_condition(f)]).into(),
         Filter::Eq { field, value } => field_condition(field.path(), Some(match_of(value)), None),
         Filter::AnyOf { field, values } => {
-            let keywords: Option<Vec<String>> = values
-                .iter()
-                .map(|v| match v {
-                    MatchValue::Keyword(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .collect();
-            let integers: Option<Vec<i64>> = values
-                .iter()
-                .map(|v| match v {
-                    MatchValue::Integer(i) => Some(*i),
-                    _ => None,
-                })
-                .collect();
-            match (keywords, integers) {
-                (Some(strings), _) => {
+            match AnyOfValues::of(values) {
+                AnyOfValues::Keywords(strings) => {
                     field_condition(field.path(), Some(QMatch::Keywords(RepeatedStrings { strings })), None)
                 }
-                (_, Some(integers)) => {
+                AnyOfValues::Integers(integers) => {
                     field_condition(field.path(), Some(QMatch::Integers(RepeatedIntegers { integers })), None)
                 }
                 // Booleans (and mixed lists on `extra` keys) have no
                 // match-any form: one condition per value, any of them.
-                _ => qdrant::Filter::should(
+                AnyOfValues::Mixed(_) => qdrant::Filter::should(
                     values.iter().map(|v| field_condition(field.path(), Some(match_of(v)), None)),
                 )
                 .into(),

@@ -172,15 +172,8 @@ impl MemoryStore for LocalStore {
             return Ok(MemoryPage { logs: Vec::new(), next: None });
         };
         // Fetch one extra row to know whether another page exists.
-        let mut logs: Vec<MemoryLog> =
-            data.logs.values().rev().filter(|l| query.matches(l)).take(limit + 1).cloned().collect();
-        let next = if logs.len() > limit {
-            logs.truncate(limit);
-            logs.last().map(MemoryLog::cursor)
-        } else {
-            None
-        };
-        Ok(MemoryPage { logs, next })
+        let logs = data.logs.values().rev().filter(|l| query.matches(l)).take(limit + 1).cloned().collect();
+        Ok(MemoryPage::from_overfetch(logs, query.effective_limit()))
     }
 
     async fn delete(&self, user: UserId, id: MemoryLogId) -> Result<bool> {
