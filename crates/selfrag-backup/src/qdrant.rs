@@ -1,0 +1,550 @@
+//! Qdrant server collections: snapshots created over gRPC (qdrant-client),
+//! downloaded and uploaded over REST (reqwest).
+//!
+//! Qdrant serves gRPC on 6334 and REST on 6333. The client API creates,
+//! lists and deletes snapshots; the file transfers use the REST endpoints
+//! `GET /collections/{c}/snapshots/{s}` and
+//! `POST /collections/{c}/snapshots/upload?priority=snapshot&wait=true`
+//! (multipart field `snapshot`), which qdrant-client has no call for. The
+//! `snapshot` priority makes the uploaded data win over whatever the node
+//! has, which is what a restore onto a fresh node needs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use qdrant_client::qdrant::{CreateSnapshotRequest, DeleteSnapshotRequest, ListSnapshotsRequest};
+use qdrant_client::Qdrant;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::fsutil;
+use crate::manifest::{check_entry_files, Entry, EntryKind, FileEntry, Manifest, QdrantInfo};
+use crate::run::BackupRun;
+use crate::{corrupt, io_err, Error, Result};
+
+const QDRANT: &str = "qdrant";
+
+/// Where a Qdrant server is and which collection to back up or restore.
+#[derive(Clone, PartialEq, Eq)]
+pub struct QdrantTarget {
+    /// The gRPC URL (`http://host:6334`), as `QDRANT_URL` holds it.
+    pub url: String,
+    /// The REST URL (`http://host:6333`). Default: `url` with port 6334
+    /// replaced by 6333 (or 6333 added when it has no port); set it when the
+    /// ports are mapped differently.
+    pub rest_url: Option<String>,
+    /// API key, sent as the `api-key` header (gRPC and REST).
+    pub api_key: Option<String>,
+    /// The collection.
+    pub collection: String,
+    /// Timeout of each gRPC call and of each whole file transfer.
+    /// Default: 1 hour (snapshots can be large).
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for QdrantTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QdrantTarget")
+            .field("url", &self.url)
+            .field("rest_url", &self.rest_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("collection", &self.collection)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl QdrantTarget {
+    /// The collection `collection` on the server at gRPC `url`.
+    pub fn new(url: impl Into<String>, collection: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            rest_url: None,
+            api_key: None,
+            collection: collection.into(),
+            timeout: Duration::from_secs(3600),
+        }
+    }
+
+    /// Sets [`QdrantTarget::rest_url`].
+    pub fn rest_url(mut self, url: impl Into<String>) -> Self {
+        self.rest_url = Some(url.into());
+        self
+    }
+
+    /// Sets [`QdrantTarget::api_key`].
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Sets [`QdrantTarget::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The REST base URL, without a trailing `/`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`rest_url`) when it cannot be derived.
+    pub fn rest_base(&self) -> Result<String> {
+        match &self.rest_url {
+            Some(u) => Ok(u.trim_end_matches('/').to_owned()),
+            None => rest_from_grpc(&self.url),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        check_name("collection", &self.collection)
+    }
+
+    fn client(&self) -> Result<Qdrant> {
+        let mut b = Qdrant::from_url(&self.url).timeout(self.timeout).skip_compatibility_check();
+        if let Some(k) = &self.api_key {
+            b = b.api_key(k.clone());
+        }
+        b.build().map_err(|e| Error::invalid("url", format!("cannot build a Qdrant client for {}: {e}", self.url)))
+    }
+
+    fn http(&self) -> Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::backend(QDRANT, "cannot build the HTTP client", false, e))
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) => req.header("api-key", k),
+            None => req,
+        }
+    }
+}
+
+/// The REST URL for a gRPC URL: port 6334 becomes 6333; no port gets 6333.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`rest_url`) for another port (a mapped port
+/// says nothing about the REST one) or a URL without a scheme.
+pub fn rest_from_grpc(url: &str) -> Result<String> {
+    let url = url.trim().trim_end_matches('/');
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| Error::invalid("url", format!("`{url}` has no scheme (http:// or https://)")))?;
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, format!("/{p}")),
+        None => (rest, String::new()),
+    };
+    // `[v6]:port`, `host:port` or `host`.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    match port {
+        None | Some("6333") => Ok(format!("{scheme}://{host}:6333{path}")),
+        Some("6334") => Ok(format!("{scheme}://{host}:6333{path}")),
+        Some(p) => Err(Error::invalid(
+            "rest_url",
+            format!(
+                "cannot derive the REST port from gRPC port {p} in `{url}`; set the REST URL (port 6333 by default)"
+            ),
+        )),
+    }
+}
+
+/// Collection and snapshot names go into URL paths: letters, digits, `-`,
+/// `_`, `.` only (no percent-encoding surprises).
+fn check_name(field: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(field, format!("`{name}` must be 1 to 255 of [A-Za-z0-9._-]")))
+    }
+}
+
+/// `GET` URL of a snapshot file.
+pub fn snapshot_download_url(rest_base: &str, collection: &str, snapshot: &str) -> String {
+    format!("{}/collections/{collection}/snapshots/{snapshot}", rest_base.trim_end_matches('/'))
+}
+
+/// `POST` URL that uploads a snapshot and recovers `collection` from it,
+/// with snapshot priority, waiting for the recovery, and with the SHA-256
+/// the server must find (it refuses a mismatching upload).
+pub fn snapshot_upload_url(rest_base: &str, collection: &str, sha256: Option<&str>) -> String {
+    let mut url = format!(
+        "{}/collections/{collection}/snapshots/upload?priority=snapshot&wait=true",
+        rest_base.trim_end_matches('/')
+    );
+    if let Some(sum) = sha256 {
+        url.push_str("&checksum=");
+        url.push_str(sum);
+    }
+    url
+}
+
+fn grpc_err(what: &str, e: qdrant_client::QdrantError) -> Error {
+    Error::unavailable(QDRANT, format!("{what}: {e}"), e)
+}
+
+fn http_err(what: &str, e: reqwest::Error) -> Error {
+    Error::unavailable(QDRANT, format!("{what}: {e}"), e)
+}
+
+async fn http_status(what: &str, resp: reqwest::Response) -> Result<reqwest::Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let body: String = body.chars().take(2000).collect();
+    let err = Error::Backend {
+        backend: QDRANT,
+        message: format!("{what}: HTTP {status}: {body}"),
+        retryable: status.is_server_error(),
+        source: None,
+    };
+    Err(if status.as_u16() == 404 {
+        Error::NotFound { what: "qdrant resource", id: format!("{what}: {body}") }
+    } else {
+        err
+    })
+}
+
+/// Creates a snapshot of the collection, downloads it into `run` as
+/// `<name>.snapshot` (default name `qdrant-<collection>`), checks it against
+/// the server's SHA-256 when the server gives one, and adds the entry (with
+/// the server's version). The snapshot stays on the server; see
+/// [`prune_qdrant_snapshots`].
+///
+/// # Errors
+/// [`Error::InvalidInput`] for bad names or URLs; [`Error::Unavailable`]
+/// when the server cannot be reached; [`Error::NotFound`] for a missing
+/// collection; [`Error::Incompatible`] when the download does not match the
+/// server's checksum.
+pub async fn backup_qdrant<'r>(run: &'r mut BackupRun, target: &QdrantTarget, name: Option<&str>) -> Result<&'r Entry> {
+    let started = Instant::now();
+    target.check()?;
+    let name = name.map(str::to_owned).unwrap_or_else(|| format!("qdrant-{}", target.collection));
+    run.check_new_entry(&name)?;
+    let rest = target.rest_base()?;
+    let client = target.client()?;
+    let http = target.http()?;
+    let health = client.health_check().await.map_err(|e| grpc_err("Qdrant health check", e))?;
+    let created = client
+        .create_snapshot(CreateSnapshotRequest { collection_name: target.collection.clone() })
+        .await
+        .map_err(|e| grpc_err(&format!("creating a snapshot of collection {}", target.collection), e))?;
+    let description = created.snapshot_description.ok_or_else(|| Error::Backend {
+        backend: QDRANT,
+        message: "the server created a snapshot but did not describe it".into(),
+        retryable: false,
+        source: None,
+    })?;
+    check_name("snapshot", &description.name)?;
+
+    let file_name = format!("{name}.snapshot");
+    let path = run.dir().join(&file_name);
+    let tmp = fsutil::temp_name(&path);
+    let url = snapshot_download_url(&rest, &target.collection, &description.name);
+    let downloaded = download(&http, target, &url, &tmp).await;
+    let (size, sha256) = match downloaded {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+    };
+    if let Some(expected) = description.checksum.as_deref() {
+        if !expected.eq_ignore_ascii_case(&sha256) {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(corrupt(format!(
+                "snapshot {} downloaded with SHA-256 {sha256}, the server says {expected}",
+                description.name
+            )));
+        }
+    }
+    fsutil::commit(&tmp, &path)?;
+    let entry = Entry {
+        kind: EntryKind::Qdrant,
+        name,
+        files: vec![FileEntry { path: file_name, size, sha256 }],
+        postgres: None,
+        qdrant: Some(QdrantInfo {
+            collection: target.collection.clone(),
+            snapshot: description.name,
+            server_version: health.version,
+            server_checksum: description.checksum,
+        }),
+        edge: None,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    Ok(run.push(entry))
+}
+
+/// Streams `url` into `tmp`, hashing; fsyncs. Returns size and SHA-256.
+async fn download(http: &reqwest::Client, target: &QdrantTarget, url: &str, tmp: &Path) -> Result<(u64, String)> {
+    let resp = target.authorize(http.get(url)).send().await.map_err(|e| http_err("downloading the snapshot", e))?;
+    let resp = http_status("downloading the snapshot", resp).await?;
+    let mut file =
+        tokio::fs::File::create(tmp).await.map_err(|e| io_err(format!("cannot create {}", tmp.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| http_err("downloading the snapshot", e))?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(|e| io_err(format!("cannot write {}", tmp.display()), e))?;
+    }
+    file.sync_all().await.map_err(|e| io_err(format!("cannot fsync {}", tmp.display()), e))?;
+    Ok((size, fsutil::hex(&hasher.finalize())))
+}
+
+/// What [`restore_qdrant`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QdrantRestoreReport {
+    /// The entry restored.
+    pub entry: String,
+    /// The collection recovered.
+    pub collection: String,
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Restores a Qdrant entry of the run in `run_dir` (`entry`: its name, or
+/// `None` for the first one) into `target.collection` (created or
+/// replaced: Qdrant recovers the collection from the snapshot with
+/// `priority=snapshot`). Checks the manifest and the file's SHA-256 before
+/// sending anything, and sends the checksum along so the server checks it
+/// too. The upload is streamed (multipart field `snapshot`).
+///
+/// # Errors
+/// [`Error::Incompatible`] for a damaged backup; [`Error::NotFound`] for a
+/// missing manifest or entry; [`Error::Unavailable`] when the server cannot
+/// be reached; [`Error::Backend`] with the server's answer when it refuses.
+pub async fn restore_qdrant(run_dir: &Path, entry: Option<&str>, target: &QdrantTarget) -> Result<QdrantRestoreReport> {
+    let started = Instant::now();
+    target.check()?;
+    let manifest = Manifest::read(run_dir)?;
+    let entry = match entry {
+        Some(name) => manifest.entry(name)?,
+        None => manifest.first_of(EntryKind::Qdrant)?,
+    };
+    let file = match (entry.kind, entry.files.as_slice()) {
+        (EntryKind::Qdrant, [file]) => file,
+        _ => return Err(Error::invalid("entry", format!("`{}` is not a Qdrant snapshot entry", entry.name))),
+    };
+    check_entry_files(run_dir, entry)?;
+    let rest = target.rest_base()?;
+    let http = target.http()?;
+    let path = run_dir.join(&file.path);
+    let boundary = format!("selfrag-{}", uuid::Uuid::new_v4().simple());
+    let file_name = Path::new(&file.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"snapshot\"; filename=\"{file_name}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
+    let length = head.len() as u64 + file.size + tail.len() as u64;
+    let reader =
+        tokio::fs::File::open(&path).await.map_err(|e| io_err(format!("cannot open {}", path.display()), e))?;
+    let body_stream = futures::stream::iter([Ok::<Vec<u8>, std::io::Error>(head)])
+        .chain(file_chunks(reader))
+        .chain(futures::stream::iter([Ok(tail)]));
+    let url = snapshot_upload_url(&rest, &target.collection, Some(&file.sha256));
+    let resp = target
+        .authorize(http.post(&url))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header("content-length", length)
+        .body(reqwest::Body::wrap_stream(body_stream))
+        .send()
+        .await
+        .map_err(|e| http_err("uploading the snapshot", e))?;
+    http_status(&format!("recovering collection {} from the snapshot", target.collection), resp).await?;
+    Ok(QdrantRestoreReport {
+        entry: entry.name.clone(),
+        collection: target.collection.clone(),
+        bytes: file.size,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// The file in 256 KiB chunks.
+fn file_chunks(file: tokio::fs::File) -> impl futures::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
+    futures::stream::unfold(Some(file), |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+/// A snapshot on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSnapshot {
+    /// Its name.
+    pub name: String,
+    /// When it was created (`None` when the server did not say).
+    pub created_at: Option<OffsetDateTime>,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// What [`prune_qdrant_snapshots`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotPruneReport {
+    /// Snapshots deleted (or that would be, in a dry run).
+    pub deleted: Vec<String>,
+    /// Snapshots kept.
+    pub kept: Vec<String>,
+}
+
+/// Which snapshots retention deletes: those created more than `keep_days`
+/// before `now`, never the newest one, never one without a creation time.
+pub fn snapshots_to_delete(snapshots: &[ServerSnapshot], keep_days: u32, now: OffsetDateTime) -> SnapshotPruneReport {
+    let cutoff = now - Duration::from_secs(u64::from(keep_days) * 86_400);
+    let newest = snapshots.iter().filter(|s| s.created_at.is_some()).max_by_key(|s| s.created_at).map(|s| &s.name);
+    let mut report = SnapshotPruneReport::default();
+    for s in snapshots {
+        let old = s.created_at.is_some_and(|t| t < cutoff);
+        if old && Some(&s.name) != newest {
+            report.deleted.push(s.name.clone());
+        } else {
+            report.kept.push(s.name.clone());
+        }
+    }
+    report
+}
+
+/// The collection's snapshots on the server.
+///
+/// # Errors
+/// [`Error::Unavailable`] when the server cannot be reached.
+pub async fn list_qdrant_snapshots(target: &QdrantTarget) -> Result<Vec<ServerSnapshot>> {
+    target.check()?;
+    let client = target.client()?;
+    let list = client
+        .list_snapshots(ListSnapshotsRequest { collection_name: target.collection.clone() })
+        .await
+        .map_err(|e| grpc_err(&format!("listing the snapshots of {}", target.collection), e))?;
+    Ok(list
+        .snapshot_descriptions
+        .into_iter()
+        .map(|d| ServerSnapshot {
+            name: d.name,
+            created_at: d.creation_time.and_then(|t| {
+                OffsetDateTime::from_unix_timestamp(t.seconds)
+                    .ok()
+                    .map(|s| s + Duration::from_nanos(u64::try_from(t.nanos).unwrap_or(0)))
+            }),
+            size: u64::try_from(d.size).unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Server-side retention: deletes the collection's snapshots older than
+/// `keep_days` days, never the newest (see [`snapshots_to_delete`]).
+///
+/// # Errors
+/// [`Error::Unavailable`] when the server cannot be reached (snapshots
+/// deleted before the failure stay deleted).
+pub async fn prune_qdrant_snapshots(
+    target: &QdrantTarget,
+    keep_days: u32,
+    now: OffsetDateTime,
+    dry_run: bool,
+) -> Result<SnapshotPruneReport> {
+    let snapshots = list_qdrant_snapshots(target).await?;
+    let report = snapshots_to_delete(&snapshots, keep_days, now);
+    if !dry_run {
+        let client = target.client()?;
+        for name in &report.deleted {
+            client
+                .delete_snapshot(DeleteSnapshotRequest {
+                    collection_name: target.collection.clone(),
+                    snapshot_name: name.clone(),
+                })
+                .await
+                .map_err(|e| grpc_err(&format!("deleting snapshot {name}"), e))?;
+        }
+    }
+    Ok(report)
+}
+
+/// The server's version (`health_check`).
+///
+/// # Errors
+/// [`Error::Unavailable`] when the server cannot be reached.
+pub async fn qdrant_version(target: &QdrantTarget) -> Result<String> {
+    let client = target.client()?;
+    Ok(client.health_check().await.map_err(|e| grpc_err("Qdrant health check", e))?.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn rest_urls() {
+        assert_eq!(rest_from_grpc("http://localhost:6334").unwrap(), "http://localhost:6333");
+        assert_eq!(rest_from_grpc("https://q.example/").unwrap(), "https://q.example:6333");
+        assert_eq!(rest_from_grpc("http://[::1]:6334").unwrap(), "http://[::1]:6333");
+        assert_eq!(rest_from_grpc("http://h:32768").unwrap_err().field(), Some("rest_url"));
+        assert_eq!(rest_from_grpc("localhost:6334").unwrap_err().field(), Some("url"));
+        let t = QdrantTarget::new("http://h:32768", "c").rest_url("http://h:32767/");
+        assert_eq!(t.rest_base().unwrap(), "http://h:32767");
+        assert!(!format!("{:?}", t.api_key("secret")).contains("secret"));
+    }
+
+    #[test]
+    fn endpoint_urls() {
+        assert_eq!(
+            snapshot_download_url("http://h:6333/", "chunks", "chunks-1.snapshot"),
+            "http://h:6333/collections/chunks/snapshots/chunks-1.snapshot"
+        );
+        assert_eq!(
+            snapshot_upload_url("http://h:6333", "chunks", Some("ab12")),
+            "http://h:6333/collections/chunks/snapshots/upload?priority=snapshot&wait=true&checksum=ab12"
+        );
+        assert!(check_name("collection", "a/b").is_err());
+        assert!(check_name("collection", "..").is_err());
+        assert!(check_name("snapshot", "chunks-2025-01-01-12-00-00.snapshot").is_ok());
+    }
+
+    #[test]
+    fn snapshot_retention() {
+        let now = datetime!(2025-06-30 12:00 UTC);
+        let s = |name: &str, t: Option<OffsetDateTime>| ServerSnapshot { name: name.into(), created_at: t, size: 1 };
+        let all = vec![
+            s("old", Some(datetime!(2025-04-01 0:00 UTC))),
+            s("older", Some(datetime!(2025-03-01 0:00 UTC))),
+            s("recent", Some(datetime!(2025-06-29 0:00 UTC))),
+            s("unknown", None),
+        ];
+        let r = snapshots_to_delete(&all, 30, now);
+        assert_eq!(r.deleted, vec!["old", "older"]);
+        assert_eq!(r.kept, vec!["recent", "unknown"]);
+        // All old: the newest survives.
+        let r = snapshots_to_delete(&all[..2], 30, now);
+        assert_eq!((r.deleted, r.kept), (vec!["older".to_owned()], vec!["old".to_owned()]));
+    }
+}

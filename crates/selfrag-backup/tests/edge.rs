@@ -1,0 +1,128 @@
+//! Embedded index round trip: back up a closed `EdgeIndex`, restore it into
+//! an empty directory, reopen it and compare every point.
+
+use selfrag_backup::{backup_edge, restore_edge, verify_run, BackupRun, Error, PgTools};
+use selfrag_core::{Chunk, ChunkId, Distance, IndexSpec, SearchRequest, Tenant, VectorIndex};
+use selfrag_edge::{Durability, EdgeIndex, EdgeIndexConfig};
+
+const DIM: usize = 8;
+
+fn vector(t: usize, i: usize) -> Vec<f32> {
+    // Distinct, deterministic vectors: every point is its own nearest
+    // neighbour at distance 0.
+    (0..DIM).map(|d| ((t * 1000 + i) as f32 * 0.37 + d as f32 * 1.3).sin() * 10.0 + i as f32 * 0.01).collect()
+}
+
+fn chunks(t: usize) -> Vec<Chunk> {
+    (0..150)
+        .map(|i| {
+            Chunk::new(
+                format!("doc-{}", i % 7),
+                u32::try_from(i).unwrap(),
+                format!("tenant {t} chunk {i}"),
+                vector(t, i),
+            )
+            .tags([format!("tag{}", i % 3)])
+            .extra("i", i64::try_from(i).unwrap())
+        })
+        .collect()
+}
+
+fn config() -> EdgeIndexConfig {
+    EdgeIndexConfig::default().durability(Durability::OnClose).optimize_after_points(None)
+}
+
+/// Every point of both tenants is in `index`, with its payload and its exact
+/// vector.
+async fn assert_all_points(index: &EdgeIndex, tenants: &[Tenant]) {
+    for (t, tenant) in tenants.iter().enumerate() {
+        let expected = chunks(t);
+        assert_eq!(index.count(tenant, None).await.unwrap(), expected.len() as u64, "count of {tenant:?}");
+        let ids: Vec<ChunkId> = expected.iter().map(|c| c.id).collect();
+        let mut got = index.get(tenant, &ids).await.unwrap();
+        got.sort_by_key(|r| r.payload.chunk_index);
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(&expected) {
+            assert_eq!((g.id, &g.payload), (e.id, &e.payload));
+        }
+        for c in &expected {
+            let hits = index.search(tenant, &SearchRequest::new(c.vector.clone(), 1)).await.unwrap();
+            assert_eq!(hits.first().map(|h| h.id), Some(c.id), "nearest point to chunk {:?}", c.payload.chunk_index);
+            assert!(
+                hits[0].score > -1e-4,
+                "vector of chunk {} changed: score {}",
+                c.payload.chunk_index,
+                hits[0].score
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_round_trip_keeps_every_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("vectors");
+    let spec = IndexSpec::new(DIM, Distance::Euclid).unwrap();
+    let tenants = [Tenant::new("acme").unwrap(), Tenant::new("globex").unwrap()];
+    let index = EdgeIndex::open(&src, spec, config()).await.unwrap();
+    for (t, tenant) in tenants.iter().enumerate() {
+        index.upsert(tenant, chunks(t)).await.unwrap();
+    }
+
+    // Open: refused, nothing written.
+    let root = tmp.path().join("backups");
+    let mut run = BackupRun::begin(&root).unwrap();
+    let err = backup_edge(&mut run, &src, None).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("close it"), "{err}");
+    assert_eq!(std::fs::read_dir(run.dir()).unwrap().count(), 0);
+
+    index.close().await.unwrap();
+    let entry = backup_edge(&mut run, &src, None).await.unwrap().clone();
+    assert!(entry.files.iter().any(|f| f.path.starts_with("edge/segments/")), "{:?}", entry.files);
+    assert!(entry.size() > 0);
+    let done = run.finish().unwrap();
+    verify_run(&done.dir, &PgTools::new(), false).await.unwrap();
+
+    // The source is gone; restore into a fresh directory.
+    std::fs::remove_dir_all(&src).unwrap();
+    let restored = tmp.path().join("restored");
+    restore_edge(&done.dir, None, &restored).await.unwrap();
+    // A non-empty target is refused.
+    let err = restore_edge(&done.dir, None, &restored).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+
+    let index = EdgeIndex::open(&restored, spec, config()).await.unwrap();
+    assert_all_points(&index, &tenants).await;
+    // While it is open, a backup of the restored copy is refused too.
+    let mut run2 = BackupRun::begin(&root).unwrap();
+    assert!(matches!(backup_edge(&mut run2, &restored, None).await, Err(Error::Unavailable { .. })));
+    index.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_edge_backup_is_refused_and_the_target_left_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("vectors");
+    let spec = IndexSpec::new(DIM, Distance::Euclid).unwrap();
+    let index = EdgeIndex::open(&src, spec, config()).await.unwrap();
+    index.upsert(&Tenant::new("acme").unwrap(), chunks(0)).await.unwrap();
+    index.close().await.unwrap();
+    let mut run = BackupRun::begin(tmp.path().join("backups")).unwrap();
+    let entry = backup_edge(&mut run, &src, Some("vectors")).await.unwrap().clone();
+    let done = run.finish().unwrap();
+    // Flip one bit in the largest file.
+    let biggest = entry.files.iter().max_by_key(|f| f.size).unwrap();
+    let path = done.dir.join(&biggest.path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0x80;
+    std::fs::write(&path, bytes).unwrap();
+    let err = verify_run(&done.dir, &PgTools::new(), false).await.unwrap_err();
+    assert!(matches!(err, Error::Incompatible { .. }), "{err}");
+    let target = tmp.path().join("restored");
+    let err = restore_edge(&done.dir, Some("vectors"), &target).await.unwrap_err();
+    assert!(matches!(err, Error::Incompatible { .. }), "{err}");
+    assert!(!target.exists(), "nothing restored");
+    let err = backup_edge(&mut BackupRun::begin(tmp.path().join("b2")).unwrap(), tmp.path(), None).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "not an index directory: {err}");
+}

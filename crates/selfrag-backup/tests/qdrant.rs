@@ -1,0 +1,54 @@
+//! Qdrant snapshot round trip against a real server
+//! (`SELFRAG_TEST_QDRANT_URL` = gRPC URL, plus `SELFRAG_TEST_QDRANT_REST_URL`
+//! when the REST port cannot be derived (gRPC port other than 6334);
+//! or a container). Skipped loudly without a server.
+
+use selfrag_backup::qdrant::{list_qdrant_snapshots, prune_qdrant_snapshots};
+use selfrag_backup::{backup_qdrant, restore_qdrant, verify_run, BackupRun, PgTools, QdrantTarget};
+use selfrag_core::{Chunk, ChunkId, Distance, IndexSpec, Tenant, VectorIndex};
+use selfrag_qdrant::QdrantIndexConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_snapshot_round_trip() {
+    let Some(server) = selfrag_testkit::servers::qdrant().await else { return };
+    let collection = format!("bk_{}", uuid::Uuid::new_v4().simple());
+    let mut target = QdrantTarget::new(&server.url, &collection);
+    if let Ok(rest) = std::env::var("SELFRAG_TEST_QDRANT_REST_URL") {
+        target = target.rest_url(rest);
+    } else if target.rest_base().is_err() {
+        // A container maps 6333 to a random port that the testkit does not
+        // report: skip loudly rather than guess.
+        let _: Option<()> = selfrag_testkit::servers::skip(
+            "qdrant",
+            "the REST URL cannot be derived from the gRPC URL; set SELFRAG_TEST_QDRANT_REST_URL",
+        );
+        return;
+    }
+    let spec = IndexSpec::new(4, Distance::Cosine).unwrap();
+    let index = QdrantIndexConfig::new(&server.url, &collection, spec).build().unwrap();
+    index.ensure().await.unwrap();
+    let tenant = Tenant::new("acme").unwrap();
+    let chunks: Vec<Chunk> =
+        (0..50u32).map(|i| Chunk::new("doc", i, format!("chunk {i}"), vec![1.0, i as f32, 0.5, 2.0])).collect();
+    index.upsert(&tenant, chunks.clone()).await.unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let mut run = BackupRun::begin(root.path()).unwrap();
+    let entry = backup_qdrant(&mut run, &target, None).await.unwrap().clone();
+    let info = entry.qdrant.clone().unwrap();
+    assert!(!info.server_version.is_empty());
+    let done = run.finish().unwrap();
+    verify_run(&done.dir, &PgTools::new(), false).await.unwrap();
+
+    index.delete_collection().await.unwrap();
+    restore_qdrant(&done.dir, None, &target).await.unwrap();
+    assert_eq!(index.count(&tenant, None).await.unwrap(), 50);
+    let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+    assert_eq!(index.get(&tenant, &ids).await.unwrap().len(), 50);
+
+    // Retention on the server keeps the newest snapshot.
+    let before = list_qdrant_snapshots(&target).await.unwrap().len();
+    let report = prune_qdrant_snapshots(&target, 0, time::OffsetDateTime::now_utc(), false).await.unwrap();
+    assert_eq!(list_qdrant_snapshots(&target).await.unwrap().len(), before.min(1), "{report:?}");
+    index.delete_collection().await.unwrap();
+}
