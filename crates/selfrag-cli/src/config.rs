@@ -1,0 +1,83 @@
+//! Turning the global settings into backend configurations.
+
+use selfrag_core::IndexSpec;
+use selfrag_postgres::{Pool, PostgresConfig};
+use selfrag_qdrant::QdrantIndexConfig;
+use selfrag_redis::RedisConfig;
+
+use crate::cli::Global;
+use crate::output::Failure;
+
+/// An environment value that is set but blank counts as unset, as in
+/// `Storage::from_env`.
+fn present(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+impl Global {
+    /// The Postgres settings, if `DATABASE_URL` / `--database-url` is set.
+    ///
+    /// The pool is small (the tool runs a few statements at a time) and
+    /// statements get no timeout: a migration or a check on a large table
+    /// must not be cut off half way.
+    pub(crate) fn postgres(&self) -> Option<PostgresConfig> {
+        let url = present(&self.database_url)?;
+        let mut config =
+            PostgresConfig::with_url(url).max_connections(2).statement_timeout(None).application_name("selfrag-cli");
+        if let Some(schema) = present(&self.schema) {
+            config = config.schema(schema);
+        }
+        Some(config)
+    }
+
+    /// The Postgres pool, or a usage error naming the missing setting.
+    pub(crate) fn postgres_pool(&self) -> Result<(PostgresConfig, Pool), Failure> {
+        let config = self
+            .postgres()
+            .ok_or_else(|| Failure::usage("Postgres is not configured: set DATABASE_URL or --database-url"))?;
+        let pool = config.build().map_err(|e| Failure::from_core("invalid Postgres configuration", &e))?;
+        Ok((config, pool))
+    }
+
+    /// The Redis settings, if `REDIS_URL` / `--redis-url` is set.
+    pub(crate) fn redis(&self) -> Option<Result<RedisConfig, Failure>> {
+        let url = present(&self.redis_url)?;
+        Some(
+            RedisConfig::builder()
+                .url(url)
+                .key_prefix(self.redis_prefix.clone())
+                .pool_size(2)
+                .build()
+                .map_err(|e| Failure::from_core("invalid Redis configuration", &e)),
+        )
+    }
+
+    /// The index spec to check against, if a dimension was given.
+    pub(crate) fn spec(&self) -> Option<Result<IndexSpec, Failure>> {
+        let dimension = self.vector_dimension?;
+        Some(
+            IndexSpec::new(dimension, self.distance.into())
+                .map_err(|e| Failure::from_core("invalid --vector-dimension", &e)),
+        )
+    }
+
+    /// The Qdrant settings, if `QDRANT_URL` / `--qdrant-url` is set. Without
+    /// a configured dimension the spec is a placeholder that only
+    /// `QdrantIndex::report` sees (it does not compare vectors).
+    pub(crate) fn qdrant(&self) -> Option<Result<QdrantIndexConfig, Failure>> {
+        let url = present(&self.qdrant_url)?;
+        Some((|| {
+            let spec = match self.spec() {
+                Some(spec) => spec?,
+                None => IndexSpec::new(1, self.distance.into())
+                    .map_err(|e| Failure::from_core("invalid vector spec", &e))?,
+            };
+            let mut config = QdrantIndexConfig::new(url, self.collection.clone(), spec);
+            if let Some(key) = present(&self.qdrant_api_key) {
+                config = config.api_key(key);
+            }
+            config.validate().map_err(|e| Failure::from_core("invalid Qdrant configuration", &e))?;
+            Ok(config)
+        })())
+    }
+}

@@ -1,0 +1,189 @@
+//! Exit codes, errors and the two output modes (human text, JSON).
+
+use std::fmt;
+use std::process::ExitCode;
+
+use selfrag_core::ErrorKind;
+use serde_json::{json, Value};
+
+/// What the process exits with; cron jobs and monitors act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Everything worked / every check passed (or was skipped).
+    Ok = 0,
+    /// A check or an operation failed.
+    Failed = 1,
+    /// Bad flags, environment or configuration.
+    Usage = 2,
+    /// A service was unreachable (and nothing else failed).
+    Unreachable = 3,
+}
+
+impl Exit {
+    pub(crate) fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The worse of two outcomes: usage beats a failure, which beats an
+    /// unreachable service, which beats ok. (A failed check needs a person;
+    /// an unreachable service may be a blip a monitor retries.)
+    pub(crate) fn worst(self, other: Exit) -> Exit {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+
+    fn severity(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Unreachable => 1,
+            Exit::Failed => 2,
+            Exit::Usage => 3,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Exit::Ok => "ok",
+            Exit::Failed => "failed",
+            Exit::Usage => "usage",
+            Exit::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e.code())
+    }
+}
+
+/// An error that ends a command, with the exit code it maps to.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) exit: Exit,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self { exit: Exit::Usage, message: message.into() }
+    }
+
+    pub(crate) fn failed(message: impl Into<String>) -> Self {
+        Self { exit: Exit::Failed, message: message.into() }
+    }
+
+    /// A library error, with `context` in front: invalid input is a
+    /// configuration error (2), an unreachable or slow service is 3,
+    /// anything else a failure (1).
+    pub(crate) fn from_core(context: &str, err: &selfrag_core::Error) -> Self {
+        Self { exit: exit_of(err), message: format!("{context}: {}", chain(err)) }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The exit code a library error maps to.
+pub(crate) fn exit_of(err: &selfrag_core::Error) -> Exit {
+    match err.kind() {
+        ErrorKind::InvalidInput => Exit::Usage,
+        ErrorKind::Unavailable | ErrorKind::Timeout => Exit::Unreachable,
+        _ => Exit::Failed,
+    }
+}
+
+/// An error with its sources, `a: b: c`, skipping sources whose text the
+/// outer message already contains.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Prints results in the mode the user chose.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Out {
+    pub(crate) json: bool,
+    pub(crate) quiet: bool,
+}
+
+impl Out {
+    /// A progress line on stderr (never in JSON mode's stdout).
+    pub(crate) fn progress(&self, line: impl fmt::Display) {
+        if !self.quiet {
+            eprintln!("... {line}");
+        }
+    }
+
+    /// The command's result: `human` on stdout, or `{"ok": .., "exit_code": .., ...document}`
+    /// in JSON mode.
+    pub(crate) fn finish(&self, exit: Exit, human: &str, document: Value) -> Exit {
+        if self.json {
+            let mut doc = json!({ "ok": exit == Exit::Ok, "exit_code": exit.code(), "outcome": exit.name() });
+            if let (Some(map), Value::Object(extra)) = (doc.as_object_mut(), document) {
+                map.extend(extra);
+            }
+            println!("{doc:#}");
+        } else if !human.is_empty() {
+            print!("{human}");
+            if !human.ends_with('\n') {
+                println!();
+            }
+        }
+        exit
+    }
+
+    /// Reports a [`Failure`]: on stderr for people, as a JSON document on
+    /// stdout in JSON mode.
+    pub(crate) fn fail(&self, failure: &Failure) -> Exit {
+        if self.json {
+            let doc = json!({
+                "ok": false,
+                "exit_code": failure.exit.code(),
+                "outcome": failure.exit.name(),
+                "error": failure.message,
+            });
+            println!("{doc:#}");
+        } else {
+            eprintln!("error: {}", failure.message);
+        }
+        failure.exit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severity_order() {
+        assert_eq!(Exit::Ok.worst(Exit::Unreachable), Exit::Unreachable);
+        assert_eq!(Exit::Unreachable.worst(Exit::Failed), Exit::Failed);
+        assert_eq!(Exit::Failed.worst(Exit::Usage), Exit::Usage);
+        assert_eq!(Exit::Failed.worst(Exit::Ok), Exit::Failed);
+    }
+
+    #[test]
+    fn core_errors_map_to_codes() {
+        assert_eq!(exit_of(&selfrag_core::Error::invalid("url", "bad")), Exit::Usage);
+        assert_eq!(
+            exit_of(&selfrag_core::Error::unavailable("redis", "down", std::io::Error::other("x"))),
+            Exit::Unreachable
+        );
+    }
+}

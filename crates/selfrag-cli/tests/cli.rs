@@ -1,0 +1,474 @@
+//! The `selfrag` binary against the real Postgres and Redis
+//! (`SELFRAG_TEST_POSTGRES_URL`, `SELFRAG_TEST_REDIS_URL`, or containers; see
+//! `selfrag_testkit::servers`). Each test works in a fresh Postgres schema
+//! and a fresh Redis key prefix.
+
+use std::process::{Command, Output};
+
+use selfrag_redis::deadpool_redis::redis;
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+/// Every variable the tool reads, removed so the caller's environment
+/// cannot leak into a test.
+const TOOL_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "SELFRAG_POSTGRES_SCHEMA",
+    "REDIS_URL",
+    "SELFRAG_REDIS_PREFIX",
+    "QDRANT_URL",
+    "QDRANT_API_KEY",
+    "SELFRAG_QDRANT_COLLECTION",
+    "SELFRAG_VECTOR_DIMENSION",
+    "SELFRAG_VECTOR_DISTANCE",
+    "SELFRAG_EDGE_PATH",
+    "SELFRAG_BACKUP_DIR",
+];
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+fn selfrag(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfrag"));
+    for var in TOOL_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.args(args).envs(env.iter().copied());
+    let Output { status, stdout, stderr } = cmd.output().expect("run the selfrag binary");
+    Run {
+        code: status.code().expect("exited normally"),
+        stdout: String::from_utf8(stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(stderr).expect("utf-8 stderr"),
+    }
+}
+
+/// A Postgres server and a fresh, empty schema in it (dropped at the end of
+/// the test only when it passes; names are unique, so leftovers do no harm).
+struct Pg {
+    url: String,
+    schema: String,
+    client: tokio_postgres::Client,
+    _guard: selfrag_testkit::Guard,
+}
+
+async fn postgres() -> Option<Pg> {
+    let server = selfrag_testkit::servers::postgres().await?;
+    let (client, conn) = tokio_postgres::connect(&server.url, NoTls).await.expect("connect to the test Postgres");
+    tokio::spawn(conn);
+    let schema = format!("cli_{}", uuid::Uuid::new_v4().simple());
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
+    Some(Pg { url: server.url, schema, client, _guard: server.guard })
+}
+
+impl Pg {
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![("DATABASE_URL", self.url.as_str()), ("SELFRAG_POSTGRES_SCHEMA", self.schema.as_str())]
+    }
+
+    async fn drop_schema(&self) {
+        self.client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema)).await.expect("drop schema");
+    }
+}
+
+fn check<'a>(doc: &'a Value, service: &str, name: &str) -> &'a Value {
+    doc["checks"]
+        .as_array()
+        .expect("checks array")
+        .iter()
+        .find(|c| c["service"] == service && c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {service}/{name} in {doc:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_status_up_status() {
+    let Some(pg) = postgres().await else { return };
+    let env = pg.env();
+
+    let before = selfrag(&["migrate", "status", "--json"], &env);
+    assert_eq!(before.code, 1, "a fresh schema has pending migrations: {before:?}");
+    let doc = before.json();
+    assert_eq!(doc["up_to_date"], false);
+    assert_eq!(doc["schema"], pg.schema.as_str());
+    let migrations = doc["migrations"].as_array().unwrap();
+    assert!(migrations.len() >= 3, "{doc:#}");
+    assert!(migrations.iter().all(|m| m["state"] == "pending"), "{doc:#}");
+
+    let up = selfrag(&["migrate", "up", "--json"], &env);
+    assert_eq!(up.code, 0, "{up:?}");
+    let doc = up.json();
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["applied"].as_array().unwrap().len(), migrations.len(), "{doc:#}");
+    assert_eq!(doc["applied"][2]["name"], "add_memory_logs_table");
+    assert!(up.stderr.contains("applying pending migrations"), "progress on stderr: {up:?}");
+
+    let status = selfrag(&["migrate", "status", "--json"], &env);
+    assert_eq!(status.code, 0, "{status:?}");
+    let doc = status.json();
+    assert_eq!(doc["up_to_date"], true);
+    assert!(doc["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["state"] == "applied" && m["applied_on"].is_string()));
+    // The tables really are in the schema the tool was pointed at.
+    let n: i64 = pg
+        .client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 \
+             AND table_name IN ('users', 'user_sessions', 'memory_logs')",
+            &[&pg.schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+
+    // Again: nothing to do; the human output says so.
+    let again = selfrag(&["migrate", "up"], &env);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stdout.contains("already up to date"), "{again:?}");
+    pg.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_all_green_and_cleans_up() {
+    let Some(pg) = postgres().await else { return };
+    let Some(redis_server) = selfrag_testkit::servers::redis().await else { return };
+    let prefix = format!("clitest{}:", uuid::Uuid::new_v4().simple());
+    let mut env = pg.env();
+    env.push(("REDIS_URL", redis_server.url.as_str()));
+    env.push(("SELFRAG_REDIS_PREFIX", prefix.as_str()));
+    assert_eq!(selfrag(&["migrate", "up", "-q"], &env).code, 0);
+
+    let run = selfrag(&["doctor", "--json"], &env);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json();
+    assert_eq!(doc["ok"], true);
+    for (service, name) in [
+        ("postgres", "connection"),
+        ("postgres", "migrations"),
+        ("postgres", "memory_logs index"),
+        ("redis", "connection"),
+        ("redis", "rate-limit TTLs"),
+    ] {
+        assert_eq!(check(&doc, service, name)["state"], "ok", "{service}/{name}: {doc:#}");
+    }
+    assert_eq!(check(&doc, "qdrant", "configured")["state"], "skip");
+    assert_eq!(check(&doc, "edge", "configured")["state"], "skip");
+    let ttl = check(&doc, "redis", "rate-limit TTLs")["detail"].as_str().unwrap().to_owned();
+    assert!(ttl.contains("120s / 7200s / 172800s"), "{ttl}");
+
+    // The doctor's bucket keys are gone.
+    let client = redis::Client::open(redis_server.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let left: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
+    assert!(left.is_empty(), "doctor left keys behind: {left:?}");
+
+    // Human output: one line per check and a verdict.
+    let human = selfrag(&["doctor", "-q"], &env);
+    assert_eq!(human.code, 0, "{human:?}");
+    assert!(human.stdout.contains("doctor: all checks passed"), "{human:?}");
+    assert!(human.stdout.contains("skip  qdrant"), "{human:?}");
+    assert!(human.stderr.is_empty(), "-q silences progress: {human:?}");
+    pg.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_an_unmigrated_schema() {
+    let Some(pg) = postgres().await else { return };
+    let run = selfrag(&["doctor", "--json"], &pg.env());
+    assert_eq!(run.code, 1, "{run:?}");
+    let doc = run.json();
+    assert_eq!(doc["ok"], false);
+    let migrations = check(&doc, "postgres", "migrations");
+    assert_eq!(migrations["state"], "fail");
+    assert!(migrations["detail"].as_str().unwrap().contains("pending: 001_create_users"), "{doc:#}");
+    let index = check(&doc, "postgres", "memory_logs index");
+    assert_eq!(index["state"], "fail");
+    assert!(index["detail"].as_str().unwrap().contains("memory_logs_user_timestamp_idx"), "{doc:#}");
+
+    let human = selfrag(&["doctor"], &pg.env());
+    assert_eq!(human.code, 1);
+    assert!(human.stdout.contains("FAIL  postgres migrations"), "{human:?}");
+    assert!(human.stdout.contains("doctor: checks failed"), "{human:?}");
+    pg.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_finds_an_edited_migration_and_a_dropped_index() {
+    let Some(pg) = postgres().await else { return };
+    let env = pg.env();
+    assert_eq!(selfrag(&["migrate", "up", "-q"], &env).code, 0);
+    pg.client
+        .batch_execute(&format!(
+            "UPDATE {s}.selfrag_schema_history SET checksum = '42' WHERE version = 2; \
+             DROP INDEX {s}.memory_logs_user_timestamp_idx;",
+            s = pg.schema
+        ))
+        .await
+        .unwrap();
+
+    let run = selfrag(&["doctor", "--json"], &env);
+    assert_eq!(run.code, 1, "{run:?}");
+    let doc = run.json();
+    let migrations = check(&doc, "postgres", "migrations");
+    assert_eq!(migrations["state"], "fail");
+    assert!(migrations["detail"].as_str().unwrap().contains("changed after it was applied"), "{doc:#}");
+    let index = check(&doc, "postgres", "memory_logs index");
+    assert!(index["detail"].as_str().unwrap().contains("is missing"), "{doc:#}");
+
+    let status = selfrag(&["migrate", "status", "--json"], &env);
+    assert_eq!(status.code, 1, "{status:?}");
+    assert_eq!(status.json()["migrations"][1]["state"], "edited");
+    let up = selfrag(&["migrate", "up"], &env);
+    assert_eq!(up.code, 1, "an edited history is refused: {up:?}");
+    assert!(up.stderr.contains("changed after it was applied"), "{up:?}");
+    pg.drop_schema().await;
+}
+
+#[test]
+fn usage_and_configuration_errors_exit_2() {
+    let none = selfrag(&[], &[]);
+    assert_eq!(none.code, 2, "{none:?}");
+    let unknown = selfrag(&["migrate", "sideways"], &[]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    let flag = selfrag(&["doctor", "--no-such-flag"], &[]);
+    assert_eq!(flag.code, 2, "{flag:?}");
+
+    let missing = selfrag(&["migrate", "up"], &[]);
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(missing.stderr.contains("DATABASE_URL"), "{missing:?}");
+    let missing_json = selfrag(&["migrate", "status", "--json"], &[]);
+    assert_eq!(missing_json.code, 2);
+    let doc = missing_json.json();
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["exit_code"], 2);
+    assert!(doc["error"].as_str().unwrap().contains("DATABASE_URL"), "{doc:#}");
+
+    let bad_url = selfrag(&["migrate", "status"], &[("DATABASE_URL", "postgres://u@h:notaport/d")]);
+    assert_eq!(bad_url.code, 2, "{bad_url:?}");
+    let bad_schema = selfrag(&["doctor", "--database-url", "postgres://u@h/d", "--schema", "No;Way"], &[]);
+    assert_eq!(bad_schema.code, 2, "{bad_schema:?}");
+    let bad_redis = selfrag(&["doctor", "--redis-url", "http://not-redis"], &[]);
+    assert_eq!(bad_redis.code, 2, "{bad_redis:?}");
+    assert!(bad_redis.stderr.contains("url"), "{bad_redis:?}");
+
+    let help = selfrag(&["--help"], &[]);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("migrate") && help.stdout.contains("doctor"), "{help:?}");
+}
+
+#[test]
+fn nothing_configured_is_all_skipped() {
+    let run = selfrag(&["doctor", "--json"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json();
+    for service in ["postgres", "redis", "qdrant", "edge"] {
+        assert_eq!(check(&doc, service, "configured")["state"], "skip", "{doc:#}");
+    }
+}
+
+#[test]
+fn unreachable_services_exit_3() {
+    // Port 1 on localhost: connection refused at once.
+    let pg = selfrag(&["migrate", "status", "--json"], &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")]);
+    assert_eq!(pg.code, 3, "{pg:?}");
+    assert_eq!(pg.json()["outcome"], "unreachable");
+
+    let doctor = selfrag(
+        &["doctor", "--json", "--redis-url", "redis://127.0.0.1:1", "--qdrant-url", "http://127.0.0.1:1"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")],
+    );
+    assert_eq!(doctor.code, 3, "{doctor:?}");
+    let doc = doctor.json();
+    assert_eq!(check(&doc, "postgres", "connection")["state"], "unreachable", "{doc:#}");
+    assert_eq!(check(&doc, "redis", "connection")["state"], "unreachable", "{doc:#}");
+    assert_eq!(check(&doc, "qdrant", "collection")["state"], "unreachable", "{doc:#}");
+
+    // A failed check outranks an unreachable service.
+    let missing_dir =
+        selfrag(&["doctor", "--redis-url", "redis://127.0.0.1:1", "--edge-path", "/nonexistent/selfrag"], &[]);
+    assert_eq!(missing_dir.code, 1, "{missing_dir:?}");
+    assert!(missing_dir.stdout.contains("FAIL  edge"), "{missing_dir:?}");
+}
+
+/// A checksum of every row the restore must bring back, computed in SQL so
+/// the comparison covers every column.
+async fn content_checksum(client: &tokio_postgres::Client, schema: &str) -> (i64, i64, i64, String) {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM {s}.users), (SELECT count(*) FROM {s}.user_sessions), \
+                        (SELECT count(*) FROM {s}.memory_logs), \
+                        md5(coalesce((SELECT string_agg(t::text, '|' ORDER BY id) FROM {s}.users t), '') || \
+                            coalesce((SELECT string_agg(t::text, '|' ORDER BY id) FROM {s}.user_sessions t), '') || \
+                            coalesce((SELECT string_agg(t::text, '|' ORDER BY id) FROM {s}.memory_logs t), ''))",
+                s = schema
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_verify_restore_prune_postgres() {
+    let Some(pg) = postgres().await else { return };
+    let backups = tempfile::tempdir().unwrap();
+    let backup_dir = backups.path().to_str().unwrap().to_owned();
+    let mut env = pg.env();
+    env.push(("SELFRAG_BACKUP_DIR", backup_dir.as_str()));
+    assert_eq!(selfrag(&["migrate", "up", "-q"], &env).code, 0);
+    pg.client
+        .batch_execute(&format!(
+            "SET search_path = {s};
+             INSERT INTO users (id) SELECT gen_random_uuid() FROM generate_series(1, 3);
+             INSERT INTO memory_logs (id, user_id, \"timestamp\", type, content, meta_data)
+               SELECT gen_random_uuid(), u.id, now() - g * interval '1 minute', 'fact', 'log ' || g, jsonb_build_object('g', g)
+               FROM users u, generate_series(1, 40) g;
+             INSERT INTO user_sessions (id, user_id, expires_at, ttl_ms, data)
+               SELECT gen_random_uuid(), id, now() + interval '1 hour', 3600000, '{{\"k\": 1}}' FROM users;
+             SET search_path = public;",
+            s = pg.schema
+        ))
+        .await
+        .unwrap();
+    let before = content_checksum(&pg.client, &pg.schema).await;
+    assert_eq!((before.0, before.1, before.2), (3, 3, 120));
+
+    let backup = selfrag(&["backup", "postgres", "--json"], &env);
+    assert_eq!(backup.code, 0, "{backup:?}");
+    let doc = backup.json();
+    let run = doc["run"].as_str().unwrap().to_owned();
+    assert_eq!(doc["manifest"]["entries"][0]["name"], "postgres", "{doc:#}");
+    assert!(backup.stderr.contains("backing up Postgres"), "progress: {backup:?}");
+
+    let verify = selfrag(&["verify", "--json"], &env);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    assert_eq!(verify.json()["run"], run.as_str());
+
+    // Restore into a new database and compare every row.
+    let target_db = format!("cli_restore_{}", uuid::Uuid::new_v4().simple());
+    let restore = selfrag(&["restore", "postgres", "--database", &target_db, "--create-database", "--json"], &env);
+    assert_eq!(restore.code, 0, "{restore:?}");
+    assert_eq!(restore.json()["created_database"], true);
+    let restored_url = {
+        let mut cfg: tokio_postgres::Config = pg.url.parse().unwrap();
+        cfg.dbname(&target_db);
+        cfg
+    };
+    let (restored, conn) = restored_url.connect(NoTls).await.unwrap();
+    let conn_task = tokio::spawn(conn);
+    assert_eq!(content_checksum(&restored, &pg.schema).await, before, "every row restored as it was");
+    drop(restored);
+    let _ = conn_task.await;
+
+    // The restored database passes doctor, migrations included.
+    let restored_env =
+        [("DATABASE_URL", restored_url_string(&pg.url, &target_db)), ("SELFRAG_POSTGRES_SCHEMA", pg.schema.clone())];
+    let restored_env: Vec<(&str, &str)> = restored_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let doctor = selfrag(&["doctor", "--json"], &restored_env);
+    assert_eq!(doctor.code, 0, "{doctor:?}");
+
+    // A second restore into the now non-empty database is refused.
+    let again = selfrag(&["restore", "postgres", "--database", &target_db], &env);
+    assert_eq!(again.code, 1, "{again:?}");
+
+    // A damaged archive is refused by verify and by restore.
+    let archive = backups.path().join(&run).join("postgres.dump");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let len = bytes.len();
+    bytes.truncate(len / 2);
+    std::fs::write(&archive, &bytes).unwrap();
+    let bad = selfrag(&["verify", "--run", &run], &env);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("postgres.dump"), "names the file: {bad:?}");
+    let other_db = format!("cli_restore_{}", uuid::Uuid::new_v4().simple());
+    let bad_restore = selfrag(&["restore", "postgres", "--database", &other_db, "--create-database"], &env);
+    assert_eq!(bad_restore.code, 1, "{bad_restore:?}");
+
+    // Retention: an unfinished run from long ago goes, the newest complete run stays.
+    std::fs::create_dir(backups.path().join("20000101T000000Z.partial")).unwrap();
+    let prune = selfrag(&["prune", "--keep-days", "30", "--json"], &env);
+    assert_eq!(prune.code, 0, "{prune:?}");
+    let doc = prune.json();
+    assert_eq!(doc["deleted"].as_array().unwrap().len(), 1, "{doc:#}");
+    assert!(doc["deleted"][0].as_str().unwrap().ends_with("20000101T000000Z.partial"));
+    assert!(backups.path().join(&run).is_dir());
+    assert!(!backups.path().join("20000101T000000Z.partial").exists());
+
+    pg.client.batch_execute(&format!("DROP DATABASE {target_db} WITH (FORCE)")).await.unwrap();
+    let _ = pg.client.batch_execute(&format!("DROP DATABASE IF EXISTS {other_db} WITH (FORCE)")).await;
+    pg.drop_schema().await;
+}
+
+fn restored_url_string(url: &str, db: &str) -> String {
+    // The test URLs are `postgres://user[:pass]@host:port/db`.
+    let (base, _) = url.rsplit_once('/').expect("a URL with a database");
+    format!("{base}/{db}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_the_embedded_index() {
+    use selfrag_core::{Chunk, Distance, IndexSpec, Tenant, VectorIndex};
+    let dir = tempfile::tempdir().unwrap();
+    let index_dir = dir.path().join("index");
+    let spec = IndexSpec::new(4, Distance::Cosine).unwrap();
+    let tenant = Tenant::new("acme").unwrap();
+    let index = selfrag_edge::EdgeIndex::open(&index_dir, spec, Default::default()).await.unwrap();
+    let chunks =
+        (0..5u32).map(|i| Chunk::new("doc", i, format!("chunk {i}"), vec![1.0, i as f32, 0.5, 0.25])).collect();
+    index.upsert(&tenant, chunks).await.unwrap();
+    index.close().await.unwrap();
+
+    let backups = dir.path().join("backups");
+    let env = [("SELFRAG_BACKUP_DIR", backups.to_str().unwrap()), ("SELFRAG_EDGE_PATH", index_dir.to_str().unwrap())];
+    let backup = selfrag(&["backup", "--json"], &env);
+    assert_eq!(backup.code, 0, "`backup all` with only the embedded index configured: {backup:?}");
+    assert_eq!(backup.json()["manifest"]["entries"][0]["kind"], "edge", "{backup:?}");
+    assert_eq!(selfrag(&["verify"], &env).code, 0);
+
+    // Into a non-empty directory: refused.
+    let refused = selfrag(&["restore", "edge"], &env);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let restored_dir = dir.path().join("restored");
+    let restore = selfrag(&["restore", "edge", "--edge-path", restored_dir.to_str().unwrap()], &env);
+    assert_eq!(restore.code, 0, "{restore:?}");
+    let restored = selfrag_edge::EdgeIndex::open(&restored_dir, spec, Default::default()).await.unwrap();
+    assert_eq!(restored.count(&tenant, None).await.unwrap(), 5);
+    restored.close().await.unwrap();
+}
+
+#[test]
+fn backup_usage_errors_exit_2() {
+    let no_dir = selfrag(&["backup"], &[("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")]);
+    assert_eq!(no_dir.code, 2, "{no_dir:?}");
+    assert!(no_dir.stderr.contains("SELFRAG_BACKUP_DIR"), "{no_dir:?}");
+    let nothing = selfrag(&["backup"], &[("SELFRAG_BACKUP_DIR", "/tmp")]);
+    assert_eq!(nothing.code, 2, "{nothing:?}");
+    let no_qdrant = selfrag(&["backup", "qdrant"], &[("SELFRAG_BACKUP_DIR", "/tmp")]);
+    assert_eq!(no_qdrant.code, 2, "{no_qdrant:?}");
+    let bad_kind = selfrag(&["backup", "redis"], &[("SELFRAG_BACKUP_DIR", "/tmp")]);
+    assert_eq!(bad_kind.code, 2, "{bad_kind:?}");
+    let wrong_flag = selfrag(&["restore", "edge", "--clean"], &[("SELFRAG_BACKUP_DIR", "/tmp")]);
+    assert_eq!(wrong_flag.code, 2, "{wrong_flag:?}");
+    let no_run = selfrag(&["verify", "--run", "../etc"], &[("SELFRAG_BACKUP_DIR", "/tmp")]);
+    assert_eq!(no_run.code, 2, "{no_run:?}");
+}
