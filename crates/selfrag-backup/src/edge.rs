@@ -124,8 +124,14 @@ pub async fn backup_edge<'r>(run: &'r mut BackupRun, index_dir: &Path, name: Opt
 /// Restores an embedded index entry of the run in `run_dir` (`entry`: its
 /// name, or `None` for the first one) into `target`, which must not exist or
 /// be an empty directory. Checks the manifest and every file's checksum
-/// first; copies into a temporary sibling of `target` and renames it into
-/// place when complete, so `target` is either absent/empty or complete.
+/// first. A missing `target` is created by copying into a temporary sibling
+/// and renaming it into place. An existing empty `target` is kept (it may be
+/// a mount point, which can be neither removed nor renamed onto): the copy
+/// goes to a temporary directory inside it, `.selfrag-restore.partial/`, and
+/// its top-level entries are then renamed into `target` (same file system,
+/// so each rename is atomic) before the temporary directory is removed. A
+/// crash during those renames leaves `target` non-empty with the temporary
+/// directory still present: restore again into an emptied directory.
 ///
 /// # Errors
 /// [`Error::Conflict`] when `target` is not empty (nothing is touched);
@@ -150,26 +156,25 @@ pub async fn restore_edge(run_dir: &Path, entry: Option<&str>, target: &Path) ->
             });
         }
         check_entry_files(&run_dir, &entry)?;
-        let prefix = format!("{}/", entry.name);
-        let tmp = fsutil::temp_name(&target);
+        let in_place = target.exists();
+        let tmp = if in_place { target.join(RESTORE_TMP) } else { fsutil::temp_name(&target) };
         let _ = fs::remove_dir_all(&tmp);
         let result = (|| {
             fs::create_dir_all(&tmp).map_err(|e| io_err(format!("cannot create {}", tmp.display()), e))?;
-            for file in &entry.files {
-                let rel = file.path.strip_prefix(&prefix).ok_or_else(|| {
-                    crate::corrupt(format!("file {} of entry `{}` lies outside its directory", file.path, entry.name))
-                })?;
-                let (size, sha256) = fsutil::copy_hashed(&run_dir.join(&file.path), &tmp.join(rel))?;
-                if size != file.size || sha256 != file.sha256 {
-                    return Err(crate::corrupt(format!("{} changed while it was restored", file.path)));
-                }
-            }
+            copy_entry(&run_dir, &entry, &tmp)?;
             fsutil::fsync_tree(&tmp)?;
-            if target.exists() {
-                // Empty, checked above.
-                fs::remove_dir(&target).map_err(|e| io_err(format!("cannot replace {}", target.display()), e))?;
+            if !in_place {
+                return fsutil::commit(&tmp, &target);
             }
-            fsutil::commit(&tmp, &target)
+            let moved = fs::read_dir(&tmp).map_err(|e| io_err(format!("cannot list {}", tmp.display()), e))?;
+            for item in moved {
+                let item = item.map_err(|e| io_err(format!("cannot list {}", tmp.display()), e))?;
+                let to = target.join(item.file_name());
+                fs::rename(item.path(), &to)
+                    .map_err(|e| io_err(format!("cannot move {} to {}", item.path().display(), to.display()), e))?;
+            }
+            fs::remove_dir(&tmp).map_err(|e| io_err(format!("cannot remove {}", tmp.display()), e))?;
+            fsutil::fsync_dir(&target)
         })();
         if result.is_err() {
             let _ = fs::remove_dir_all(&tmp);
@@ -177,6 +182,25 @@ pub async fn restore_edge(run_dir: &Path, entry: Option<&str>, target: &Path) ->
         result
     })
     .await
+}
+
+/// The temporary directory of a restore into an existing empty directory.
+const RESTORE_TMP: &str = ".selfrag-restore.partial";
+
+/// Copies the files of `entry` into `dest`, checking each copy's checksum
+/// against the manifest.
+fn copy_entry(run_dir: &Path, entry: &Entry, dest: &Path) -> Result<()> {
+    let prefix = format!("{}/", entry.name);
+    for file in &entry.files {
+        let rel = file.path.strip_prefix(&prefix).ok_or_else(|| {
+            crate::corrupt(format!("file {} of entry `{}` lies outside its directory", file.path, entry.name))
+        })?;
+        let (size, sha256) = fsutil::copy_hashed(&run_dir.join(&file.path), &dest.join(rel))?;
+        if size != file.size || sha256 != file.sha256 {
+            return Err(crate::corrupt(format!("{} changed while it was restored", file.path)));
+        }
+    }
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -61,7 +61,8 @@
 //! paths, a bin directory, or `PATH`). Before anything is written the tools
 //! must exist and `pg_dump`'s major version must be at least the server's
 //! (`pg_dump --version` against `SHOW server_version_num`); otherwise a
-//! clear [`Error::Unavailable`] or [`Error::Incompatible`]. The URL's
+//! clear [`Error::Incompatible`] (a missing tool is a configuration problem,
+//! not retryable). The URL's
 //! password is passed to the child as `PGPASSWORD` (with `PGHOST`,
 //! `PGPORT`, `PGUSER`, `PGDATABASE`), never on a command line. A failing
 //! tool's stderr is in the error message.
@@ -75,33 +76,49 @@
 //! refuses ([`Error::Conflict`]) a target that already holds any table of
 //! the archive, and restores in one transaction; `clean` replaces existing
 //! objects (`--clean --if-exists`). Always `--no-owner --no-privileges
-//! --exit-on-error`.
+//! --exit-on-error`. Before the target is touched, the archive is read
+//! through (every data block); a database created by a restore that then
+//! fails is dropped again.
 //!
 //! # Qdrant
 //! [`backup_qdrant`]: creates a snapshot over gRPC, downloads it over REST
-//! (port 6333; see [`QdrantTarget::rest_url`]), checks the server's SHA-256.
-//! [`restore_qdrant`]: uploads the snapshot to
+//! (port 6333; see [`QdrantTarget::rest_url`]), checks the server's SHA-256,
+//! then deletes the snapshot from the server (each one is a full copy of the
+//! collection on its disk) unless [`QdrantTarget::keep_snapshot`].
+//! [`restore_qdrant`]: refuses a server older than the one that made the
+//! snapshot, and an existing collection unless [`QdrantTarget::replace`];
+//! then uploads the snapshot to
 //! `POST /collections/{c}/snapshots/upload?priority=snapshot` (multipart,
-//! streamed, with the checksum), which creates or replaces the collection.
-//! [`prune_qdrant_snapshots`]: server-side retention.
+//! streamed, with the checksum), which creates (or, with `replace`,
+//! replaces) the collection. [`prune_qdrant_snapshots`]: server-side
+//! retention of kept snapshots.
 //!
 //! # Embedded index
 //! [`backup_edge`] copies a **closed** index directory, holding the
 //! engine's own directory lock for the whole copy (see [`edge`]), so neither
 //! an open index nor one opened during the copy can change files under it.
-//! [`restore_edge`] copies back into a missing or empty directory.
+//! [`restore_edge`] copies back into a missing or empty directory (an
+//! existing one, e.g. a mount point, is filled in place, never replaced).
 //!
 //! # Retention
 //! [`prune`]: deletes run directories older than `keep_days` (default
-//! [`DEFAULT_KEEP_DAYS`] = 30) by the time in their names, never the newest
-//! complete run. [`prune_qdrant_snapshots`] does the same on the server.
+//! [`DEFAULT_KEEP_DAYS`] = 30) by the time in their names, but never the
+//! newest complete run holding each kind of backup ([`RetentionClass`]: a
+//! full Postgres archive, a table archive, a Qdrant collection, an embedded
+//! index), nor the newest complete run, nor a `.partial` run younger than
+//! [`PARTIAL_GRACE`] (24 h, one may be in progress). [`latest_run_with`]
+//! finds the newest run holding a kind of entry (what a restore or verify
+//! without a named run should use). [`prune_qdrant_snapshots`] does the
+//! same on the server.
 //!
 //! # Errors
 //! Everything returns [`selfrag_core::Error`]: bad options are
 //! [`Error::InvalidInput`] naming the field; a damaged, truncated or
 //! incomplete backup is [`Error::Incompatible`] (backend `backup` or
-//! `postgres`) saying which file and why; a missing tool or server is
-//! [`Error::Unavailable`]; a non-empty restore target is [`Error::Conflict`];
+//! `postgres`) saying which file and why, and so is a missing `pg_dump` or
+//! `pg_restore`; an unreachable server is [`Error::Unavailable`]; a
+//! `.partial` run directory given to verify or restore is
+//! [`Error::InvalidInput`] (`run`); a non-empty restore target is [`Error::Conflict`];
 //! a missing run, entry, manifest, table or database is [`Error::NotFound`].
 //! Sources are kept.
 
@@ -115,13 +132,16 @@ pub mod run;
 use std::path::Path;
 
 pub use edge::{backup_edge, restore_edge, EdgeDirLock};
-pub use manifest::{Entry, EntryKind, FileEntry, Manifest, MANIFEST_FILE, MANIFEST_FORMAT};
+pub use manifest::{Entry, EntryKind, FileEntry, Manifest, RetentionClass, MANIFEST_FILE, MANIFEST_FORMAT};
 pub use postgres::{
     backup_postgres, restore_postgres, verify_postgres, PgTools, PostgresBackup, PostgresRestore,
     PostgresRestoreReport, SELFRAG_TABLES,
 };
 pub use qdrant::{backup_qdrant, prune_qdrant_snapshots, restore_qdrant, QdrantRestoreReport, QdrantTarget};
-pub use run::{latest_run, list_runs, prune, BackupRun, FinishedRun, PruneReport, RunSummary, DEFAULT_KEEP_DAYS};
+pub use run::{
+    latest_run, latest_run_where, latest_run_with, list_runs, prune, BackupRun, FinishedRun, PruneReport, RunSummary,
+    DEFAULT_KEEP_DAYS, PARTIAL_GRACE,
+};
 pub use selfrag_core::{Error, Result};
 
 /// The backend name in errors about backup files.
@@ -155,8 +175,8 @@ pub struct VerifyReport {
 ///
 /// # Errors
 /// [`Error::NotFound`] without a manifest; [`Error::Incompatible`] naming the
-/// first damaged file; [`Error::Unavailable`] without `pg_restore` when the
-/// run holds a Postgres archive.
+/// first damaged file, or without `pg_restore` when the run holds a
+/// Postgres archive; [`Error::InvalidInput`] (`run`) for a `.partial` run.
 pub async fn verify_run(run_dir: &Path, tools: &PgTools, deep: bool) -> Result<VerifyReport> {
     let manifest = Manifest::read(run_dir)?;
     let mut bytes = 0;

@@ -75,6 +75,40 @@ impl Entry {
     pub fn size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
+
+    /// What this entry is a backup of, for retention (see
+    /// [`crate::prune`]): `None` for an entry whose details are missing.
+    pub fn retention_class(&self) -> Option<RetentionClass> {
+        match self.kind {
+            EntryKind::Postgres => {
+                let info = self.postgres.as_ref()?;
+                if info.table_only {
+                    let mut tables = info.tables.clone();
+                    tables.sort();
+                    Some(RetentionClass::PostgresTables(tables.join(",")))
+                } else {
+                    Some(RetentionClass::PostgresFull)
+                }
+            }
+            EntryKind::Qdrant => Some(RetentionClass::Qdrant(self.qdrant.as_ref()?.collection.clone())),
+            EntryKind::Edge => Some(RetentionClass::Edge),
+        }
+    }
+}
+
+/// The kinds of backup that retention keeps at least one of each
+/// ([`crate::prune`] never deletes the newest complete run holding one).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RetentionClass {
+    /// A full Postgres archive (whole database or schema).
+    PostgresFull,
+    /// A table-only Postgres archive of these tables (sorted, `,`-joined).
+    /// It does not protect, nor stand in for, a full archive.
+    PostgresTables(String),
+    /// A snapshot of this Qdrant collection.
+    Qdrant(String),
+    /// A copy of an embedded index directory.
+    Edge,
 }
 
 /// One file of an [`Entry`].
@@ -134,10 +168,13 @@ impl Manifest {
     /// format this crate knows and that its paths stay inside the run.
     ///
     /// # Errors
-    /// [`Error::NotFound`] without a manifest (an incomplete run);
-    /// [`Error::Incompatible`] when it does not parse, is of another format
+    /// [`Error::InvalidInput`] (`run`) for a `.partial` run directory (see
+    /// [`crate::run::check_not_partial`]); [`Error::NotFound`] without a
+    /// manifest (an incomplete run); [`Error::Incompatible`] when it does
+    /// not parse, is of another format
     /// or names a path outside the run.
     pub fn read(run_dir: &Path) -> Result<Manifest> {
+        crate::run::check_not_partial(run_dir)?;
         let path = run_dir.join(MANIFEST_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,

@@ -24,7 +24,8 @@ pub const SELFRAG_TABLES: [&str; 4] = ["users", "user_sessions", "memory_logs", 
 ///
 /// Lookup order per tool: the explicit path, else `<bin_dir>/<tool>`, else
 /// the first `<tool>` on `PATH`. A tool that is not found is
-/// [`Error::Unavailable`] before anything is written.
+/// [`Error::Incompatible`] (a configuration problem, not retryable) before
+/// anything is written.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PgTools {
     /// Explicit `pg_dump` path.
@@ -93,7 +94,7 @@ impl PgTools {
     /// Finds `tool` (`pg_dump` or `pg_restore`).
     ///
     /// # Errors
-    /// [`Error::Unavailable`] naming the tool and where it was looked for.
+    /// [`Error::Incompatible`] naming the tool and where it was looked for.
     pub fn resolve(&self, tool: &str) -> Result<PathBuf> {
         let explicit = match tool {
             "pg_dump" => self.pg_dump.as_ref(),
@@ -144,14 +145,16 @@ impl PgTools {
     }
 }
 
+/// A missing tool is a configuration problem, not an outage: retrying will
+/// not make it appear, so it is [`Error::Incompatible`] (not retryable),
+/// naming the tool and the setting to fix.
 fn missing_tool(tool: &str, why: &str) -> Error {
-    Error::Unavailable {
+    Error::Incompatible {
         backend: PG,
         message: format!(
             "{tool} not found: {why}; install the PostgreSQL client tools (same major version as the server or newer) \
-             or configure their path"
+             or configure their path (`{tool}` or `bin_dir` of PgTools)"
         ),
-        source: None,
     }
 }
 
@@ -420,7 +423,7 @@ pub fn check_dump_version(pg_dump: &ToolVersion, server_num: u32) -> Result<()> 
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for bad names or URL; [`Error::Unavailable`] for
-/// a missing tool or unreachable server; [`Error::Incompatible`] for an old
+/// an unreachable server; [`Error::Incompatible`] for a missing or old
 /// `pg_dump`; [`Error::NotFound`] (`what = "table"`) for a missing table;
 /// [`Error::Backend`] with `pg_dump`'s stderr when it fails.
 pub async fn backup_postgres<'r>(run: &'r mut BackupRun, opts: &PostgresBackup) -> Result<&'r Entry> {
@@ -517,6 +520,47 @@ pub async fn backup_postgres<'r>(run: &'r mut BackupRun, opts: &PostgresBackup) 
     Ok(run.push(entry))
 }
 
+/// Refuses a `pg_restore` older (by major version) than the `pg_dump` that
+/// wrote the archive, and a manifest whose `pg_dump_version` does not read
+/// as a version: without it the check cannot be made, and skipping it could
+/// let an old `pg_restore` fail half-way or misread the archive.
+///
+/// # Errors
+/// [`Error::Incompatible`].
+pub fn check_restore_version(pg_restore: &ToolVersion, info: &PostgresInfo) -> Result<()> {
+    let dumped_by = parse_tool_version(&info.pg_dump_version).ok_or_else(|| {
+        corrupt(format!(
+            "the manifest's pg_dump_version {:?} is not a pg_dump version; cannot check that {} can read the archive",
+            info.pg_dump_version,
+            pg_restore.path.display()
+        ))
+    })?;
+    if pg_restore.major() < major_of(dumped_by) {
+        return Err(Error::Incompatible {
+            backend: PG,
+            message: format!(
+                "{} is `{}`, older than the pg_dump that wrote the archive (`{}`)",
+                pg_restore.path.display(),
+                pg_restore.text,
+                info.pg_dump_version
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the whole archive (`pg_restore --file=/dev/null`), which
+/// decompresses every data block: catches damage that `--list` (which reads
+/// the table of contents only) does not.
+async fn read_through(tools: &PgTools, archive: &Path) -> Result<()> {
+    let pg_restore = tools.resolve("pg_restore")?;
+    let null = if cfg!(windows) { "NUL" } else { "/dev/null" };
+    run_tool(&pg_restore, &[format!("--file={null}"), archive.display().to_string()], &[])
+        .await
+        .map_err(|e| corrupt(format!("{} cannot be read through: {e}", archive.display())))?;
+    Ok(())
+}
+
 /// One table of an archive's table of contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TocTable {
@@ -532,7 +576,7 @@ pub struct TocTable {
 /// The tables listed by `pg_restore --list <archive>`.
 ///
 /// # Errors
-/// [`Error::Unavailable`] without `pg_restore`; [`Error::Incompatible`] when
+/// [`Error::Incompatible`] without `pg_restore`, or when
 /// `pg_restore` cannot read the archive (with its stderr).
 pub async fn list_archive(tools: &PgTools, archive: &Path) -> Result<Vec<TocTable>> {
     let pg_restore = tools.resolve("pg_restore")?;
@@ -591,8 +635,8 @@ fn check_toc(toc: &[TocTable], schema: &str, expected: &[String]) -> Result<()> 
 /// which decompresses every data block.
 ///
 /// # Errors
-/// [`Error::Incompatible`] for a damaged or incomplete archive;
-/// [`Error::Unavailable`] without `pg_restore`.
+/// [`Error::Incompatible`] for a damaged or incomplete archive, or without
+/// `pg_restore`.
 pub async fn verify_postgres(run_dir: &Path, entry: &Entry, tools: &PgTools, deep: bool) -> Result<Vec<TocTable>> {
     let info = postgres_info(entry)?;
     check_entry_files(run_dir, entry)?;
@@ -600,11 +644,7 @@ pub async fn verify_postgres(run_dir: &Path, entry: &Entry, tools: &PgTools, dee
     let toc = list_archive(tools, &archive).await?;
     check_toc(&toc, info.schema.as_deref().unwrap_or("public"), &info.tables)?;
     if deep {
-        let pg_restore = tools.resolve("pg_restore")?;
-        let null = if cfg!(windows) { "NUL" } else { "/dev/null" };
-        run_tool(&pg_restore, &[format!("--file={null}"), archive.display().to_string()], &[])
-            .await
-            .map_err(|e| corrupt(format!("{} cannot be read through: {e}", archive.display())))?;
+        read_through(tools, &archive).await?;
     }
     Ok(toc)
 }
@@ -708,11 +748,13 @@ pub struct PostgresRestoreReport {
 /// Order, so that nothing is touched unless everything checks out: read the
 /// manifest; check the archive's size and SHA-256; check `pg_restore`'s
 /// major version is at least the dumping `pg_dump`'s; list the archive
-/// (`pg_restore --list`) and check its tables; connect; create the
-/// database if asked and missing; refuse a target holding any of the
+/// (`pg_restore --list`) and check its tables; read every data block
+/// (`pg_restore --file=/dev/null`); connect; create the database if asked
+/// and missing; refuse a target holding any of the
 /// archive's tables unless `clean`; then run `pg_restore --no-owner
 /// --no-privileges --exit-on-error` (and `--single-transaction` unless
-/// `jobs`). Owners and grants are not restored: the restoring role owns
+/// `jobs`). A database created by the restore is dropped again when a
+/// later step fails, so a retry finds the same state. Owners and grants are not restored: the restoring role owns
 /// everything, and roles need not exist on the target.
 ///
 /// A table-only archive (`--table`) restores into a database that already
@@ -723,7 +765,9 @@ pub struct PostgresRestoreReport {
 /// [`Error::NotFound`] for a missing manifest, entry or database;
 /// [`Error::Incompatible`] for a damaged archive or a too old `pg_restore`;
 /// [`Error::Conflict`] for a non-empty target without `clean`;
-/// [`Error::Unavailable`] for a missing tool or server; [`Error::Backend`]
+/// [`Error::Incompatible`] also for a missing tool or an unreadable
+/// `pg_dump_version` in the manifest; [`Error::Unavailable`] for an
+/// unreachable server; [`Error::Backend`]
 /// with `pg_restore`'s stderr when it fails.
 pub async fn restore_postgres(
     run_dir: &Path,
@@ -749,25 +793,19 @@ pub async fn restore_postgres(
 
     check_entry_files(run_dir, entry)?;
     let pg_restore = opts.tools.version("pg_restore").await?;
-    let dumped_by = parse_tool_version(&info.pg_dump_version).unwrap_or(0);
-    if pg_restore.major() < major_of(dumped_by) {
-        return Err(Error::Incompatible {
-            backend: PG,
-            message: format!(
-                "{} is `{}`, older than the pg_dump that wrote the archive (`{}`)",
-                pg_restore.path.display(),
-                pg_restore.text,
-                info.pg_dump_version
-            ),
-        });
-    }
+    check_restore_version(&pg_restore, info)?;
     let archive = run_dir.join(&entry.files[0].path);
     let toc = list_archive(&opts.tools, &archive).await?;
     let schema = info.schema.as_deref().unwrap_or("public");
     check_toc(&toc, schema, &info.tables)?;
+    // A damaged data block with a matching checksum (a manifest rewritten
+    // after the damage) passes the checks above: read every block before
+    // the target is touched.
+    read_through(&opts.tools, &archive).await?;
 
     // The target database.
     let mut created = false;
+    let admin_db = config.get_dbname().map(str::to_owned);
     let admin = connect(&config).await?;
     let exists = admin
         .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&database])
@@ -785,10 +823,53 @@ pub async fn restore_postgres(
         created = true;
     }
     drop(admin);
-    config.dbname(&database);
-    let target = connect(&config).await?;
+    let result = restore_into(&mut config, &database, opts, &toc, &archive, &pg_restore.path).await;
+    if let Err(e) = result {
+        if created {
+            // Leave no half-restored database behind that a retry would
+            // then refuse as non-empty.
+            config.dbname(admin_db.as_deref().unwrap_or("postgres"));
+            if let Err(drop_err) = drop_database(&config, &database).await {
+                tracing::warn!(database, error = %drop_err, "could not drop the database created for a failed restore");
+            }
+        }
+        return Err(e);
+    }
+    Ok(PostgresRestoreReport {
+        entry: entry.name.clone(),
+        database,
+        created_database: created,
+        tables: toc.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Drops `database` (created by a restore that then failed), ending any
+/// session still attached (`WITH (FORCE)` since Postgres 13).
+async fn drop_database(config: &Config, database: &str) -> Result<()> {
+    let admin = connect(config).await?;
+    let server = server_info(&admin).await?;
+    let force = if server.version_num >= 130_000 { " WITH (FORCE)" } else { "" };
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{database}\"{force}"))
+        .await
+        .map_err(|e| sql_err(&format!("dropping database {database}"), e))
+}
+
+/// The part of a restore that runs against the target database: the
+/// emptiness check and `pg_restore`.
+async fn restore_into(
+    config: &mut Config,
+    database: &str,
+    opts: &PostgresRestore,
+    toc: &[TocTable],
+    archive: &Path,
+    pg_restore: &Path,
+) -> Result<()> {
+    config.dbname(database);
+    let target = connect(config).await?;
     let mut present = Vec::new();
-    for t in &toc {
+    for t in toc {
         let row = target
             .query_one("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", &[&t.schema, &t.name])
             .await
@@ -824,14 +905,8 @@ pub async fn restore_postgres(
         args.push("--if-exists".to_owned());
     }
     args.push(archive.display().to_string());
-    run_tool(&pg_restore.path, &args, &child_env(&config)).await?;
-    Ok(PostgresRestoreReport {
-        entry: entry.name.clone(),
-        database,
-        created_database: created,
-        tables: toc.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect(),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    })
+    run_tool(pg_restore, &args, &child_env(config)).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -857,6 +932,35 @@ mod tests {
         let e = check_dump_version(&v(140011), 150020).unwrap_err();
         assert!(matches!(e, Error::Incompatible { .. }), "{e}");
         assert!(e.to_string().contains("older than the server"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_dump_version_in_the_manifest_is_refused() {
+        let restore =
+            ToolVersion { path: "pg_restore".into(), text: "pg_restore (PostgreSQL) 15.20".into(), num: 150020 };
+        let info = |v: &str| PostgresInfo {
+            database: "app".into(),
+            schema: None,
+            tables: vec![],
+            table_only: false,
+            server_version: "15.20".into(),
+            server_version_num: 150020,
+            pg_dump_version: v.into(),
+        };
+        assert!(check_restore_version(&restore, &info("pg_dump (PostgreSQL) 15.2")).is_ok());
+        let e = check_restore_version(&restore, &info("pg_dump (PostgreSQL) 16.1")).unwrap_err();
+        assert!(matches!(e, Error::Incompatible { .. }), "{e}");
+        let e = check_restore_version(&restore, &info("garbled")).unwrap_err();
+        assert!(matches!(e, Error::Incompatible { .. }), "{e}");
+        assert!(e.to_string().contains("not a pg_dump version"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_tool_is_not_retryable() {
+        let e = PgTools::new().bin_dir("/nonexistent/pg/bin").resolve("pg_dump").unwrap_err();
+        assert!(matches!(e, Error::Incompatible { .. }), "{e}");
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("pg_dump not found") && e.to_string().contains("bin_dir"), "{e}");
     }
 
     #[test]

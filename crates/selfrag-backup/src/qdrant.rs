@@ -42,6 +42,13 @@ pub struct QdrantTarget {
     /// Timeout of each gRPC call and of each whole file transfer.
     /// Default: 1 hour (snapshots can be large).
     pub timeout: Duration,
+    /// Backup: keep the snapshot on the server after it was downloaded and
+    /// checked. Default: false (it is deleted: every snapshot is a full copy
+    /// of the collection on the server's disk).
+    pub keep_snapshot: bool,
+    /// Restore: replace the collection when it already exists. Default:
+    /// false (an existing collection is refused with [`Error::Conflict`]).
+    pub replace: bool,
 }
 
 impl std::fmt::Debug for QdrantTarget {
@@ -52,6 +59,8 @@ impl std::fmt::Debug for QdrantTarget {
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("collection", &self.collection)
             .field("timeout", &self.timeout)
+            .field("keep_snapshot", &self.keep_snapshot)
+            .field("replace", &self.replace)
             .finish()
     }
 }
@@ -65,7 +74,21 @@ impl QdrantTarget {
             api_key: None,
             collection: collection.into(),
             timeout: Duration::from_secs(3600),
+            keep_snapshot: false,
+            replace: false,
         }
+    }
+
+    /// Sets [`QdrantTarget::keep_snapshot`].
+    pub fn keep_snapshot(mut self, keep: bool) -> Self {
+        self.keep_snapshot = keep;
+        self
+    }
+
+    /// Sets [`QdrantTarget::replace`].
+    pub fn replace(mut self, replace: bool) -> Self {
+        self.replace = replace;
+        self
     }
 
     /// Sets [`QdrantTarget::rest_url`].
@@ -255,7 +278,25 @@ pub async fn backup_qdrant<'r>(run: &'r mut BackupRun, target: &QdrantTarget, na
     let path = run.dir().join(&file_name);
     let tmp = fsutil::temp_name(&path);
     let url = snapshot_download_url(&rest, &target.collection, &description.name);
-    let downloaded = download(&http, target, &url, &tmp).await;
+    let downloaded =
+        download(&http, target, &url, &tmp).await.and_then(|(size, sha256)| match description.checksum.as_deref() {
+            Some(expected) if !expected.eq_ignore_ascii_case(&sha256) => Err(corrupt(format!(
+                "snapshot {} downloaded with SHA-256 {sha256}, the server says {expected}",
+                description.name
+            ))),
+            _ => Ok((size, sha256)),
+        });
+    if !target.keep_snapshot {
+        let deleted = client
+            .delete_snapshot(DeleteSnapshotRequest {
+                collection_name: target.collection.clone(),
+                snapshot_name: description.name.clone(),
+            })
+            .await;
+        if let Err(e) = deleted {
+            tracing::warn!(snapshot = %description.name, error = %e, "could not delete the server snapshot");
+        }
+    }
     let (size, sha256) = match downloaded {
         Ok(v) => v,
         Err(e) => {
@@ -263,15 +304,6 @@ pub async fn backup_qdrant<'r>(run: &'r mut BackupRun, target: &QdrantTarget, na
             return Err(e);
         }
     };
-    if let Some(expected) = description.checksum.as_deref() {
-        if !expected.eq_ignore_ascii_case(&sha256) {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(corrupt(format!(
-                "snapshot {} downloaded with SHA-256 {sha256}, the server says {expected}",
-                description.name
-            )));
-        }
-    }
     fsutil::commit(&tmp, &path)?;
     let entry = Entry {
         kind: EntryKind::Qdrant,
@@ -323,16 +355,22 @@ pub struct QdrantRestoreReport {
 }
 
 /// Restores a Qdrant entry of the run in `run_dir` (`entry`: its name, or
-/// `None` for the first one) into `target.collection` (created or
-/// replaced: Qdrant recovers the collection from the snapshot with
-/// `priority=snapshot`). Checks the manifest and the file's SHA-256 before
-/// sending anything, and sends the checksum along so the server checks it
-/// too. The upload is streamed (multipart field `snapshot`).
+/// `None` for the first one) into `target.collection` (Qdrant recovers the
+/// collection from the snapshot with `priority=snapshot`). Before sending
+/// anything: checks the manifest and the file's SHA-256; asks the server
+/// (gRPC) for its version, refusing one older than the version that made
+/// the snapshot (an older server may not read it); and refuses a
+/// collection that already exists unless [`QdrantTarget::replace`] (the
+/// recovery would silently replace live data). Sends the checksum along so
+/// the server checks it too. The upload is streamed (multipart field
+/// `snapshot`).
 ///
 /// # Errors
-/// [`Error::Incompatible`] for a damaged backup; [`Error::NotFound`] for a
-/// missing manifest or entry; [`Error::Unavailable`] when the server cannot
-/// be reached; [`Error::Backend`] with the server's answer when it refuses.
+/// [`Error::Incompatible`] for a damaged backup or a server older than the
+/// snapshot's; [`Error::Conflict`] for an existing collection without
+/// `replace`; [`Error::NotFound`] for a missing manifest or entry;
+/// [`Error::Unavailable`] when the server cannot be reached;
+/// [`Error::Backend`] with the server's answer when it refuses.
 pub async fn restore_qdrant(run_dir: &Path, entry: Option<&str>, target: &QdrantTarget) -> Result<QdrantRestoreReport> {
     let started = Instant::now();
     target.check()?;
@@ -348,6 +386,24 @@ pub async fn restore_qdrant(run_dir: &Path, entry: Option<&str>, target: &Qdrant
     check_entry_files(run_dir, entry)?;
     let rest = target.rest_base()?;
     let http = target.http()?;
+    let client = target.client()?;
+    let health = client.health_check().await.map_err(|e| grpc_err("Qdrant health check", e))?;
+    if let Some(info) = &entry.qdrant {
+        check_server_version(&health.version, &info.server_version)?;
+    }
+    let exists = client
+        .collection_exists(target.collection.clone())
+        .await
+        .map_err(|e| grpc_err(&format!("checking whether collection {} exists", target.collection), e))?;
+    if exists && !target.replace {
+        return Err(Error::Conflict {
+            what: "qdrant collection",
+            id: format!(
+                "{} already exists; restoring would replace it: restore into a new collection or ask to replace it",
+                target.collection
+            ),
+        });
+    }
     let path = run_dir.join(&file.path);
     let boundary = format!("selfrag-{}", uuid::Uuid::new_v4().simple());
     let file_name = Path::new(&file.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -379,6 +435,39 @@ pub async fn restore_qdrant(run_dir: &Path, entry: Option<&str>, target: &Qdrant
         bytes: file.size,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     })
+}
+
+/// `1.12.4` (or `v1.12.4`, `1.13.0-rc1`) as numbers.
+fn parse_version(v: &str) -> Option<Vec<u64>> {
+    let v = v.trim().trim_start_matches('v');
+    let core = v.split(['-', '+']).next()?;
+    let parts: Vec<u64> = core.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    (!parts.is_empty()).then_some(parts)
+}
+
+/// Refuses a server older than the one that made the snapshot (Qdrant reads
+/// snapshots of its own and older versions only), and versions that do not
+/// read as versions (the check could not be made).
+///
+/// # Errors
+/// [`Error::Incompatible`].
+pub fn check_server_version(server: &str, recorded: &str) -> Result<()> {
+    let unreadable = |what: &str, v: &str| Error::Incompatible {
+        backend: QDRANT,
+        message: format!("the {what} version {v:?} is not a version; cannot check that the server reads the snapshot"),
+    };
+    let have = parse_version(server).ok_or_else(|| unreadable("server", server))?;
+    let need = parse_version(recorded).ok_or_else(|| unreadable("recorded server", recorded))?;
+    if have < need {
+        return Err(Error::Incompatible {
+            backend: QDRANT,
+            message: format!(
+                "the Qdrant server is version {server}, older than the {recorded} that made the snapshot; \
+                 restore onto Qdrant {recorded} or newer"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The file in 256 KiB chunks.
@@ -528,6 +617,17 @@ mod tests {
         assert!(check_name("collection", "a/b").is_err());
         assert!(check_name("collection", "..").is_err());
         assert!(check_name("snapshot", "chunks-2025-01-01-12-00-00.snapshot").is_ok());
+    }
+
+    #[test]
+    fn older_servers_are_refused() {
+        assert!(check_server_version("1.12.4", "1.12.4").is_ok());
+        assert!(check_server_version("1.13.0", "1.12.4").is_ok());
+        assert!(check_server_version("1.12.10", "1.12.9").is_ok(), "numeric, not textual");
+        let e = check_server_version("1.11.9", "1.12.0").unwrap_err();
+        assert!(matches!(e, Error::Incompatible { .. }), "{e}");
+        assert!(check_server_version("1.12.4", "garbled").is_err());
+        assert!(check_server_version("v1.12.4", "1.12.4-rc1").is_ok());
     }
 
     #[test]

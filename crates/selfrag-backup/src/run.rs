@@ -1,6 +1,7 @@
 //! Backup runs: one directory per run under a backup root, named by its UTC
 //! start time, finished by its manifest; listing and retention.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
 use crate::fsutil;
-use crate::manifest::{Entry, Manifest, MANIFEST_FORMAT};
+use crate::manifest::{Entry, EntryKind, Manifest, RetentionClass, MANIFEST_FORMAT};
 use crate::{io_err, Error, Result};
 
 /// Suffix of a run directory while the run is in progress.
@@ -234,7 +235,9 @@ pub fn list_runs(root: impl AsRef<Path>) -> Result<Vec<RunSummary>> {
     Ok(runs)
 }
 
-/// The newest complete run under `root`.
+/// The newest complete run under `root`, whatever it holds. To pick a run
+/// for a restore or a verify of one kind of backup, use
+/// [`latest_run_with`]: the newest run may hold only something else.
 ///
 /// # Errors
 /// [`Error::NotFound`] when there is none; as [`list_runs`] otherwise.
@@ -247,6 +250,59 @@ pub fn latest_run(root: impl AsRef<Path>) -> Result<RunSummary> {
         .ok_or_else(|| Error::NotFound { what: "complete backup run", id: root.display().to_string() })
 }
 
+/// The newest complete run under `root` that holds an entry of `kind`
+/// (e.g. the run `restore postgres` should use when no run is named).
+///
+/// # Errors
+/// [`Error::NotFound`] when no complete run holds one; as [`list_runs`]
+/// otherwise.
+pub fn latest_run_with(root: impl AsRef<Path>, kind: EntryKind) -> Result<RunSummary> {
+    latest_run_where(root, |e| e.kind == kind)
+}
+
+/// The newest complete run under `root` holding an entry for which `wanted`
+/// is true (e.g. a full Postgres archive: `|e| e.retention_class() ==
+/// Some(RetentionClass::PostgresFull)`).
+///
+/// # Errors
+/// [`Error::NotFound`] when no complete run holds one; as [`list_runs`]
+/// otherwise.
+pub fn latest_run_where(root: impl AsRef<Path>, wanted: impl Fn(&Entry) -> bool) -> Result<RunSummary> {
+    let root = root.as_ref();
+    list_runs(root)?
+        .into_iter()
+        .rev()
+        .find(|r| r.manifest.as_ref().is_some_and(|m| m.entries.iter().any(&wanted)))
+        .ok_or_else(|| Error::NotFound {
+            what: "complete backup run",
+            id: format!("{} (none holds the requested kind of entry)", root.display()),
+        })
+}
+
+/// Refuses a run directory whose name ends in `.partial`: an unfinished or
+/// crashed run is never a backup, even if a manifest was copied into it.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`run`).
+pub fn check_not_partial(run_dir: &Path) -> Result<()> {
+    let name = match run_dir.file_name() {
+        Some(n) => Some(n.to_string_lossy().into_owned()),
+        // `.`, `..`, `/`: look at the real name.
+        None => fs::canonicalize(run_dir).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())),
+    };
+    match name {
+        Some(n) if n.ends_with(PARTIAL_SUFFIX) => Err(Error::invalid(
+            "run",
+            format!("{} is an unfinished or crashed run (`{PARTIAL_SUFFIX}`), not a backup", run_dir.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// How long a `.partial` run is presumed to be in progress: [`prune`] never
+/// deletes a younger one, whatever `keep_days` says.
+pub const PARTIAL_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 /// What [`prune`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneReport {
@@ -257,13 +313,22 @@ pub struct PruneReport {
 }
 
 /// Retention: deletes the run directories under `root` that started more
-/// than `keep_days` days before `now`, except the newest complete run, which
-/// is always kept however old it is (so pruning never leaves no backup).
-/// Incomplete runs (`.partial`, or no readable manifest) older than the
-/// cutoff are deleted too; younger ones are left alone (one may be in
-/// progress). Ages come from the directory names, not from file times, which
-/// copies and restores change. With `dry_run`, nothing is deleted and the
-/// report says what would be.
+/// than `keep_days` days before `now`, except:
+///
+/// - for each [`RetentionClass`] (a full Postgres archive, a table-only
+///   Postgres archive of the same tables, a Qdrant snapshot of one
+///   collection, an embedded index copy), the newest complete run holding
+///   an entry of that class, however old it is: thirty days of failed full
+///   Postgres backups next to successful Qdrant ones must not delete the last
+///   full Postgres backup (a table-only archive does not stand in for it);
+/// - the newest complete run, whatever it holds;
+/// - `.partial` runs that started less than [`PARTIAL_GRACE`] (24 h) before
+///   `now`, even with `keep_days` 0: one may be in progress.
+///
+/// Other incomplete runs (`.partial`, or no readable manifest) older than
+/// the cutoff are deleted. Ages come from the directory names, not from file
+/// times, which copies and restores change. With `dry_run`, nothing is
+/// deleted and the report says what would be.
 ///
 /// # Errors
 /// As [`list_runs`]; [`Error::Backend`] when a deletion fails (runs deleted
@@ -271,10 +336,23 @@ pub struct PruneReport {
 pub fn prune(root: impl AsRef<Path>, keep_days: u32, now: OffsetDateTime, dry_run: bool) -> Result<PruneReport> {
     let runs = list_runs(root)?;
     let cutoff = now - Duration::from_secs(u64::from(keep_days) * 86_400);
-    let newest_complete = runs.iter().rev().find(|r| r.is_complete()).map(|r| r.dir.clone());
+    let partial_cutoff = now - PARTIAL_GRACE;
+    // Runs are oldest first: the last run seen for a class is its newest.
+    let mut newest: BTreeMap<RetentionClass, &Path> = BTreeMap::new();
+    let mut newest_complete = None;
+    for run in &runs {
+        if let Some(m) = &run.manifest {
+            newest_complete = Some(run.dir.as_path());
+            for class in m.entries.iter().filter_map(Entry::retention_class) {
+                newest.insert(class, &run.dir);
+            }
+        }
+    }
+    let protected: Vec<PathBuf> = newest.values().copied().chain(newest_complete).map(Path::to_path_buf).collect();
     let mut report = PruneReport::default();
     for run in runs {
-        let keep = run.started_at >= cutoff || Some(&run.dir) == newest_complete.as_ref();
+        let in_progress = run.name.ends_with(PARTIAL_SUFFIX) && run.started_at >= partial_cutoff;
+        let keep = run.started_at >= cutoff || in_progress || protected.contains(&run.dir);
         if keep {
             report.kept.push(run.dir);
             continue;
@@ -291,6 +369,13 @@ pub fn prune(root: impl AsRef<Path>, keep_days: u32, now: OffsetDateTime, dry_ru
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn partial_run_directories_are_refused() {
+        assert_eq!(check_not_partial(Path::new("/b/20250304T050607Z.partial")).unwrap_err().field(), Some("run"));
+        assert_eq!(check_not_partial(Path::new("/b/20250304T050607Z.partial/")).unwrap_err().field(), Some("run"));
+        assert!(check_not_partial(Path::new("/b/20250304T050607Z")).is_ok());
+    }
 
     #[test]
     fn run_names_round_trip() {

@@ -126,3 +126,45 @@ async fn a_damaged_edge_backup_is_refused_and_the_target_left_empty() {
     let err = backup_edge(&mut BackupRun::begin(tmp.path().join("b2")).unwrap(), tmp.path(), None).await.unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "not an index directory: {err}");
 }
+
+/// An existing empty target (e.g. a mount point, which can be neither
+/// removed nor renamed onto) is filled in place: same directory, no
+/// temporary sibling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_into_an_existing_empty_directory_keeps_that_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("vectors");
+    let spec = IndexSpec::new(DIM, Distance::Euclid).unwrap();
+    let tenants = [Tenant::new("acme").unwrap(), Tenant::new("globex").unwrap()];
+    let index = EdgeIndex::open(&src, spec, config()).await.unwrap();
+    for (t, tenant) in tenants.iter().enumerate() {
+        index.upsert(tenant, chunks(t)).await.unwrap();
+    }
+    index.close().await.unwrap();
+    let mut run = BackupRun::begin(tmp.path().join("backups")).unwrap();
+    backup_edge(&mut run, &src, None).await.unwrap();
+    let done = run.finish().unwrap();
+
+    let parent = tmp.path().join("mnt");
+    let target = parent.join("vectors");
+    std::fs::create_dir_all(&target).unwrap();
+    let inode = std::fs::metadata(&target).unwrap().ino();
+    restore_edge(&done.dir, None, &target).await.unwrap();
+    assert_eq!(std::fs::metadata(&target).unwrap().ino(), inode, "the target directory itself was replaced");
+    let left: Vec<String> =
+        std::fs::read_dir(&parent).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, vec!["vectors"], "no temporary sibling");
+    assert!(!target.join(".selfrag-restore.partial").exists());
+    let index = EdgeIndex::open(&target, spec, config()).await.unwrap();
+    assert_all_points(&index, &tenants).await;
+    index.close().await.unwrap();
+
+    // A `.partial` run directory is never restored from, even with a manifest.
+    let partial = done.dir.with_file_name(format!("{}.partial", done.dir.file_name().unwrap().to_string_lossy()));
+    std::fs::rename(&done.dir, &partial).unwrap();
+    let err = restore_edge(&partial, None, &tmp.path().join("other")).await.unwrap_err();
+    assert_eq!(err.field(), Some("run"), "{err}");
+    let err = verify_run(&partial, &PgTools::new(), false).await.unwrap_err();
+    assert_eq!(err.field(), Some("run"), "{err}");
+}

@@ -245,7 +245,8 @@ async fn missing_tools_and_tables_fail_before_anything_is_written() {
     let mut run = BackupRun::begin(root.path()).unwrap();
     let nowhere = PgTools::new().bin_dir("/nonexistent/pg/bin");
     let err = backup_postgres(&mut run, &PostgresBackup::new(&url).tools(nowhere)).await.unwrap_err();
-    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert!(matches!(err, Error::Incompatible { .. }), "a configuration problem, not retryable: {err}");
+    assert!(!err.is_retryable());
     assert!(err.to_string().contains("pg_dump not found"), "{err}");
 
     // A schema without the selfrag tables.
@@ -267,4 +268,84 @@ async fn missing_tools_and_tables_fail_before_anything_is_written() {
     assert!(runs.iter().all(|r| !r.is_complete()));
     assert!(matches!(selfrag_backup::latest_run(root.path()), Err(Error::NotFound { .. })));
     let _ = EntryKind::Postgres;
+}
+
+/// Rewrites the manifest's checksum and size of `file` to match its current
+/// content, as someone (or something) covering up damage would.
+fn recompute_checksum(run_dir: &Path, file: &str) {
+    use sha2::Digest;
+    let bytes = std::fs::read(run_dir.join(file)).unwrap();
+    let sum: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let path = run_dir.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for e in m["entries"].as_array_mut().unwrap() {
+        for f in e["files"].as_array_mut().unwrap() {
+            if f["path"] == file {
+                f["sha256"] = sum.clone().into();
+                f["size"] = bytes.len().into();
+            }
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_archive_with_a_matching_checksum_is_still_refused() {
+    let Some(server) = selfrag_testkit::servers::postgres().await else { return };
+    let url = server.url.clone();
+    let admin = connect(&url).await;
+    let schema = populated_schema(&url, 4, 300).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut run = BackupRun::begin(root.path()).unwrap();
+    backup_postgres(&mut run, &PostgresBackup::new(&url).schema(&schema)).await.unwrap();
+    let good = run.finish().unwrap().dir;
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+
+    let damaged = tempfile::tempdir().unwrap();
+    let garbled = damaged.path().join("20250101T000000Z");
+    copy_run(&good, &garbled);
+    let dump = garbled.join("postgres.dump");
+    let mut bytes = std::fs::read(&dump).unwrap();
+    // Inside the compressed rows (the data blocks follow the table of contents).
+    let at = bytes.len() * 3 / 4;
+    for b in &mut bytes[at..at + 16] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&dump, &bytes).unwrap();
+    recompute_checksum(&garbled, "postgres.dump");
+
+    // The table of contents is intact, so checksums and `--list` pass...
+    verify_run(&garbled, &PgTools::new(), false).await.unwrap();
+    // ...but reading the data blocks does not.
+    let err = verify_run(&garbled, &PgTools::new(), true).await.unwrap_err();
+    assert!(matches!(err, Error::Incompatible { .. }), "{err}");
+    let db = restore_db_name();
+    let opts = PostgresRestore::new(&url).database(&db).create_database(true);
+    let err = restore_postgres(&garbled, None, &opts).await.unwrap_err();
+    assert!(matches!(err, Error::Incompatible { .. }), "{err}");
+    assert!(!database_exists(&admin, &db).await, "the refused restore created its target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_created_for_a_failed_restore_is_dropped() {
+    let Some(server) = selfrag_testkit::servers::postgres().await else { return };
+    let url = server.url.clone();
+    let admin = connect(&url).await;
+    let schema = populated_schema(&url, 2, 10).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut run = BackupRun::begin(root.path()).unwrap();
+    backup_postgres(&mut run, &PostgresBackup::new(&url).schema(&schema).table("memory_logs")).await.unwrap();
+    let done = run.finish().unwrap();
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+
+    // A table archive needs its schema (and `users`) in the target: in a
+    // brand-new database, pg_restore fails after the database was created.
+    let db = restore_db_name();
+    let opts = PostgresRestore::new(&url).database(&db).create_database(true);
+    let err = restore_postgres(&done.dir, None, &opts).await.unwrap_err();
+    let exists = database_exists(&admin, &db).await;
+    drop_database(&admin, &db).await;
+    assert!(matches!(err, Error::Backend { .. }), "pg_restore failed: {err}");
+    assert!(err.to_string().contains("pg_restore failed"), "{err}");
+    assert!(!exists, "the database created for the failed restore was left behind");
 }

@@ -4,7 +4,7 @@
 //! or a container). Skipped loudly without a server.
 
 use selfrag_backup::qdrant::{list_qdrant_snapshots, prune_qdrant_snapshots};
-use selfrag_backup::{backup_qdrant, restore_qdrant, verify_run, BackupRun, PgTools, QdrantTarget};
+use selfrag_backup::{backup_qdrant, restore_qdrant, verify_run, BackupRun, Error, PgTools, QdrantTarget};
 use selfrag_core::{Chunk, ChunkId, Distance, IndexSpec, Tenant, VectorIndex};
 use selfrag_qdrant::QdrantIndexConfig;
 
@@ -37,18 +37,36 @@ async fn qdrant_snapshot_round_trip() {
     let entry = backup_qdrant(&mut run, &target, None).await.unwrap().clone();
     let info = entry.qdrant.clone().unwrap();
     assert!(!info.server_version.is_empty());
+    // By default the server snapshot is deleted once the download checked out.
+    assert!(list_qdrant_snapshots(&target).await.unwrap().is_empty(), "the backup left its snapshot on the server");
     let done = run.finish().unwrap();
     verify_run(&done.dir, &PgTools::new(), false).await.unwrap();
+
+    // The collection still exists: a restore is refused unless asked to replace it.
+    let err = restore_qdrant(&done.dir, None, &target).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    assert_eq!(index.count(&tenant, None).await.unwrap(), 50);
 
     index.delete_collection().await.unwrap();
     restore_qdrant(&done.dir, None, &target).await.unwrap();
     assert_eq!(index.count(&tenant, None).await.unwrap(), 50);
     let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
     assert_eq!(index.get(&tenant, &ids).await.unwrap().len(), 50);
+    restore_qdrant(&done.dir, None, &target.clone().replace(true)).await.unwrap();
+    assert_eq!(index.count(&tenant, None).await.unwrap(), 50);
 
-    // Retention on the server keeps the newest snapshot.
-    let before = list_qdrant_snapshots(&target).await.unwrap().len();
+    // Two kept snapshots: retention with 0 days deletes one, keeps the newest.
+    let kept = target.clone().keep_snapshot(true);
+    for _ in 0..2 {
+        let mut run = BackupRun::begin(root.path()).unwrap();
+        backup_qdrant(&mut run, &kept, None).await.unwrap();
+        run.finish().unwrap();
+        // Snapshot names carry the time to the second.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    assert_eq!(list_qdrant_snapshots(&target).await.unwrap().len(), 2);
     let report = prune_qdrant_snapshots(&target, 0, time::OffsetDateTime::now_utc(), false).await.unwrap();
-    assert_eq!(list_qdrant_snapshots(&target).await.unwrap().len(), before.min(1), "{report:?}");
+    assert_eq!((report.deleted.len(), report.kept.len()), (1, 1), "{report:?}");
+    assert_eq!(list_qdrant_snapshots(&target).await.unwrap().len(), 1, "{report:?}");
     index.delete_collection().await.unwrap();
 }

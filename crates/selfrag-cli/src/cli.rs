@@ -10,7 +10,8 @@ use selfrag_core::Distance;
 /// and deployment checks.
 ///
 /// Exit codes: 0 ok; 1 a check or an operation failed; 2 usage or
-/// configuration error; 3 a service was unreachable (and nothing else failed).
+/// configuration error (also rejected credentials, missing pg_dump /
+/// pg_restore); 3 a service was unreachable (and nothing else failed).
 #[derive(Debug, Parser)]
 #[command(name = "selfrag", version, about, long_about = None, propagate_version = true)]
 pub(crate) struct Cli {
@@ -105,8 +106,9 @@ pub(crate) enum Command {
     /// Check a deployment: migrations, indexes, Redis TTLs, the Qdrant
     /// collection. Services that are not configured are skipped.
     Doctor,
-    /// Back up into a new run directory under --backup-dir (`all`: every
-    /// configured store).
+    /// Back up into a new run directory under --backup-dir (`all`: Postgres,
+    /// which must be configured, plus Qdrant and the embedded index when
+    /// configured). A failing store does not stop the others.
     Backup(BackupArgs),
     /// Check a backup run: manifest, sizes, SHA-256, and that pg_restore reads
     /// the Postgres archives.
@@ -122,7 +124,8 @@ pub(crate) enum Command {
 /// What `backup` covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BackupTarget {
-    /// Every configured store (Postgres, Qdrant, embedded index).
+    /// Postgres (required: DATABASE_URL), plus Qdrant and the embedded index
+    /// when configured.
     All,
     /// The Postgres database (or --schema).
     Postgres,
@@ -146,9 +149,12 @@ pub(crate) struct BackupArgs {
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
     /// The run to verify (a directory name under --backup-dir; default: the
-    /// newest complete run).
+    /// newest complete run, holding --kind when given).
     #[arg(long)]
     pub(crate) run: Option<String>,
+    /// Without --run: the newest complete run holding an entry of this kind.
+    #[arg(long, value_enum, conflicts_with = "run")]
+    pub(crate) kind: Option<RestoreTarget>,
     /// Also read every data block of the Postgres archives.
     #[arg(long)]
     pub(crate) deep: bool,
@@ -159,7 +165,8 @@ pub(crate) struct VerifyArgs {
 pub(crate) enum RestoreTarget {
     /// A Postgres archive, into --database (or the URL's database).
     Postgres,
-    /// A Qdrant snapshot, into --collection (created or replaced).
+    /// A Qdrant snapshot, into --collection (created; an existing one only
+    /// with --replace).
     Qdrant,
     /// An embedded index copy, into --edge-path (missing or empty).
     Edge,
@@ -170,7 +177,8 @@ pub(crate) struct RestoreArgs {
     /// What to restore.
     #[arg(value_enum)]
     pub(crate) target: RestoreTarget,
-    /// The run to restore from (default: the newest complete run).
+    /// The run to restore from (default: the newest complete run holding an
+    /// entry of this kind, and named --entry when given).
     #[arg(long)]
     pub(crate) run: Option<String>,
     /// The entry of the run (default: the run's first entry of that kind).
@@ -189,6 +197,10 @@ pub(crate) struct RestoreArgs {
     /// Postgres: parallel restore with this many jobs (not atomic).
     #[arg(long)]
     pub(crate) jobs: Option<u32>,
+    /// Qdrant: replace the collection if it exists (default: refuse, so a
+    /// restore never silently overwrites live vectors).
+    #[arg(long)]
+    pub(crate) replace: bool,
 }
 
 #[derive(Debug, Args)]
@@ -207,4 +219,14 @@ pub(crate) enum MigrateAction {
     Up,
     /// Show applied, pending and edited migrations; exit 1 unless up to date.
     Status,
+}
+
+impl From<RestoreTarget> for selfrag_backup::EntryKind {
+    fn from(t: RestoreTarget) -> Self {
+        match t {
+            RestoreTarget::Postgres => selfrag_backup::EntryKind::Postgres,
+            RestoreTarget::Qdrant => selfrag_backup::EntryKind::Qdrant,
+            RestoreTarget::Edge => selfrag_backup::EntryKind::Edge,
+        }
+    }
 }

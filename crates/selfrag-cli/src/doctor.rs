@@ -1,8 +1,11 @@
 //! `selfrag doctor`: the deployment checks, one line each.
 //!
-//! Every check is `ok`, `fail`, `unreachable` or `skip`. The exit code is 1
-//! when any check failed, else 3 when a service was unreachable, else 0;
-//! skipped checks (a service that is not configured) do not count.
+//! Every check is `ok`, `warn`, `fail`, `config`, `unreachable` or `skip`.
+//! The exit code is 2 when a service rejected the configured credentials
+//! (`config`), else 1 when any check failed, else 3 when a service was
+//! unreachable, else 0; skipped checks (a service that is not configured)
+//! and warnings (e.g. an embedded index that is open elsewhere, so not
+//! inspected) do not count.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -18,7 +21,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::Global;
-use crate::output::{chain, exit_of, Exit, Failure, Out};
+use crate::output::{chain, exit_of, is_auth_failure, Exit, Failure, Out};
 
 /// The index migration 003 creates on `memory_logs`: one user's logs by time,
 /// newest first, keyset-paginated.
@@ -33,7 +36,11 @@ const TTL_TOLERANCE_MS: i64 = 10_000;
 #[serde(rename_all = "lowercase")]
 enum State {
     Ok,
+    /// Could not be fully checked, for a benign reason (said in the detail).
+    Warn,
     Fail,
+    /// The service rejected the configuration (credentials): exit 2.
+    Config,
     Unreachable,
     Skip,
 }
@@ -55,17 +62,30 @@ impl Checks {
     }
 
     /// A check that could not run because of `err`: unreachable for
-    /// connection errors and timeouts, failed otherwise.
+    /// connection errors and timeouts, a configuration problem for rejected
+    /// credentials, failed otherwise.
     fn error(&mut self, service: &'static str, check: &'static str, err: &selfrag_core::Error) {
-        let state = if exit_of(err) == Exit::Unreachable { State::Unreachable } else { State::Fail };
+        let state = match exit_of(err) {
+            Exit::Unreachable => State::Unreachable,
+            Exit::Usage => State::Config,
+            _ => State::Fail,
+        };
         self.push(service, check, state, chain(err));
+    }
+
+    /// A connection that failed: a configuration problem when the server
+    /// rejected the credentials, else unreachable.
+    fn connection(&mut self, service: &'static str, err: &(dyn std::error::Error + 'static)) {
+        let state = if is_auth_failure(err) { State::Config } else { State::Unreachable };
+        self.push(service, "connection", state, chain(err));
     }
 
     fn exit(&self) -> Exit {
         self.0.iter().fold(Exit::Ok, |exit, c| match c.state {
             State::Fail => exit.worst(Exit::Failed),
+            State::Config => exit.worst(Exit::Usage),
             State::Unreachable => exit.worst(Exit::Unreachable),
-            State::Ok | State::Skip => exit,
+            State::Ok | State::Warn | State::Skip => exit,
         })
     }
 }
@@ -117,7 +137,9 @@ pub(crate) async fn run(global: &Global, out: Out) -> Result<Exit, Failure> {
     for c in &checks.0 {
         let label = match c.state {
             State::Ok => "ok  ",
+            State::Warn => "WARN",
             State::Fail => "FAIL",
+            State::Config => "CONF",
             State::Unreachable => "DOWN",
             State::Skip => "skip",
         };
@@ -129,6 +151,7 @@ pub(crate) async fn run(global: &Global, out: Out) -> Result<Exit, Failure> {
         match exit {
             Exit::Ok => "doctor: all checks passed",
             Exit::Unreachable => "doctor: a service is unreachable",
+            Exit::Usage => "doctor: a service rejected the configured credentials",
             _ => "doctor: checks failed",
         }
     );
@@ -140,7 +163,7 @@ async fn check_postgres(pool: &selfrag_postgres::Pool, checks: &mut Checks) {
     let conn: Object = match pool.get().await {
         Ok(conn) => conn,
         Err(e) => {
-            checks.push(S, "connection", State::Unreachable, chain(&e));
+            checks.connection(S, &e);
             return;
         }
     };
@@ -224,7 +247,7 @@ async fn check_redis(config: &selfrag_redis::RedisConfig, checks: &mut Checks) -
     let mut conn = match pool.get().await {
         Ok(conn) => conn,
         Err(e) => {
-            checks.push(S, "connection", State::Unreachable, chain(&e));
+            checks.connection(S, &e);
             return Ok(());
         }
     };
@@ -232,7 +255,7 @@ async fn check_redis(config: &selfrag_redis::RedisConfig, checks: &mut Checks) -
     match pong {
         Ok(_) => checks.push(S, "connection", State::Ok, format!("PING ok, key prefix `{}`", config.key_prefix)),
         Err(e) => {
-            checks.push(S, "connection", State::Unreachable, chain(&e));
+            checks.connection(S, &e);
             return Ok(());
         }
     }
@@ -289,7 +312,117 @@ async fn check_redis(config: &selfrag_redis::RedisConfig, checks: &mut Checks) -
     } else {
         checks.push(S, "rate-limit TTLs", State::Fail, problems.join("; "));
     }
+    check_existing_buckets(&config.key_prefix, &mut conn, checks).await;
     Ok(())
+}
+
+/// At most this many keys are looked at by the scan of existing buckets, so
+/// a check every few minutes stays cheap on a large keyspace.
+const SCAN_LIMIT: usize = 10_000;
+
+/// `*`, `?`, `[`, `]` and `\` escaped for a Redis `MATCH` pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The window length (ms) of a bucket key
+/// `<prefix>{u:<user>}:rl:<scope>:<window_ms>:<bucket>`.
+fn window_of(key: &str) -> Option<i64> {
+    let mut parts = key.rsplitn(3, ':');
+    let bucket = parts.next()?;
+    let window = parts.next()?;
+    bucket.parse::<i64>().ok()?;
+    window.parse::<i64>().ok().filter(|w| *w > 0)
+}
+
+/// The rate-limit buckets the services wrote (not only the doctor's own):
+/// `SCAN` over `<prefix>{u:*}:rl:*` (at most [`SCAN_LIMIT`] keys), each
+/// must expire (PTTL not -1) within twice its window. A bucket without a
+/// TTL never goes away; one with a longer TTL outlives the policy.
+async fn check_existing_buckets(
+    prefix: &str,
+    conn: &mut selfrag_redis::deadpool_redis::Connection,
+    checks: &mut Checks,
+) {
+    const S: &str = "redis";
+    const CHECK: &str = "rate-limit keys";
+    let pattern = format!("{}{{u:*}}:rl:*", glob_escape(prefix));
+    let mut cursor: u64 = 0;
+    let mut keys: Vec<String> = Vec::new();
+    loop {
+        let page: redis::RedisResult<(u64, Vec<String>)> =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await;
+        match page {
+            Ok((next, found)) => {
+                keys.extend(found);
+                cursor = next;
+            }
+            Err(e) => return checks.push(S, CHECK, State::Fail, format!("SCAN {pattern}: {}", chain(&e))),
+        }
+        if cursor == 0 || keys.len() >= SCAN_LIMIT {
+            break;
+        }
+    }
+    let complete = cursor == 0;
+    keys.truncate(SCAN_LIMIT);
+    let mut problems = Vec::new();
+    let mut checked = 0usize;
+    for batch in keys.chunks(500) {
+        let mut pipe = redis::pipe();
+        for key in batch {
+            pipe.cmd("PTTL").arg(key);
+        }
+        let ttls: redis::RedisResult<Vec<i64>> = pipe.query_async(conn).await;
+        let ttls = match ttls {
+            Ok(ttls) => ttls,
+            Err(e) => return checks.push(S, CHECK, State::Fail, format!("PTTL: {}", chain(&e))),
+        };
+        for (key, ttl) in batch.iter().zip(ttls) {
+            let Some(window) = window_of(key) else {
+                problems.push(format!("{key} is not a bucket key `...:rl:<scope>:<window_ms>:<bucket>`"));
+                continue;
+            };
+            match ttl {
+                -2 => continue, // expired between SCAN and PTTL
+                -1 => problems.push(format!("{key} has no TTL (expected at most {}s)", 2 * window / 1000)),
+                ttl if ttl > 2 * window => {
+                    problems.push(format!("{key} has PTTL {ttl} ms, more than 2x its window ({} ms)", 2 * window))
+                }
+                _ => {}
+            }
+            checked += 1;
+        }
+    }
+    let scope = if complete { String::new() } else { format!(" (the first {SCAN_LIMIT}; the scan stops there)") };
+    if problems.is_empty() {
+        checks.push(
+            S,
+            CHECK,
+            State::Ok,
+            format!("{checked} bucket key(s) scanned{scope}, all expire within 2x their window"),
+        );
+    } else {
+        let shown = problems.len().min(5);
+        let more =
+            if problems.len() > shown { format!("; and {} more", problems.len() - shown) } else { String::new() };
+        checks.push(
+            S,
+            CHECK,
+            State::Fail,
+            format!(
+                "{} of {checked} bucket key(s){scope} wrong: {}{more}",
+                problems.len(),
+                problems[..shown].join("; ")
+            ),
+        );
+    }
 }
 
 async fn check_qdrant(
@@ -345,8 +478,11 @@ async fn check_qdrant(
     Ok(())
 }
 
-/// The directory must exist; with a configured spec the index is opened and
-/// its payload indexes listed, unless a running service holds its lock.
+/// The directory must look like an index (`wal/` and `segments/`, which the
+/// engine creates): opening anything else would create a new, empty index
+/// there and report it healthy. With a configured spec the index is opened
+/// and its payload indexes listed; an index a running service holds locked
+/// is reported as a warning, "not inspected", never as ok.
 async fn check_edge(path: &std::path::Path, spec: Option<selfrag_core::IndexSpec>, checks: &mut Checks) {
     const S: &str = "edge";
     match std::fs::metadata(path) {
@@ -354,15 +490,29 @@ async fn check_edge(path: &std::path::Path, spec: Option<selfrag_core::IndexSpec
         Ok(_) => return checks.push(S, "directory", State::Fail, format!("{} is not a directory", path.display())),
         Err(e) => return checks.push(S, "directory", State::Fail, format!("{}: {e}", path.display())),
     }
+    let missing: Vec<&str> = ["wal", "segments"].into_iter().filter(|d| !path.join(d).is_dir()).collect();
+    if !missing.is_empty() {
+        return checks.push(
+            S,
+            "directory",
+            State::Fail,
+            format!(
+                "{} is not an embedded index: no {} (empty, wrong or damaged directory)",
+                path.display(),
+                missing.iter().map(|d| format!("{d}/")).collect::<Vec<_>>().join(" or ")
+            ),
+        );
+    }
     let Some(spec) = spec else {
         checks.push(
             S,
             "directory",
             State::Ok,
-            format!("{} exists (set --vector-dimension to open it)", path.display()),
+            format!("{} holds wal/ and segments/ (set --vector-dimension to open it)", path.display()),
         );
         return;
     };
+    checks.push(S, "directory", State::Ok, format!("{} holds wal/ and segments/", path.display()));
     match EdgeIndex::open(path, spec, EdgeIndexConfig::default()).await {
         Ok(index) => {
             let stats = index.stats().await;
@@ -380,8 +530,8 @@ async fn check_edge(path: &std::path::Path, spec: Option<selfrag_core::IndexSpec
         Err(e) if e.kind() == selfrag_core::ErrorKind::Unavailable => checks.push(
             S,
             "index",
-            State::Ok,
-            format!("{} is open in a running process (locked); not inspected", path.display()),
+            State::Warn,
+            format!("not inspected: {} is open in a running process (locked)", path.display()),
         ),
         Err(e) => checks.push(S, "index", State::Fail, chain(&e)),
     }

@@ -4,7 +4,7 @@
 //! selfrag migrate up|status       apply / inspect the Postgres migrations
 //! selfrag doctor                  check a deployment (Postgres, Redis, Qdrant, embedded index)
 //! selfrag backup [all|postgres|qdrant|edge] [--table T]   a new run under --backup-dir
-//! selfrag verify [--run NAME] [--deep]                    sizes, SHA-256, pg_restore --list
+//! selfrag verify [--run NAME | --kind K] [--deep]         sizes, SHA-256, pg_restore --list
 //! selfrag restore postgres|qdrant|edge [--run NAME] ...   checked restore of one store
 //! selfrag prune [--keep-days 30] [--dry-run]              retention
 //! ```
@@ -31,10 +31,12 @@
 //! # Exit codes
 //! | code | meaning |
 //! | --- | --- |
-//! | 0 | ok: the operation succeeded, every check passed (skipped services do not count) |
-//! | 1 | a check or an operation failed (pending or edited migrations, a missing index, a wrong TTL, a corrupt backup, ...) |
-//! | 2 | usage or configuration error (unknown flag, missing `DATABASE_URL`, invalid URL) |
+//! | 0 | ok: the operation succeeded, every check passed (skipped services and warnings do not count) |
+//! | 1 | a check or an operation failed (pending or edited migrations, a missing index, a wrong TTL, a corrupt backup, a store of `backup` that failed, ...) |
+//! | 2 | usage or configuration error: unknown flag, missing `DATABASE_URL` (also for `backup all`), invalid URL, credentials the service rejected, `pg_dump`/`pg_restore` not installed |
 //! | 3 | a service was unreachable or timed out, and nothing else failed |
+//!
+//! With `--json`, usage errors clap finds are the one JSON document too.
 
 mod backup;
 mod cli;
@@ -46,13 +48,16 @@ mod output;
 use std::process::ExitCode;
 
 use clap::Parser;
+use serde_json::json;
 
 use crate::cli::{Cli, Command};
 use crate::output::{Exit, Failure, Out};
 
 fn main() -> ExitCode {
-    // Clap prints usage errors itself and exits with 2 (0 for --help).
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let out = Out { json: cli.global.json, quiet: cli.global.quiet };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -73,4 +78,26 @@ fn main() -> ExitCode {
         Err(failure) => out.fail(&failure),
     };
     exit.into()
+}
+
+/// A command line clap rejected (or `--help` / `--version`). Help and version
+/// go to stdout with exit 0; a usage error is exit 2, printed by clap, or
+/// with `--json` anywhere before a `--` as the one JSON document on stdout
+/// (the arguments did not parse, so the flag is looked for by hand).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let code = e.exit_code();
+    let json = std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
+    if code == 0 || !json {
+        // Printing to a closed pipe is not worth a second error.
+        let _ = e.print();
+        return ExitCode::from(u8::try_from(code).unwrap_or(Exit::Usage.code()));
+    }
+    let doc = json!({
+        "ok": false,
+        "exit_code": Exit::Usage.code(),
+        "outcome": Exit::Usage.name(),
+        "error": e.render().to_string().trim(),
+    });
+    println!("{doc:#}");
+    Exit::Usage.into()
 }

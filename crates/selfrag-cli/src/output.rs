@@ -90,13 +90,60 @@ impl fmt::Display for Failure {
     }
 }
 
-/// The exit code a library error maps to.
+/// The exit code a library error maps to: configuration problems (invalid
+/// input, rejected credentials, missing `pg_dump`/`pg_restore`) are 2, an
+/// unreachable or slow service 3, anything else 1.
 pub(crate) fn exit_of(err: &selfrag_core::Error) -> Exit {
+    if is_auth_failure(err) || is_missing_tool(err) {
+        return Exit::Usage;
+    }
     match err.kind() {
         ErrorKind::InvalidInput => Exit::Usage,
         ErrorKind::Unavailable | ErrorKind::Timeout => Exit::Unreachable,
         _ => Exit::Failed,
     }
+}
+
+/// Whether `err` (or one of its sources) says the service rejected our
+/// credentials: a configuration error, which retrying cannot fix. Postgres
+/// errors are recognised by their SQLSTATE class 28 (invalid authorization:
+/// a wrong password, an unknown role, no `pg_hba.conf` entry); Redis, Qdrant
+/// and the messages of `pg_dump`/`pg_restore` (which only reach us as text)
+/// by their wording.
+pub(crate) fn is_auth_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    const PHRASES: [&str; 9] = [
+        "password authentication failed",
+        "no password supplied",
+        "authentication failed",
+        "no pg_hba.conf entry",
+        "wrongpass",
+        "noauth",
+        "called without any password configured",
+        "unauthenticated",
+        "invalid api key",
+    ];
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(pg) = e.downcast_ref::<selfrag_postgres::tokio_postgres::Error>() {
+            if pg.code().is_some_and(|c| c.code().starts_with("28")) {
+                return true;
+            }
+        }
+        let text = e.to_string().to_lowercase();
+        if PHRASES.iter().any(|p| text.contains(p)) || (text.contains("role \"") && text.contains("does not exist")) {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Whether `err` is `selfrag-backup`'s "`pg_dump`/`pg_restore` not found":
+/// the installation is incomplete, a configuration error (2), not an outage.
+fn is_missing_tool(err: &selfrag_core::Error) -> bool {
+    let text = err.to_string();
+    (text.contains("pg_dump not found") || text.contains("pg_restore not found"))
+        && matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Backend | ErrorKind::Incompatible)
 }
 
 /// An error with its sources, `a: b: c`, skipping sources whose text the
@@ -185,5 +232,13 @@ mod tests {
             exit_of(&selfrag_core::Error::unavailable("redis", "down", std::io::Error::other("x"))),
             Exit::Unreachable
         );
+        let auth = std::io::Error::other("WRONGPASS invalid username-password pair");
+        assert_eq!(exit_of(&selfrag_core::Error::unavailable("redis", "connect", auth)), Exit::Usage);
+        let tool = selfrag_core::Error::Unavailable {
+            backend: "postgres",
+            message: "pg_dump not found: it is not on PATH".into(),
+            source: None,
+        };
+        assert_eq!(exit_of(&tool), Exit::Usage);
     }
 }

@@ -17,12 +17,14 @@ const TOOL_VARS: &[&str] = &[
     "REDIS_URL",
     "SELFRAG_REDIS_PREFIX",
     "QDRANT_URL",
+    "QDRANT_REST_URL",
     "QDRANT_API_KEY",
     "SELFRAG_QDRANT_COLLECTION",
     "SELFRAG_VECTOR_DIMENSION",
     "SELFRAG_VECTOR_DISTANCE",
     "SELFRAG_EDGE_PATH",
     "SELFRAG_BACKUP_DIR",
+    "SELFRAG_PG_BIN_DIR",
 ];
 
 struct Run {
@@ -440,9 +442,16 @@ async fn backup_and_restore_the_embedded_index() {
 
     let backups = dir.path().join("backups");
     let env = [("SELFRAG_BACKUP_DIR", backups.to_str().unwrap()), ("SELFRAG_EDGE_PATH", index_dir.to_str().unwrap())];
-    let backup = selfrag(&["backup", "--json"], &env);
-    assert_eq!(backup.code, 0, "`backup all` with only the embedded index configured: {backup:?}");
+    // `backup all` requires Postgres, the system of record: without
+    // DATABASE_URL it is a configuration error and writes nothing.
+    let all = selfrag(&["backup", "--json"], &env);
+    assert_eq!(all.code, 2, "`backup all` without DATABASE_URL: {all:?}");
+    assert!(all.json()["error"].as_str().unwrap().contains("DATABASE_URL"), "{all:?}");
+    assert!(!backups.exists() || std::fs::read_dir(&backups).unwrap().next().is_none(), "no run written");
+    let backup = selfrag(&["backup", "edge", "--json"], &env);
+    assert_eq!(backup.code, 0, "{backup:?}");
     assert_eq!(backup.json()["manifest"]["entries"][0]["kind"], "edge", "{backup:?}");
+    assert_eq!(backup.json()["requested"], "edge", "{backup:?}");
     assert_eq!(selfrag(&["verify"], &env).code, 0);
 
     // Into a non-empty directory: refused.
@@ -471,4 +480,190 @@ fn backup_usage_errors_exit_2() {
     assert_eq!(wrong_flag.code, 2, "{wrong_flag:?}");
     let no_run = selfrag(&["verify", "--run", "../etc"], &[("SELFRAG_BACKUP_DIR", "/tmp")]);
     assert_eq!(no_run.code, 2, "{no_run:?}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("20250101T000000Z.partial")).unwrap();
+    let env = [("SELFRAG_BACKUP_DIR", dir.path().to_str().unwrap())];
+    for args in [
+        &["verify", "--run", "20250101T000000Z.partial"][..],
+        &["restore", "edge", "--run", "20250101T000000Z.partial", "--edge-path", "/nonexistent/x"],
+    ] {
+        let partial = selfrag(args, &env);
+        assert_eq!(partial.code, 2, "an unfinished run is refused: {partial:?}");
+        assert!(partial.stderr.contains(".partial"), "{partial:?}");
+    }
+    let replace = selfrag(&["restore", "edge", "--replace"], &env);
+    assert_eq!(replace.code, 2, "{replace:?}");
+}
+
+#[test]
+fn usage_errors_with_json_are_one_json_document() {
+    for args in [&["--json"][..], &["doctor", "--json", "--no-such-flag"], &["--json", "backup", "redis"]] {
+        let run = selfrag(args, &[]);
+        assert_eq!(run.code, 2, "{run:?}");
+        let doc = run.json();
+        assert_eq!(doc["ok"], false);
+        assert_eq!(doc["exit_code"], 2);
+        assert_eq!(doc["outcome"], "usage");
+        assert!(!doc["error"].as_str().unwrap().is_empty(), "{doc:#}");
+    }
+    // After `--` it is an argument, not the flag: clap's own message.
+    let plain = selfrag(&["doctor", "--no-such-flag"], &[]);
+    assert_eq!(plain.code, 2);
+    assert!(plain.stdout.is_empty() && plain.stderr.contains("--no-such-flag"), "{plain:?}");
+    let help = selfrag(&["--json", "--help"], &[]);
+    assert_eq!(help.code, 0, "{help:?}");
+    assert!(help.stdout.contains("Usage"), "{help:?}");
+}
+
+#[test]
+fn missing_pg_tools_are_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let env = [
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+        ("SELFRAG_BACKUP_DIR", backups.to_str().unwrap()),
+        ("SELFRAG_PG_BIN_DIR", "/nonexistent/pg/bin"),
+    ];
+    let backup = selfrag(&["backup", "--json"], &env);
+    assert_eq!(backup.code, 2, "{backup:?}");
+    assert!(backup.json()["error"].as_str().unwrap().contains("pg_dump"), "{backup:?}");
+    assert!(!backups.exists() || std::fs::read_dir(&backups).unwrap().next().is_none(), "no run started");
+    let restore = selfrag(&["restore", "postgres", "--run", "20250101T000000Z"], &env);
+    assert_eq!(restore.code, 2, "{restore:?}");
+    assert!(restore.stderr.contains("pg_restore"), "{restore:?}");
+}
+
+/// The doctor never opens (and so never creates) an index in a directory
+/// without `wal/` and `segments/`, and reports a locked index as a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_edge_directory_checks() {
+    use selfrag_core::{Distance, IndexSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let run = selfrag(&["doctor", "--json", "--vector-dimension", "4", "--edge-path", empty.to_str().unwrap()], &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let doc = run.json();
+    assert_eq!(check(&doc, "edge", "directory")["state"], "fail", "{doc:#}");
+    assert!(std::fs::read_dir(&empty).unwrap().next().is_none(), "nothing created in the empty directory");
+    let no_dim = selfrag(&["doctor", "--json", "--edge-path", empty.to_str().unwrap()], &[]);
+    assert_eq!(no_dim.code, 1, "{no_dim:?}");
+
+    let index_dir = dir.path().join("index");
+    let spec = IndexSpec::new(4, Distance::Cosine).unwrap();
+    let index = selfrag_edge::EdgeIndex::open(&index_dir, spec, Default::default()).await.unwrap();
+    let args = ["doctor", "--json", "--vector-dimension", "4", "--edge-path", index_dir.to_str().unwrap()];
+    let locked = selfrag(&args, &[]);
+    assert_eq!(locked.code, 0, "a warning does not fail the doctor: {locked:?}");
+    let doc = locked.json();
+    assert_eq!(check(&doc, "edge", "index")["state"], "warn", "{doc:#}");
+    assert!(check(&doc, "edge", "index")["detail"].as_str().unwrap().contains("not inspected"), "{doc:#}");
+    index.close().await.unwrap();
+    let open = selfrag(&args, &[]);
+    assert_eq!(open.code, 0, "{open:?}");
+    assert_eq!(check(&open.json(), "edge", "index")["state"], "ok", "{open:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_credentials_exit_2() {
+    let Some(pg) = postgres().await else { return };
+    // The same server as a role that does not exist: SQLSTATE 28000.
+    let (scheme, rest) = pg.url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    let url = format!("{scheme}://no_such_role_{}@{host}", uuid::Uuid::new_v4().simple());
+    let status = selfrag(&["migrate", "status", "--json"], &[("DATABASE_URL", url.as_str())]);
+    assert_eq!(status.code, 2, "{status:?}");
+    assert_eq!(status.json()["outcome"], "usage");
+    let doctor = selfrag(&["doctor", "--json"], &[("DATABASE_URL", url.as_str())]);
+    assert_eq!(doctor.code, 2, "{doctor:?}");
+    assert_eq!(check(&doctor.json(), "postgres", "connection")["state"], "config", "{doctor:?}");
+    pg.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_scans_the_services_rate_limit_buckets() {
+    let Some(redis_server) = selfrag_testkit::servers::redis().await else { return };
+    let prefix = format!("clitest{}:", uuid::Uuid::new_v4().simple());
+    let env = [("REDIS_URL", redis_server.url.as_str()), ("SELFRAG_REDIS_PREFIX", prefix.as_str())];
+    let client = redis::Client::open(redis_server.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{prefix}{{u:{}}}:rl:chat:60000:29000000", uuid::Uuid::new_v4());
+    let _: () = redis::cmd("SET").arg(&key).arg(3).query_async(&mut conn).await.unwrap();
+
+    let no_ttl = selfrag(&["doctor", "--json"], &env);
+    assert_eq!(no_ttl.code, 1, "{no_ttl:?}");
+    let doc = no_ttl.json();
+    let keys = check(&doc, "redis", "rate-limit keys");
+    assert_eq!(keys["state"], "fail", "{doc:#}");
+    assert!(keys["detail"].as_str().unwrap().contains("no TTL"), "{doc:#}");
+    assert_eq!(check(&doc, "redis", "rate-limit TTLs")["state"], "ok", "the write check still runs: {doc:#}");
+
+    let _: () = redis::cmd("PEXPIRE").arg(&key).arg(1_000_000).query_async(&mut conn).await.unwrap();
+    let too_long = selfrag(&["doctor", "--json"], &env);
+    assert_eq!(too_long.code, 1, "{too_long:?}");
+    assert!(check(&too_long.json(), "redis", "rate-limit keys")["detail"].as_str().unwrap().contains("more than 2x"));
+
+    let _: () = redis::cmd("PEXPIRE").arg(&key).arg(100_000).query_async(&mut conn).await.unwrap();
+    let fine = selfrag(&["doctor", "--json"], &env);
+    assert_eq!(fine.code, 0, "{fine:?}");
+    let doc = fine.json();
+    assert!(check(&doc, "redis", "rate-limit keys")["detail"].as_str().unwrap().starts_with("1 bucket key"), "{doc:#}");
+    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+}
+
+/// A store that fails does not throw the others away; restore and verify
+/// without --run find the newest run holding what they need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_all_continues_past_a_failing_store() {
+    use selfrag_core::{Distance, IndexSpec};
+    let Some(pg) = postgres().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let index_dir = dir.path().join("index");
+    let backups = dir.path().join("backups");
+    let spec = IndexSpec::new(4, Distance::Cosine).unwrap();
+    selfrag_edge::EdgeIndex::open(&index_dir, spec, Default::default()).await.unwrap().close().await.unwrap();
+    let mut env = pg.env();
+    env.push(("SELFRAG_BACKUP_DIR", backups.to_str().unwrap()));
+    env.push(("SELFRAG_EDGE_PATH", index_dir.to_str().unwrap()));
+    assert_eq!(selfrag(&["migrate", "up", "-q"], &env).code, 0);
+
+    let edge_only = selfrag(&["backup", "edge", "--json"], &env);
+    assert_eq!(edge_only.code, 0, "{edge_only:?}");
+    let edge_run = edge_only.json()["dir"].as_str().unwrap().to_owned();
+
+    // The index is open: its backup fails (unreachable: exit 3), Postgres is
+    // still backed up and the run finished with it.
+    let index = selfrag_edge::EdgeIndex::open(&index_dir, spec, Default::default()).await.unwrap();
+    let all = selfrag(&["backup", "all", "--json"], &env);
+    assert_eq!(all.code, 3, "{all:?}");
+    let doc = all.json();
+    assert_eq!(doc["requested"], "all", "{doc:#}");
+    assert_eq!(doc["included"], serde_json::json!(["postgres", "edge"]), "{doc:#}");
+    assert_eq!(doc["skipped"][0]["store"], "qdrant", "{doc:#}");
+    assert_eq!(doc["failed"][0]["store"], "edge", "{doc:#}");
+    assert_eq!(doc["manifest"]["entries"].as_array().unwrap().len(), 1, "{doc:#}");
+    assert_eq!(doc["manifest"]["entries"][0]["kind"], "postgres", "{doc:#}");
+    let pg_run = doc["dir"].as_str().unwrap().to_owned();
+    assert!(std::path::Path::new(&pg_run).join("manifest.json").is_file(), "the run is finished");
+    index.close().await.unwrap();
+
+    // A store that fails for another reason (no index there): exit 1.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let failed = selfrag(&["backup", "-q", "--edge-path", empty.to_str().unwrap()], &env);
+    assert_eq!(failed.code, 1, "{failed:?}");
+    assert!(failed.stdout.contains("FAILED edge"), "{failed:?}");
+
+    // Without --run: the newest run holding the kind asked for.
+    let verify_edge = selfrag(&["verify", "--kind", "edge", "--json"], &env);
+    assert_eq!(verify_edge.code, 0, "{verify_edge:?}");
+    assert_eq!(verify_edge.json()["dir"], edge_run.as_str());
+    let restored = dir.path().join("restored");
+    let restore = selfrag(&["restore", "edge", "--json", "--edge-path", restored.to_str().unwrap()], &env);
+    assert_eq!(restore.code, 0, "{restore:?}");
+    assert_eq!(restore.json()["run"], edge_run.as_str(), "{restore:?}");
+    let verify_newest = selfrag(&["verify", "--json"], &env);
+    assert_eq!(verify_newest.code, 0, "{verify_newest:?}");
+    assert_ne!(verify_newest.json()["dir"], edge_run.as_str());
+    pg.drop_schema().await;
 }
