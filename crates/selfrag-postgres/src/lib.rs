@@ -43,8 +43,9 @@
 //!   `(user_id, timestamp desc, id desc)` index, newest first, with no sort;
 //!   pages are keyset-paginated on `(timestamp, id)`, so deep pages cost the
 //!   same as the first and concurrent appends never shift them.
-//! - **Batch appends** are one `INSERT ... SELECT FROM unnest(...)` statement:
-//!   one round trip, all rows or none. A taken id is [`Error::Conflict`]; an
+//! - **Batch appends** are one statement, all rows or none: `INSERT ... SELECT
+//!   FROM unnest(...)` (one round trip) up to 32 rows, binary `COPY ... FROM
+//!   STDIN` above that; a single `append` is a prepared single-row `INSERT`. A taken id is [`Error::Conflict`]; an
 //!   unknown user is [`Error::NotFound`] (`what = "user"`), from the foreign
 //!   key, with no extra lookup.
 //! - **Sessions** use the database clock; reads filter on

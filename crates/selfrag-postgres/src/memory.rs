@@ -10,19 +10,49 @@ use selfrag_core::{
 };
 use serde_json::Value;
 use time::OffsetDateTime;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{Json, ToSql, Type};
+use tokio_postgres::{Error as PgError, Row};
 use uuid::Uuid;
 
 use crate::{error, explain, users};
 
-const COLUMNS: &str = r#"id, user_id, "timestamp", type, content, meta_data"#;
+/// The stored columns, in the order every statement here lists them.
+macro_rules! columns {
+    () => {
+        r#"id, user_id, "timestamp", type, content, meta_data"#
+    };
+}
+
+const COLUMNS: &str = columns!();
+
+/// Their types, in the same order, for the binary `COPY` encoder (binary
+/// `COPY` has no type inference: each value must be sent in its column's
+/// wire format; `meta_data` is `jsonb`, whose format is a version byte then
+/// the JSON text, which the driver writes for [`Json`] when told `JSONB`).
+const COLUMN_TYPES: [Type; 6] = [Type::UUID, Type::UUID, Type::TIMESTAMPTZ, Type::VARCHAR, Type::TEXT, Type::JSONB];
+
+/// One row.
+const INSERT_ONE: &str = concat!("INSERT INTO memory_logs (", columns!(), ") VALUES ($1, $2, $3, $4, $5, $6)");
 
 // One statement over parallel arrays: one round trip for the whole batch,
 // and atomic like any single statement (all rows or none).
-const INSERT_BATCH: &str = r#"INSERT INTO memory_logs (id, user_id, "timestamp", type, content, meta_data)
+const INSERT_BATCH: &str = concat!(
+    "INSERT INTO memory_logs (",
+    columns!(),
+    r#")
 SELECT b.id, $1, b.ts, b.type, b.content, b.meta
-FROM unnest($2::uuid[], $3::timestamptz[], $4::varchar[], $5::text[], $6::jsonb[]) AS b(id, ts, type, content, meta)"#;
+FROM unnest($2::uuid[], $3::timestamptz[], $4::varchar[], $5::text[], $6::jsonb[]) AS b(id, ts, type, content, meta)"#
+);
+
+// Binary COPY skips the per-row executor work of INSERT; it is one statement
+// too, so a failing row (taken id, unknown user) writes nothing. Constraint
+// errors carry the same SQLSTATE and detail as for INSERT.
+const COPY_IN: &str = concat!("COPY memory_logs (", columns!(), ") FROM STDIN (FORMAT binary)");
+
+/// Batches above this many rows are written with [`COPY_IN`]; below it the
+/// `COPY` protocol's extra messages cost more than they save.
+const COPY_THRESHOLD: usize = 32;
 
 /// Memory logs in Postgres (`memory_logs`).
 ///
@@ -77,30 +107,54 @@ impl PostgresMemoryStore {
         Ok(BuiltQuery::new(UserId::from_uuid(Uuid::nil()), query).sql)
     }
 
-    /// Validates `logs` and writes them in one statement (one round trip,
-    /// all rows or none).
+    /// Validates `logs` and writes them in one statement (one round trip
+    /// for up to [`COPY_THRESHOLD`] rows; all rows or none).
     async fn insert_batch(&self, user: UserId, logs: &[NewMemoryLog]) -> Result<()> {
         // Everything is checked before anything is sent.
         validate_batch(logs)?;
-        let mut ids = Vec::with_capacity(logs.len());
-        let mut timestamps = Vec::with_capacity(logs.len());
-        let mut types = Vec::with_capacity(logs.len());
-        let mut contents = Vec::with_capacity(logs.len());
-        let mut metas = Vec::with_capacity(logs.len());
-        for log in logs {
-            ids.push(*log.id().as_uuid());
-            timestamps.push(log.timestamp());
-            types.push(log.kind().as_str());
-            contents.push(log.content());
-            metas.push(tokio_postgres::types::Json(log.metadata()));
-        }
         let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(INSERT_BATCH).await.map_err(error::pg)?;
-        conn.execute(&stmt, &[user.as_uuid(), &ids, &timestamps, &types, &contents, &metas])
-            .await
-            .map_err(|e| error::write(e, user, "memory log"))?;
-        Ok(())
+        let written = match logs {
+            [log] => {
+                let stmt = conn.prepare_cached(INSERT_ONE).await.map_err(error::pg)?;
+                let (id, ts, meta) = (*log.id().as_uuid(), log.timestamp(), Json(log.metadata()));
+                conn.execute(&stmt, &[&id, user.as_uuid(), &ts, &log.kind().as_str(), &log.content(), &meta]).await
+            }
+            _ if logs.len() > COPY_THRESHOLD => copy_batch(&conn, user, logs).await,
+            _ => {
+                let mut ids = Vec::with_capacity(logs.len());
+                let mut timestamps = Vec::with_capacity(logs.len());
+                let mut types = Vec::with_capacity(logs.len());
+                let mut contents = Vec::with_capacity(logs.len());
+                let mut metas = Vec::with_capacity(logs.len());
+                for log in logs {
+                    ids.push(*log.id().as_uuid());
+                    timestamps.push(log.timestamp());
+                    types.push(log.kind().as_str());
+                    contents.push(log.content());
+                    metas.push(Json(log.metadata()));
+                }
+                let stmt = conn.prepare_cached(INSERT_BATCH).await.map_err(error::pg)?;
+                conn.execute(&stmt, &[user.as_uuid(), &ids, &timestamps, &types, &contents, &metas]).await
+            }
+        };
+        written.map(|_| ()).map_err(|e| error::write(e, user, "memory log"))
     }
+}
+
+/// Streams `logs` through [`COPY_IN`]. Any error, whether raised while
+/// sending or reported when the copy ends, fails the whole statement.
+async fn copy_batch(conn: &Object, user: UserId, logs: &[NewMemoryLog]) -> std::result::Result<u64, PgError> {
+    let stmt = conn.prepare_cached(COPY_IN).await?;
+    let sink = conn.copy_in(&stmt).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
+    // Dropping the writer unfinished (an error below, or the caller giving
+    // up) aborts the copy, so nothing is written.
+    let mut writer = std::pin::pin!(writer);
+    for log in logs {
+        let (id, ts, meta) = (*log.id().as_uuid(), log.timestamp(), Json(log.metadata()));
+        writer.as_mut().write(&[&id, user.as_uuid(), &ts, &log.kind().as_str(), &log.content(), &meta]).await?;
+    }
+    writer.finish().await
 }
 
 /// The `SELECT` for a [`MemoryQuery`]: only the filters the query sets become
@@ -218,7 +272,7 @@ fn to_log(row: &Row) -> Result<MemoryLog> {
 #[async_trait]
 impl MemoryStore for PostgresMemoryStore {
     async fn append(&self, user: UserId, log: NewMemoryLog) -> Result<MemoryLog> {
-        // A batch of one: the same checks and the same single statement.
+        // A batch of one: the same checks; written with a single-row INSERT.
         self.insert_batch(user, std::slice::from_ref(&log)).await?;
         Ok(log.into_log(user))
     }
@@ -258,5 +312,74 @@ impl MemoryStore for PostgresMemoryStore {
             conn.prepare_cached("DELETE FROM memory_logs WHERE id = $1 AND user_id = $2").await.map_err(error::pg)?;
         let n = conn.execute(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)?;
         Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The `COPY` path's error mapping (the conformance suite's failing
+    //! batches are small, so they take the `INSERT` path).
+    use super::*;
+    use crate::{PostgresConfig, PostgresUserStore};
+    use selfrag_core::{ErrorKind, UserStore};
+
+    fn batch(n: usize) -> Vec<NewMemoryLog> {
+        let base = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("timestamp");
+        (0..n)
+            .map(|i| {
+                let meta = serde_json::json!({ "i": i, "tag": "copy \u{e9}" });
+                NewMemoryLog::new("fact", format!("row {i}"))
+                    .and_then(|l| l.with_metadata(meta))
+                    .expect("log")
+                    .at(base + time::Duration::seconds(i64::try_from(i).expect("small")))
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn copy_batches_are_atomic_and_map_errors() {
+        let Some(server) = selfrag_testkit::servers::postgres().await else { return };
+        let schema = format!("t_{}", Uuid::new_v4().simple());
+        let (admin, connection) = tokio_postgres::connect(&server.url, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
+        let pool = PostgresConfig::with_url(&server.url).schema(&schema).max_connections(2).build().expect("pool");
+        crate::migrate(&pool).await.expect("migrate");
+        let (store, users) = (PostgresMemoryStore::new(pool.clone()), PostgresUserStore::new(pool));
+        let user = users.create_user().await.expect("user");
+        let n = COPY_THRESHOLD * 3;
+        let count = || async {
+            let q = format!("SELECT count(*) FROM {schema}.memory_logs");
+            admin.query_one(&q, &[]).await.expect("count").get::<_, i64>(0)
+        };
+
+        // Unknown user: NotFound, nothing written.
+        let err = store.append_batch(UserId::new(), batch(n)).await.expect_err("unknown user");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+        assert_eq!(count().await, 0);
+
+        // Success: the returned logs are what is stored, metadata included.
+        let stored = store.append_batch(user, batch(n)).await.expect("copy batch");
+        assert_eq!(stored.len(), n);
+        assert_eq!(count().await, i64::try_from(n).expect("small"));
+        for log in [&stored[0], &stored[n - 1]] {
+            assert_eq!(store.get(user, log.id).await.expect("get").as_ref(), Some(log));
+        }
+
+        // One taken id in the middle: Conflict naming it, nothing written.
+        let mut again = batch(n);
+        let taken = stored[n / 2].id;
+        again[n / 2] = again.remove(n / 2).with_id(taken);
+        match store.append_batch(user, again).await {
+            Err(Error::Conflict { what, id }) => {
+                assert_eq!((what, id), ("memory log", taken.to_string()));
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(count().await, i64::try_from(n).expect("small"));
+
+        // The connection is usable after a failed copy.
+        store.append_batch(user, batch(n)).await.expect("copy after a failure");
+        admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
     }
 }
