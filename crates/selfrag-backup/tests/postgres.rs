@@ -151,6 +151,25 @@ async fn restore_drill_users_sessions_memory_logs() {
 }
 
 /// Copies a finished run directory.
+/// A populated schema, backed up into a new run (with `tune` applied to the
+/// backup settings) and then dropped: the starting point of the refusal tests.
+/// Returns the backup root (keep it alive) and the finished run's directory.
+async fn backed_up_then_dropped(
+    url: &str,
+    admin: &Client,
+    users: usize,
+    logs: usize,
+    tune: impl FnOnce(PostgresBackup) -> PostgresBackup,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let schema = populated_schema(url, users, logs).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut run = BackupRun::begin(root.path()).unwrap();
+    backup_postgres(&mut run, &tune(PostgresBackup::new(url).schema(&schema))).await.unwrap();
+    let dir = run.finish().unwrap().dir;
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    (root, dir)
+}
+
 fn copy_run(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -164,12 +183,7 @@ async fn corrupt_and_truncated_archives_are_refused_before_the_target_is_touched
     let Some(server) = selfrag_testkit::servers::postgres().await else { return };
     let url = server.url.clone();
     let admin = connect(&url).await;
-    let schema = populated_schema(&url, 2, 30).await;
-    let root = tempfile::tempdir().unwrap();
-    let mut run = BackupRun::begin(root.path()).unwrap();
-    backup_postgres(&mut run, &PostgresBackup::new(&url).schema(&schema)).await.unwrap();
-    let good = run.finish().unwrap().dir;
-    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    let (_root, good) = backed_up_then_dropped(&url, &admin, 2, 30, |b| b).await;
 
     let damaged = tempfile::tempdir().unwrap();
     let flipped = damaged.path().join("flipped");
@@ -294,12 +308,7 @@ async fn a_garbled_archive_with_a_matching_checksum_is_still_refused() {
     let Some(server) = selfrag_testkit::servers::postgres().await else { return };
     let url = server.url.clone();
     let admin = connect(&url).await;
-    let schema = populated_schema(&url, 4, 300).await;
-    let root = tempfile::tempdir().unwrap();
-    let mut run = BackupRun::begin(root.path()).unwrap();
-    backup_postgres(&mut run, &PostgresBackup::new(&url).schema(&schema)).await.unwrap();
-    let good = run.finish().unwrap().dir;
-    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    let (_root, good) = backed_up_then_dropped(&url, &admin, 4, 300, |b| b).await;
 
     let damaged = tempfile::tempdir().unwrap();
     let garbled = damaged.path().join("20250101T000000Z");
@@ -331,18 +340,13 @@ async fn a_database_created_for_a_failed_restore_is_dropped() {
     let Some(server) = selfrag_testkit::servers::postgres().await else { return };
     let url = server.url.clone();
     let admin = connect(&url).await;
-    let schema = populated_schema(&url, 2, 10).await;
-    let root = tempfile::tempdir().unwrap();
-    let mut run = BackupRun::begin(root.path()).unwrap();
-    backup_postgres(&mut run, &PostgresBackup::new(&url).schema(&schema).table("memory_logs")).await.unwrap();
-    let done = run.finish().unwrap();
-    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    let (_root, done_dir) = backed_up_then_dropped(&url, &admin, 2, 10, |b| b.table("memory_logs")).await;
 
     // A table archive needs its schema (and `users`) in the target: in a
     // brand-new database, pg_restore fails after the database was created.
     let db = restore_db_name();
     let opts = PostgresRestore::new(&url).database(&db).create_database(true);
-    let err = restore_postgres(&done.dir, None, &opts).await.unwrap_err();
+    let err = restore_postgres(&done_dir, None, &opts).await.unwrap_err();
     let exists = database_exists(&admin, &db).await;
     drop_database(&admin, &db).await;
     assert!(matches!(err, Error::Backend { .. }), "pg_restore failed: {err}");

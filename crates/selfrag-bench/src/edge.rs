@@ -8,9 +8,9 @@ use selfrag_core::{ChunkId, Distance, IndexSpec, SearchRequest, Tenant, VectorIn
 use selfrag_edge::{Durability, EdgeIndex, EdgeIndexConfig};
 use serde_json::json;
 
-use crate::data::{filter, normalize, Clustered};
 use crate::measure::{compare, op, round, Res, Row};
 use crate::Plan;
+use selfrag_testkit::data::{filter, normalize, Clustered};
 
 const DIM: usize = 384;
 

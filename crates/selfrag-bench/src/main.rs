@@ -33,7 +33,6 @@
 //! (its build time), so a reused table gives the same 50-row pages. Appends go
 //! to schema `selfrag_bench_writes`, truncated before and after.
 
-mod data;
 mod edge;
 mod measure;
 mod pg;

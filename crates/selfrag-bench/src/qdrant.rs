@@ -11,9 +11,9 @@ use selfrag_core::{Chunk, Distance, IndexSpec, SearchRequest, Tenant, VectorInde
 use selfrag_qdrant::QdrantIndexConfig;
 use serde_json::Value;
 
-use crate::data::{filter, Clustered};
 use crate::measure::{compare, op, Res, Row};
 use crate::Plan;
+use selfrag_testkit::data::{filter, Clustered};
 
 const DIM: usize = 384;
 const BATCH: usize = 256;

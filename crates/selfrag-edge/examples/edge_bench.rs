@@ -7,63 +7,21 @@
 //! EDGE_BENCH_N=20000 EDGE_BENCH_QUERIES=300 cargo run --release -p selfrag-edge --example edge_bench
 //! ```
 //!
-//! Data (deterministic, seeded splitmix64 + Box-Muller): `EDGE_BENCH_N`
-//! (default 100,000) vectors of dimension `EDGE_BENCH_DIM` (default 384) in
-//! 1,000 clusters: centroid components ~ N(0, 1), each point = a centroid +
-//! N(0, 0.5²) noise per component; cosine distance. Payload: `document_type`
-//! one of pdf/markdown/html, one tag of a/b/c/d. The filtered query is
-//! `document_type == pdf AND tags any_of [a, b]` (1/6 of the points). Queries
-//! are fresh points drawn the same way (not in the index). Exact results come
+//! Data: `EDGE_BENCH_N` (default 100,000) vectors of dimension
+//! `EDGE_BENCH_DIM` (default 384) from `selfrag_testkit::data::Clustered`
+//! (1,000 clusters, seeded; described there), cosine distance; the filtered
+//! query is `selfrag_testkit::data::filter()` (1/6 of the points). Queries are
+//! fresh points drawn the same way (not in the index). Exact results come
 //! from a brute-force scan in this process.
 
 use std::time::{Duration, Instant};
 
-use selfrag_core::{Chunk, ChunkId, Distance, Field, Filter, IndexSpec, SearchRequest, Tenant, VectorIndex};
+use selfrag_core::{ChunkId, Distance, Filter, IndexSpec, SearchRequest, Tenant, VectorIndex};
 use selfrag_edge::{Durability, EdgeIndex, EdgeIndexConfig};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        // 53 random bits in (0, 1].
-        #[allow(clippy::cast_precision_loss)]
-        let u = ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
-        u
-    }
-
-    fn gauss(&mut self) -> f32 {
-        let (u1, u2) = (self.unit(), self.unit());
-        #[allow(clippy::cast_possible_truncation)]
-        let g = ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32;
-        g
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next_u64() % n as u64).unwrap_or(0)
-    }
-}
-
-const CLUSTERS: usize = 1_000;
-const NOISE: f32 = 0.5;
-const TYPES: [&str; 3] = ["pdf", "markdown", "html"];
-const TAGS: [&str; 4] = ["a", "b", "c", "d"];
+use selfrag_testkit::data::{filter, normalize, Clustered, CLUSTERS, NOISE};
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn normalize(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -74,11 +32,6 @@ struct Point {
     id: ChunkId,
     vector: Vec<f32>,
     pdf_ab: bool,
-}
-
-fn sample(rng: &mut Rng, centroids: &[Vec<f32>]) -> Vec<f32> {
-    let c = &centroids[rng.below(centroids.len())];
-    c.iter().map(|x| x + NOISE * rng.gauss()).collect()
 }
 
 /// Exact top-10 ids by cosine, over the points passing `keep`.
@@ -144,8 +97,7 @@ async fn main() -> selfrag_core::Result<()> {
     let batch = 1_000;
     println!("edge_bench: {n} points x {dim} dims, {CLUSTERS} clusters (noise sigma {NOISE}), cosine, {nq} queries");
 
-    let mut rng = Rng(0x5E1F_4A6D_2024_0001);
-    let centroids: Vec<Vec<f32>> = (0..CLUSTERS).map(|_| (0..dim).map(|_| rng.gauss()).collect()).collect();
+    let mut data = Clustered::new(dim, 0x5E1F_4A6D_2024_0001);
     let tenant = Tenant::new("bench")?;
     let dir = tempfile::tempdir().map_err(|e| selfrag_core::Error::backend("bench", "tempdir", false, e))?;
     let spec = IndexSpec::new(dim, Distance::Cosine)?;
@@ -158,14 +110,10 @@ async fn main() -> selfrag_core::Result<()> {
     for start in (0..n).step_by(batch) {
         let mut chunks = Vec::with_capacity(batch);
         for i in start..(start + batch).min(n) {
-            let vector = sample(&mut rng, &centroids);
-            let (ty, tag) = (TYPES[rng.below(TYPES.len())], TAGS[rng.below(TAGS.len())]);
-            let chunk = Chunk::new(format!("doc-{}", i / 20), u32::try_from(i % 20).unwrap_or(0), "t", vector.clone())
-                .document_type(ty)
-                .tags([tag]);
-            let mut normed = vector;
+            let (chunk, pdf_ab) = data.chunk(i);
+            let mut normed = chunk.vector.clone();
             normalize(&mut normed);
-            points.push(Point { id: chunk.id, vector: normed, pdf_ab: ty == "pdf" && (tag == "a" || tag == "b") });
+            points.push(Point { id: chunk.id, vector: normed, pdf_ab });
             chunks.push(chunk);
         }
         index.upsert(&tenant, chunks).await?;
@@ -178,13 +126,13 @@ async fn main() -> selfrag_core::Result<()> {
     index.flush().await?;
     println!("flush: {:.2} s", t.elapsed().as_secs_f64());
 
-    let filter = Filter::all([Filter::eq(Field::DocumentType, "pdf"), Filter::any_of(Field::Tags, ["a", "b"])]);
+    let filter = filter();
     let matching = points.iter().filter(|p| p.pdf_ab).count();
     #[allow(clippy::cast_precision_loss)]
     let share = 100.0 * matching as f64 / n as f64;
     println!("filter matches {matching} points ({share:.1}%)");
 
-    let queries: Vec<Vec<f32>> = (0..nq).map(|_| sample(&mut rng, &centroids)).collect();
+    let queries: Vec<Vec<f32>> = (0..nq).map(|_| data.vector()).collect();
     let t = Instant::now();
     let truth_f: Vec<_> = queries.iter().map(|q| exact_top(&points, q, 10, true)).collect();
     let truth_u: Vec<_> = queries.iter().map(|q| exact_top(&points, q, 10, false)).collect();

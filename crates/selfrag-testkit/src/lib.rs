@@ -62,6 +62,7 @@ use selfrag_core::{
 
 #[macro_use]
 mod util;
+pub mod data;
 mod macros;
 pub mod memory;
 pub mod ratelimit;
