@@ -1,5 +1,5 @@
 //! The embedded row: `EdgeIndex::search` with a filter against an exact scan
-//! of the same vectors in this process, on clustered data (see [`crate::data`]).
+//! of the same vectors in this process, on clustered data (see [`selfrag_testkit::data`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
