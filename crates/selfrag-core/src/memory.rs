@@ -144,6 +144,13 @@ pub struct NewMemoryLog {
     kind: MemoryType,
     content: String,
     metadata: Map<String, Value>,
+    /// The metadata's size as compact JSON, measured when it was checked
+    /// (batches are size-checked without serializing every log again).
+    #[serde(skip)]
+    metadata_bytes: usize,
+    // RFC 3339, as `RawNewMemoryLog` reads it back (and as `MemoryLog` writes
+    // it).
+    #[serde(with = "time::serde::rfc3339")]
     timestamp: OffsetDateTime,
 }
 
@@ -196,6 +203,7 @@ impl NewMemoryLog {
             kind,
             content,
             metadata: Map::new(),
+            metadata_bytes: 2,
             timestamp: to_micros(OffsetDateTime::now_utc()),
         })
     }
@@ -206,7 +214,7 @@ impl NewMemoryLog {
     /// [`Error::InvalidInput`] (`metadata`) for a non-object, NUL bytes, more
     /// than 64 KiB or more than 32 levels of nesting.
     pub fn with_metadata(mut self, metadata: Value) -> Result<Self> {
-        self.metadata = validate::json_object("metadata", metadata)?;
+        (self.metadata, self.metadata_bytes) = validate::json_object_sized("metadata", metadata)?;
         Ok(self)
     }
 
@@ -581,7 +589,7 @@ pub fn validate_batch(logs: &[NewMemoryLog]) -> Result<()> {
     for (i, log) in logs.iter().enumerate() {
         check_timestamp("timestamp", log.timestamp)
             .map_err(|e| Error::invalid(format!("logs[{i}].timestamp"), e.to_string()))?;
-        bytes += log.content.len() + serde_json::to_vec(&log.metadata).map(|v| v.len()).unwrap_or(0);
+        bytes += log.content.len() + log.metadata_bytes;
     }
     if bytes > MAX_BATCH_BYTES {
         return Err(Error::invalid(
@@ -670,6 +678,26 @@ mod tests {
         assert_eq!(validate_batch(&[old]).unwrap_err().field(), Some("logs[0].timestamp"));
         let ancient = time::macros::datetime!(-5000-01-01 00:00 UTC);
         assert_eq!(MemoryQuery::new().since(ancient).validate().unwrap_err().field(), Some("since"));
+    }
+
+    #[test]
+    fn batch_byte_limit_counts_metadata() {
+        // 63 logs of 1 MiB of content leave 1 MiB under the cap; metadata of
+        // 60 KiB each (3.7 MiB together) pushes the batch over it.
+        let big = "x".repeat(NewMemoryLog::MAX_CONTENT_BYTES);
+        let meta = json!({"pad": "m".repeat(60 * 1024)});
+        let plain: Vec<_> = (0..63).map(|_| NewMemoryLog::new("fact", big.clone()).unwrap()).collect();
+        assert!(validate_batch(&plain).is_ok());
+        let with_meta: Vec<_> = plain.iter().cloned().map(|l| l.with_metadata(meta.clone()).unwrap()).collect();
+        let err = validate_batch(&with_meta).unwrap_err();
+        assert_eq!(err.field(), Some("logs"), "{err}");
+        let want = 63 * (NewMemoryLog::MAX_CONTENT_BYTES + serde_json::to_vec(&meta).unwrap().len());
+        assert!(err.to_string().contains(&format!("holds {want} bytes")), "{err}");
+        // Logs read from JSON are measured the same way.
+        let text = serde_json::to_string(&with_meta).unwrap();
+        let parsed: Vec<NewMemoryLog> = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, with_meta);
+        assert_eq!(validate_batch(&parsed).unwrap_err().to_string(), err.to_string());
     }
 
     #[test]

@@ -86,7 +86,7 @@ fn check_ttl(ttl: Duration) -> Result<()> {
 /// # Errors
 /// [`Error::InvalidInput`] (`data`).
 pub fn validate_data(data: &Map<String, Value>) -> Result<()> {
-    validate::json_map("data", data)
+    validate::json_map("data", data).map(|_| ())
 }
 
 /// A live session.

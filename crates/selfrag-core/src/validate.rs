@@ -26,23 +26,50 @@ pub(crate) fn text(field: impl Into<Cow<'static, str>>, value: &str, max: usize)
 /// Checks that `value` is a JSON object within the size and depth limits,
 /// with no NUL byte in any key or string, and returns the object.
 pub(crate) fn json_object(field: &'static str, value: Value) -> Result<Map<String, Value>> {
+    json_object_sized(field, value).map(|(map, _)| map)
+}
+
+/// [`json_object`], also returning the object's size as compact JSON.
+pub(crate) fn json_object_sized(field: &'static str, value: Value) -> Result<(Map<String, Value>, usize)> {
     match value {
         Value::Object(map) => {
-            json_map(field, &map)?;
-            Ok(map)
+            let size = json_map(field, &map)?;
+            Ok((map, size))
         }
         other => Err(Error::invalid(field, format!("must be a JSON object, got {}", json_type(&other)))),
     }
 }
 
-/// The checks of [`json_object`] on a map the caller already has.
-pub(crate) fn json_map(field: &'static str, map: &Map<String, Value>) -> Result<()> {
+/// The checks of [`json_object`] on a map the caller already has; returns
+/// the map's size as compact JSON.
+pub(crate) fn json_map(field: &'static str, map: &Map<String, Value>) -> Result<usize> {
     walk(field, map, 1)?;
-    let size = serde_json::to_vec(map).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = json_size(map);
     if size > MAX_JSON_BYTES {
         return Err(Error::invalid(field, format!("is {size} bytes as JSON, the limit is {MAX_JSON_BYTES}")));
     }
-    Ok(())
+    Ok(size)
+}
+
+/// The size of `map` as compact JSON, counted without building the text.
+pub(crate) fn json_size(map: &Map<String, Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a `Map` of `Value`s cannot fail (string keys, finite
+    // numbers) and the writer never does.
+    match serde_json::to_writer(&mut count, map) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 fn walk(field: &'static str, map: &Map<String, Value>, depth: usize) -> Result<()> {
@@ -108,5 +135,24 @@ mod tests {
             deep = json!({ "d": deep });
         }
         assert!(json_object("metadata", deep).is_err());
+    }
+
+    #[test]
+    fn json_size_is_the_compact_text_length() {
+        for v in [
+            json!({}),
+            json!({"a": 1}),
+            json!({"quote\"": "line\nbreak \u{e9} \u{1F600}", "n": [1.5, -2, null, true], "o": {"p": {}}}),
+            json!({"big": "x".repeat(10_000)}),
+        ] {
+            let map = v.as_object().unwrap();
+            assert_eq!(json_size(map), serde_json::to_vec(map).unwrap().len(), "{v}");
+            let (_, sized) = json_object_sized("metadata", v.clone()).unwrap();
+            assert_eq!(sized, json_size(map));
+        }
+        // The just-too-large object is measured without building its text.
+        let too_big = json!({"a": "x".repeat(MAX_JSON_BYTES)});
+        let err = json_object_sized("metadata", too_big).unwrap_err();
+        assert!(err.to_string().contains(&format!("{} bytes", MAX_JSON_BYTES + 8)), "{err}");
     }
 }
