@@ -83,7 +83,8 @@ impl RedisSessionStore {
     /// The key of session `id` of `user`: `<prefix>{u:<user>}:s:<id>`, a hash
     /// with fields `created_ms`, `last_ms`, `ttl_ms` and `data`.
     pub fn session_key(&self, user: UserId, id: SessionId) -> String {
-        format!("{}:s:{id}", self.handle.user_stem(user))
+        // One allocation: this is on the path of every read.
+        format!("{}{{u:{user}}}:s:{id}", self.handle.prefix())
     }
 
     /// The key of `user`'s session index: `<prefix>{u:<user>}:sessions`, a
