@@ -4,33 +4,40 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use selfrag_core::{ChunkId, Distance, IndexSpec, SearchRequest, Tenant, VectorIndex};
+use selfrag_core::{ChunkId, Distance, Field, Filter, IndexSpec, SearchRequest, Tenant, VectorIndex};
 use selfrag_edge::{Durability, EdgeIndex, EdgeIndexConfig};
 use serde_json::json;
 
 use crate::measure::{compare, op, round, Res, Row};
 use crate::Plan;
-use selfrag_testkit::data::{filter, normalize, Clustered};
+use selfrag_testkit::data::{filter, normalize, Clustered, Corpus};
 
 const DIM: usize = 384;
 
-/// The exact scan's data: normalized vectors, flat, and the filter's verdict
-/// per point (evaluated once up front, which flatters the scan).
+/// The filters of the embedded rows: (label, filter).
+fn filters() -> [(&'static str, Filter); 2] {
+    [("pdf AND tag a|b, 1/6", filter()), ("pdf, 1/3", Filter::eq(Field::DocumentType, "pdf"))]
+}
+
+/// The exact scan's data: normalized vectors, flat, and each filter's
+/// verdict per point, in the order of [`filters`] (evaluated once up front,
+/// which flatters the scan).
 struct Exact {
     vectors: Vec<f32>,
     ids: Vec<ChunkId>,
-    matches: Vec<bool>,
+    matches: [Vec<bool>; 2],
 }
 
 impl Exact {
-    /// Top `k` ids by cosine among matching points.
-    fn top(&self, q: &[f32], k: usize) -> Vec<ChunkId> {
+    /// Top `k` ids by cosine among the points filter `f` matches.
+    fn top(&self, f: usize, q: &[f32], k: usize) -> Vec<ChunkId> {
+        let matches = &self.matches[f];
         let mut qn = q.to_vec();
         normalize(&mut qn);
         // A sorted top-k buffer: k is 10, so insertion beats a heap.
         let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
         for (i, v) in self.vectors.chunks_exact(DIM).enumerate() {
-            if !self.matches[i] {
+            if !matches[i] {
                 continue;
             }
             let s = dot(v, &qn);
@@ -59,17 +66,71 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-pub(crate) async fn run(plan: &Plan, rows: &mut Vec<Row>) -> Res<()> {
+/// A data set of the embedded row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dataset {
+    /// [`Corpus`]: topics, documents and chunks on a low-dimensional latent
+    /// space (the headline row).
+    Corpus,
+    /// [`Clustered`]: 1,000 isolated islands of isotropic noise (a stress
+    /// case for filtered graph search).
+    Islands,
+}
+
+impl Dataset {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Corpus => "corpus",
+            Self::Islands => "islands",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Corpus => {
+                "corpus: 100 topics, 20-chunk documents, 32-dim latent space (selfrag_testkit::data::Corpus)"
+            }
+            Self::Islands => "islands: 1,000 clusters, isotropic noise sigma 0.5 (selfrag_testkit::data::Clustered)",
+        }
+    }
+}
+
+enum Gen {
+    Corpus(Corpus),
+    Islands(Clustered),
+}
+
+impl Gen {
+    fn chunk(&mut self, i: usize) -> (selfrag_core::Chunk, bool) {
+        match self {
+            Self::Corpus(g) => g.chunk(i),
+            Self::Islands(g) => g.chunk(i),
+        }
+    }
+
+    fn query(&mut self) -> Vec<f32> {
+        match self {
+            Self::Corpus(g) => g.query(),
+            Self::Islands(g) => g.vector(),
+        }
+    }
+}
+
+pub(crate) async fn run(plan: &Plan, dataset: Dataset, rows: &mut Vec<Row>) -> Res<()> {
     let (n, nq) = if plan.quick { (10_000, 200) } else { (100_000, 1_000) };
-    println!("edge: {n} clustered vectors x {DIM} (1,000 clusters, noise sigma 0.5), cosine, {nq} queries");
-    let mut gen = Clustered::new(DIM, 0x5E1F_4A6D_2024_0001);
+    println!("edge: {n} vectors x {DIM}, {}, cosine, {nq} queries", dataset.describe());
+    let mut gen = match dataset {
+        Dataset::Corpus => Gen::Corpus(Corpus::new(DIM, 0x5E1F_C0B9_2026_0001)),
+        Dataset::Islands => Gen::Islands(Clustered::new(DIM, 0x5E1F_4A6D_2024_0001)),
+    };
     let tenant = Tenant::new("bench")?;
     let dir = tempfile::tempdir()?;
     let spec = IndexSpec::new(DIM, Distance::Cosine)?;
     let base = EdgeIndexConfig::default().durability(Durability::OnClose).optimize_after_points(None);
     let index = Arc::new(EdgeIndex::open(dir.path().join("index"), spec, base.clone()).await?);
 
-    let mut exact = Exact { vectors: Vec::with_capacity(n * DIM), ids: Vec::with_capacity(n), matches: Vec::new() };
+    let mut exact =
+        Exact { vectors: Vec::with_capacity(n * DIM), ids: Vec::with_capacity(n), matches: [Vec::new(), Vec::new()] };
     let build = Instant::now();
     let mut upsert_s = 0.0;
     for start in (0..n).step_by(1_000) {
@@ -80,7 +141,8 @@ pub(crate) async fn run(plan: &Plan, rows: &mut Vec<Row>) -> Res<()> {
             normalize(&mut v);
             exact.vectors.extend(v);
             exact.ids.push(chunk.id);
-            exact.matches.push(m);
+            exact.matches[0].push(m);
+            exact.matches[1].push(chunk.payload.document_type == "pdf");
             chunks.push(chunk);
         }
         let t = Instant::now();
@@ -93,63 +155,63 @@ pub(crate) async fn run(plan: &Plan, rows: &mut Vec<Row>) -> Res<()> {
     let build_s = upsert_s + optimize_s;
     println!("edge: index built in {build_s:.1} s (upsert {upsert_s:.1} s + HNSW optimize {optimize_s:.1} s; wall incl. data generation {:.1} s)", build.elapsed().as_secs_f64());
 
-    let queries: Arc<Vec<Vec<f32>>> = Arc::new((0..nq).map(|_| gen.vector()).collect());
+    let queries: Arc<Vec<Vec<f32>>> = Arc::new((0..nq).map(|_| gen.query()).collect());
     let exact = Arc::new(exact);
-    let truth: Vec<Vec<ChunkId>> = queries.iter().map(|q| exact.top(q, 10)).collect();
+    let truth: Vec<Vec<Vec<ChunkId>>> =
+        (0..filters().len()).map(|f| queries.iter().map(|q| exact.top(f, q, 10)).collect()).collect();
     let path = dir.path().join("index");
     if let Ok(index) = Arc::try_unwrap(index) {
         index.close().await?;
     }
-    // The adapter's defaults first (ACORN on, Qdrant's default ef), then the
+    // The adapter's defaults first (ACORN on, the engine's default ef), then
     // other settings EdgeIndexConfig offers, each reopened on the same data.
-    let variants: [(&str, Option<usize>, bool); 4] = [
-        ("default config: acorn on", None, true),
-        ("acorn on, ef 32", Some(32), true),
-        ("acorn off", None, false),
-        ("acorn off, ef 256", Some(256), false),
-    ];
+    let variants: [(&str, Option<usize>, bool); 3] =
+        [("default: acorn on", None, true), ("acorn on, ef 32", Some(32), true), ("acorn off, ef 64", Some(64), false)];
+    let size = if plan.quick { format!("QUICK: {n} x {DIM}") } else { format!("{n} x {DIM}") };
+    let label = dataset.label();
     for (name, ef, acorn) in variants {
         let config = base.clone().search_ef(ef).acorn(acorn);
         let index = Arc::new(EdgeIndex::open(&path, spec, config).await?);
-        let (mut hit, mut total) = (0usize, 0usize);
-        for (q, want) in queries.iter().zip(&truth) {
-            let got = index.search(&tenant, &SearchRequest::new(q.clone(), 10).filter(filter())).await?;
-            total += want.len();
-            hit += got.iter().filter(|h| want.contains(&h.id)).count();
-        }
-        #[allow(clippy::cast_precision_loss)]
-        let recall = hit as f64 / total.max(1) as f64;
+        for (f, (filter_label, filter)) in filters().into_iter().enumerate() {
+            let (mut hit, mut total) = (0usize, 0usize);
+            for (q, want) in queries.iter().zip(&truth[f]) {
+                let got = index.search(&tenant, &SearchRequest::new(q.clone(), 10).filter(filter.clone())).await?;
+                total += want.len();
+                hit += got.iter().filter(|h| want.contains(&h.id)).count();
+            }
+            #[allow(clippy::cast_precision_loss)]
+            let recall = hit as f64 / total.max(1) as f64;
 
-        let (ix, q, t) = (index.clone(), queries.clone(), tenant.clone());
-        let ours = op(move |i| {
-            let (ix, q, t) = (ix.clone(), q.clone(), t.clone());
-            async move {
-                let v = q[usize::try_from(i).unwrap_or(0) % q.len()].clone();
-                ix.search(&t, &SearchRequest::new(v, 10).filter(filter())).await?;
-                Ok(())
-            }
-        });
-        let (ex, q) = (exact.clone(), queries.clone());
-        let raw = op(move |i| {
-            let (ex, q) = (ex.clone(), q.clone());
-            async move {
-                let top = ex.top(&q[usize::try_from(i).unwrap_or(0) % q.len()], 10);
-                std::hint::black_box(top);
-                Ok(())
-            }
-        });
-        let (o, r) = compare(&ours, &raw, 1, nq as u64, 2, Duration::ZERO).await?;
-        let size = if plan.quick { format!("QUICK: {n} x {DIM}") } else { format!("{n} x {DIM}") };
-        let mut row = crate::row(&format!("embedded filtered search ({size}; {name}) vs exact scan"), 1, o, r);
-        row.extra.insert("recall_at_10".into(), json!(round(recall, 4)));
-        row.extra.insert("index_build_s".into(), json!(round(build_s, 2)));
-        row.extra.insert("upsert_s".into(), json!(round(upsert_s, 2)));
-        row.extra.insert("optimize_s".into(), json!(round(optimize_s, 2)));
-        row.extra.insert("points".into(), json!(n));
-        rows.push(row);
-        crate::print_last(rows);
-        println!("edge ({name}): recall@10 {recall:.4}");
-        drop(ours);
+            let (ix, q, t, fl) = (index.clone(), queries.clone(), tenant.clone(), filter.clone());
+            let ours = op(move |i| {
+                let (ix, q, t, fl) = (ix.clone(), q.clone(), t.clone(), fl.clone());
+                async move {
+                    let v = q[usize::try_from(i).unwrap_or(0) % q.len()].clone();
+                    ix.search(&t, &SearchRequest::new(v, 10).filter(fl)).await?;
+                    Ok(())
+                }
+            });
+            let (ex, q) = (exact.clone(), queries.clone());
+            let raw = op(move |i| {
+                let (ex, q) = (ex.clone(), q.clone());
+                async move {
+                    let top = ex.top(f, &q[usize::try_from(i).unwrap_or(0) % q.len()], 10);
+                    std::hint::black_box(top);
+                    Ok(())
+                }
+            });
+            let cmp = compare(&ours, &raw, 1, nq as u64, 4, Duration::ZERO).await?;
+            let operation = format!("embedded search ({label} {size}; {filter_label}; {name}) vs exact scan");
+            let mut row = crate::row(&operation, 1, cmp);
+            row.extra.insert("recall_at_10".into(), json!(round(recall, 4)));
+            row.extra.insert("index_build_s".into(), json!(round(build_s, 2)));
+            row.extra.insert("upsert_s".into(), json!(round(upsert_s, 2)));
+            row.extra.insert("optimize_s".into(), json!(round(optimize_s, 2)));
+            row.extra.insert("points".into(), json!(n));
+            rows.push(row);
+            crate::print_last(rows);
+            println!("edge ({label}; {filter_label}; {name}): recall@10 {recall:.4}");
+        }
         if let Ok(index) = Arc::try_unwrap(index) {
             index.close().await?;
         }

@@ -62,6 +62,39 @@ pub(crate) fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// Both sides of a row, and ours / raw in each round.
+#[derive(Debug, Clone)]
+pub(crate) struct Comparison {
+    pub(crate) ours: Stats,
+    pub(crate) raw: Stats,
+    /// Ours / raw throughput of each round (the two sides ran back to back).
+    pub(crate) round_ratios: Vec<f64>,
+}
+
+impl Comparison {
+    /// The median of the per-round ratios: each round pairs the two sides
+    /// seconds apart, so a burst of load from elsewhere (a compile, autovacuum,
+    /// the kernel) that hits one round moves that round's ratio only.
+    pub(crate) fn ratio(&self) -> f64 {
+        median(&self.round_ratios).unwrap_or_else(|| self.total_ratio())
+    }
+
+    /// Ours / raw over all rounds together.
+    pub(crate) fn total_ratio(&self) -> f64 {
+        self.ours.ops_per_s / self.raw.ops_per_s.max(1e-9)
+    }
+}
+
+fn median(xs: &[f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
 /// One line of the report.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
@@ -69,19 +102,39 @@ pub(crate) struct Row {
     pub(crate) concurrency: usize,
     pub(crate) ours: Stats,
     pub(crate) raw: Stats,
+    pub(crate) round_ratios: Vec<f64>,
     /// Extra figures (recall, build time) for the JSON and the notes.
     pub(crate) extra: serde_json::Map<String, Value>,
 }
 
 impl Row {
+    pub(crate) fn new(operation: &str, concurrency: usize, c: Comparison) -> Self {
+        Self {
+            operation: operation.to_owned(),
+            concurrency,
+            ours: c.ours,
+            raw: c.raw,
+            round_ratios: c.round_ratios,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    fn comparison(&self) -> Comparison {
+        Comparison { ours: self.ours, raw: self.raw, round_ratios: self.round_ratios.clone() }
+    }
+
+    /// The reported ratio: see [`Comparison::ratio`].
     pub(crate) fn ratio(&self) -> f64 {
-        self.ours.ops_per_s / self.raw.ops_per_s.max(1e-9)
+        self.comparison().ratio()
     }
 
     pub(crate) fn json(&self) -> Value {
+        let c = self.comparison();
         let mut v = json!({
             "operation": self.operation, "concurrency": self.concurrency,
-            "ours": self.ours.json(), "raw": self.raw.json(), "ratio": round(self.ratio(), 3),
+            "ours": self.ours.json(), "raw": self.raw.json(), "ratio": round(c.ratio(), 3),
+            "ratio_of_totals": round(c.total_ratio(), 3),
+            "round_ratios": self.round_ratios.iter().map(|r| round(*r, 3)).collect::<Vec<_>>(),
         });
         if let Value::Object(m) = &mut v {
             m.extend(self.extra.clone());
@@ -121,7 +174,8 @@ async fn phase(op: &Op, concurrency: usize, first: u64, count: u64) -> Res<(Dura
 /// Measures `ours` against `raw`: a warm-up of both (statement caches,
 /// connections) that also calibrates the operation count, then `rounds`
 /// rounds, the order alternating (ours, raw, raw, ours, ...) so neither side
-/// always runs second. Each side runs at least `min_ops` operations and,
+/// always runs second. The ratio reported is the median of the rounds'
+/// ratios (see [`Comparison::ratio`]); the totals give ops/s and latencies. Each side runs at least `min_ops` operations and,
 /// when faster, about `target` of wall time in total (so fast rows are not
 /// measured over a few milliseconds).
 pub(crate) async fn compare(
@@ -131,7 +185,7 @@ pub(crate) async fn compare(
     min_ops: u64,
     rounds: u64,
     target: Duration,
-) -> Res<(Stats, Stats)> {
+) -> Res<Comparison> {
     let warm = (concurrency as u64).max(16);
     let warm_first = 1 << 40;
     phase(ours, concurrency, warm_first, warm).await?;
@@ -142,15 +196,21 @@ pub(crate) async fn compare(
     let ops = min_ops.max(by_time).max(concurrency as u64 * rounds);
     let per = (ops / rounds).max(1);
     let mut acc = [(Duration::ZERO, Vec::new()), (Duration::ZERO, Vec::new())];
+    let mut round_ratios = Vec::new();
     for r in 0..rounds {
         let order: [usize; 2] = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut walls = [Duration::ZERO; 2];
         for side in order {
             let op = if side == 0 { ours } else { raw };
             let (wall, lat) = phase(op, concurrency, r * per, per).await?;
+            walls[side] = wall;
             acc[side].0 += wall;
             acc[side].1.extend(lat);
         }
+        // Same operation count on both sides: the throughput ratio is the
+        // inverse ratio of the wall times.
+        round_ratios.push(walls[1].as_secs_f64() / walls[0].as_secs_f64().max(1e-9));
     }
     let [(ow, ol), (rw, rl)] = acc;
-    Ok((Stats::from(per * rounds, ow, ol), Stats::from(per * rounds, rw, rl)))
+    Ok(Comparison { ours: Stats::from(per * rounds, ow, ol), raw: Stats::from(per * rounds, rw, rl), round_ratios })
 }

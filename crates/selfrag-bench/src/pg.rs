@@ -14,7 +14,7 @@ use tokio_postgres::types::{Json, Type};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use crate::measure::{compare, op, Res, Row};
+use crate::measure::{compare, op, Op, Res, Row};
 use crate::Plan;
 
 const INSERT_ONE: &str = r#"INSERT INTO memory_logs (id, user_id, "timestamp", type, content, meta_data)
@@ -145,8 +145,8 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
                     Ok(())
                 }
             });
-            let (o, r) = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
-            rows.push(crate::row("memory append (1 row) vs prepared INSERT", c, o, r));
+            let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
+            rows.push(crate::row("memory append (1 row) vs prepared INSERT", c, cmp));
             crate::print_last(rows);
         }
 
@@ -177,17 +177,19 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
                     let types = [Type::UUID, Type::UUID, Type::TIMESTAMPTZ, Type::VARCHAR, Type::TEXT, Type::JSONB];
                     let writer = BinaryCopyInWriter::new(sink, &types);
                     futures::pin_mut!(writer);
-                    let m = meta();
                     for k in 0..1000 {
-                        let (id, now, text) = (Uuid::now_v7(), OffsetDateTime::now_utc(), content(i * 1000 + k));
+                        // Each row with its own metadata, as each adapter
+                        // log owns its own (and as the single-row baseline).
+                        let (id, now, text, m) =
+                            (Uuid::now_v7(), OffsetDateTime::now_utc(), content(i * 1000 + k), meta());
                         writer.as_mut().write(&[&id, &raw_uuid, &now, &"fact", &text, &Json(&m)]).await?;
                     }
                     writer.finish().await?;
                     Ok(())
                 }
             });
-            let (o, r) = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
-            rows.push(crate::row("memory batch append (1,000 rows) vs binary COPY", c, o, r));
+            let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
+            rows.push(crate::row("memory batch append (1,000 rows) vs binary COPY", c, cmp));
             crate::print_last(rows);
         }
         admin.batch_execute(&format!("TRUNCATE {WRITES_SCHEMA}.memory_logs")).await?;
@@ -210,6 +212,7 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
     };
     let store = PostgresMemoryStore::new(pool(url, schema, "ours")?);
     let raw_pool = Arc::new(pool(url, schema, "raw")?);
+    let control_pool = Arc::new(pool(url, schema, "control")?);
     for &c in &plan.concurrency {
         let ops = plan.ops(c, 4_000);
         let (s, u) = (store.clone(), user_ids.clone());
@@ -221,36 +224,47 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
                 check_len(page.logs.len())
             }
         });
-        let (p, u) = (raw_pool.clone(), user_ids.clone());
-        let raw = op(move |i| {
-            let (p, u) = (p.clone(), u.clone());
-            async move {
-                let user = u[usize::try_from(i).unwrap_or(0) % u.len()];
-                let conn = p.get().await?;
-                let stmt = conn.prepare_cached(SELECT_RECENT).await?;
-                let found = conn.query(&stmt, &[&user, &since, &50i64]).await?;
-                // Decoded into owned values, as any caller would.
-                let logs = found
-                    .iter()
-                    .map(|r| {
-                        Ok::<_, tokio_postgres::Error>((
-                            r.try_get::<_, Uuid>(0)?,
-                            r.try_get::<_, Uuid>(1)?,
-                            r.try_get::<_, OffsetDateTime>(2)?,
-                            r.try_get::<_, String>(3)?,
-                            r.try_get::<_, String>(4)?,
-                            r.try_get::<_, Value>(5)?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                check_len(logs.len())
-            }
-        });
-        let (o, r) = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
-        rows.push(crate::row(&label, c, o, r));
+        let raw = raw_query(&raw_pool, &user_ids, since);
+        let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
+        rows.push(crate::row(&label, c, cmp));
+        crate::print_last(rows);
+        // A/A control: the raw query against itself on a second pool of the
+        // same settings: its ratio is the harness's own noise here.
+        let cmp = compare(&raw_query(&control_pool, &user_ids, since), &raw, c, ops, plan.rounds, plan.target).await?;
+        rows.push(crate::row("control: SQL vs SQL (A/A, two pools)", c, cmp));
         crate::print_last(rows);
     }
     Ok(())
+}
+
+/// The hand-written query: the adapter's SQL for "since, newest first, 50
+/// rows", prepared, rows decoded into owned values.
+fn raw_query(pool: &Arc<Pool>, user_ids: &Arc<Vec<Uuid>>, since: OffsetDateTime) -> Op {
+    let (p, u) = (pool.clone(), user_ids.clone());
+    op(move |i| {
+        let (p, u) = (p.clone(), u.clone());
+        async move {
+            let user = u[usize::try_from(i).unwrap_or(0) % u.len()];
+            let conn = p.get().await?;
+            let stmt = conn.prepare_cached(SELECT_RECENT).await?;
+            let found = conn.query(&stmt, &[&user, &since, &50i64]).await?;
+            // Decoded into owned values, as any caller would.
+            let logs = found
+                .iter()
+                .map(|r| {
+                    Ok::<_, tokio_postgres::Error>((
+                        r.try_get::<_, Uuid>(0)?,
+                        r.try_get::<_, Uuid>(1)?,
+                        r.try_get::<_, OffsetDateTime>(2)?,
+                        r.try_get::<_, String>(3)?,
+                        r.try_get::<_, String>(4)?,
+                        r.try_get::<_, Value>(5)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            check_len(logs.len())
+        }
+    })
 }
 
 fn check_len(n: usize) -> Res<()> {

@@ -67,8 +67,8 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
                 Ok(())
             }
         });
-        let (o, r) = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
-        rows.push(crate::row("vector upsert (256 x 384) vs upsert_points", c, o, r));
+        let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
+        rows.push(crate::row("vector upsert (256 x 384) vs upsert_points", c, cmp));
         crate::print_last(rows);
     }
 
@@ -99,8 +99,8 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
                 Ok(())
             }
         });
-        let (o, r) = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
-        rows.push(crate::row("vector filtered search (top 10) vs query", c, o, r));
+        let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
+        rows.push(crate::row("vector filtered search (top 10) vs query", c, cmp));
         crate::print_last(rows);
     }
     index.delete_collection().await?;

@@ -10,7 +10,7 @@ use selfrag_core::{NewSession, RateLimitKey, RateLimitPolicy, RateLimiter, Sessi
 use selfrag_redis::{RedisConfig, RedisRateLimiter, RedisSessionStore};
 use serde_json::{json, Map, Value};
 
-use crate::measure::{compare, op, Res, Row};
+use crate::measure::{compare, op, Op, Res, Row};
 use crate::Plan;
 
 // The raw baselines run the very scripts the adapter runs (same text, so the
@@ -55,6 +55,7 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
     }
     let ids = Arc::new(ids);
 
+    let raw2 = raw_connection(&config).await?;
     for &c in &plan.concurrency {
         let ops = plan.ops(c, 20_000);
         let (s, v) = (sessions.clone(), ids.clone());
@@ -66,19 +67,14 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
                 Ok(())
             }
         });
-        let (conn, v) = (raw.clone(), ids.clone());
-        let raw_op = op(move |i| {
-            let (mut conn, v) = (conn.clone(), v.clone());
-            async move {
-                let (user, id) = v[idx(i, v.len())];
-                let mut cmd = redis::cmd("HMGET");
-                cmd.arg(format!("{PREFIX}{{u:{user}}}:s:{id}")).arg(&["created_ms", "last_ms", "ttl_ms", "data"]);
-                let f: Vec<Option<String>> = cmd.query_async(&mut conn).await?;
-                decode(&f)
-            }
-        });
-        let (o, r) = compare(&ours, &raw_op, c, ops, plan.rounds, plan.target).await?;
-        rows.push(crate::row("session get vs HMGET (same hash)", c, o, r));
+        let cmp = compare(&ours, &raw_get(&raw, &ids), c, ops, plan.rounds, plan.target).await?;
+        rows.push(crate::row("session get vs HMGET (same hash)", c, cmp));
+        crate::print_last(rows);
+        // A/A control: the raw HMGET against itself on a second connection
+        // of the same kind. Its ratio is the harness's own noise at this
+        // concurrency (it should be 1).
+        let cmp = compare(&raw_get(&raw2, &ids), &raw_get(&raw, &ids), c, ops, plan.rounds, plan.target).await?;
+        rows.push(crate::row("control: HMGET vs HMGET (A/A, two connections)", c, cmp));
         crate::print_last(rows);
     }
 
@@ -108,8 +104,8 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
                 decode(&f.into_iter().map(Some).collect::<Vec<_>>())
             }
         });
-        let (o, r) = compare(&ours, &raw_op, c, ops, plan.rounds, plan.target).await?;
-        rows.push(crate::row("session touch vs EVALSHA (same script)", c, o, r));
+        let cmp = compare(&ours, &raw_op, c, ops, plan.rounds, plan.target).await?;
+        rows.push(crate::row("session touch vs EVALSHA (same script)", c, cmp));
         crate::print_last(rows);
     }
 
@@ -148,8 +144,8 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
                 Ok(())
             }
         });
-        let (o, r) = compare(&ours, &raw_op, c, ops, plan.rounds, plan.target).await?;
-        rows.push(crate::row("rate-limit check (3 windows) vs EVALSHA (same script)", c, o, r));
+        let cmp = compare(&ours, &raw_op, c, ops, plan.rounds, plan.target).await?;
+        rows.push(crate::row("rate-limit check (3 windows) vs EVALSHA (same script)", c, cmp));
         crate::print_last(rows);
     }
 
@@ -179,6 +175,21 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
         }
     }
     Ok(())
+}
+
+/// The raw session read: `HMGET` of the session hash and [`decode`].
+fn raw_get(conn: &MultiplexedConnection, ids: &Arc<Vec<(UserId, SessionId)>>) -> Op {
+    let (conn, v) = (conn.clone(), ids.clone());
+    op(move |i| {
+        let (mut conn, v) = (conn.clone(), v.clone());
+        async move {
+            let (user, id) = v[idx(i, v.len())];
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(format!("{PREFIX}{{u:{user}}}:s:{id}")).arg(&["created_ms", "last_ms", "ttl_ms", "data"]);
+            let f: Vec<Option<String>> = cmd.query_async(&mut conn).await?;
+            decode(&f)
+        }
+    })
 }
 
 /// What a hand-written reader does with the hash: three integers and the

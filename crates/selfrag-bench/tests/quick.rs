@@ -30,11 +30,11 @@ fn quick_run_reports_every_row() {
     let mut expected: Vec<&str> = Vec::new();
     if let Some(u) = &postgres {
         cmd.arg("--postgres").arg(u);
-        expected.extend(["memory append", "memory batch append", "memory query"]);
+        expected.extend(["memory append", "memory batch append", "memory query", "control: SQL"]);
     }
     if let Some(u) = &redis {
         cmd.arg("--redis").arg(u);
-        expected.extend(["session get", "session touch", "rate-limit check"]);
+        expected.extend(["session get", "control: HMGET", "session touch", "rate-limit check"]);
     }
     let started = Instant::now();
     let out = cmd.output().unwrap();
