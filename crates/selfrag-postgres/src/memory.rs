@@ -1,5 +1,7 @@
 //! [`MemoryStore`] on the `memory_logs` table.
 
+use std::sync::OnceLock;
+
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use selfrag_core::clock::ceil_micros;
@@ -90,7 +92,7 @@ impl PostgresMemoryStore {
         query.validate()?;
         let built = BuiltQuery::new(user, query);
         let conn = self.conn().await?;
-        explain(&conn, &built.sql, &built.params(), analyze).await
+        explain(&conn, built.sql, &built.params(), analyze).await
     }
 
     /// The SQL statement [`MemoryStore::query`] prepares for `query`. Only
@@ -104,7 +106,7 @@ impl PostgresMemoryStore {
     /// [`Error::InvalidInput`] when the query is invalid.
     pub fn query_sql(query: &MemoryQuery) -> Result<String> {
         query.validate()?;
-        Ok(BuiltQuery::new(UserId::from_uuid(Uuid::nil()), query).sql)
+        Ok(BuiltQuery::new(UserId::from_uuid(Uuid::nil()), query).sql.to_owned())
     }
 
     /// Validates `logs` and writes them in one statement (one round trip
@@ -161,7 +163,7 @@ async fn copy_batch(conn: &Object, user: UserId, logs: &[NewMemoryLog]) -> std::
 /// SQL, so that each shape gets its own plan (a catch-all `($2 IS NULL OR
 /// ...)` form would hide the range from the planner).
 struct BuiltQuery {
-    sql: String,
+    sql: &'static str,
     user: Uuid,
     since: Option<OffsetDateTime>,
     until: Option<OffsetDateTime>,
@@ -171,33 +173,57 @@ struct BuiltQuery {
     limit: i64,
 }
 
+/// Which optional filters a query sets, as bits: since, until, types,
+/// metadata, after.
+fn shape(query: &MemoryQuery) -> usize {
+    usize::from(query.since.is_some())
+        | usize::from(query.until.is_some()) << 1
+        | usize::from(!query.types.is_empty()) << 2
+        | usize::from(query.metadata_contains.is_some()) << 3
+        | usize::from(query.after.is_some()) << 4
+}
+
+/// The SQL of query shape `shape` (see [`shape`]): built once per shape and
+/// process, so a query costs no string building and the statement cache is
+/// keyed by a string that lives as long as the process.
+fn shape_sql(shape: usize) -> &'static str {
+    static SQL: [OnceLock<String>; 32] = [const { OnceLock::new() }; 32];
+    SQL[shape & 31].get_or_init(|| build_sql(shape))
+}
+
+fn build_sql(shape: usize) -> String {
+    let set = |bit: usize| shape & (1 << bit) != 0;
+    let mut sql = format!("SELECT {COLUMNS} FROM memory_logs WHERE user_id = $1");
+    let mut n = 1;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    if set(0) {
+        sql.push_str(&format!(r#" AND "timestamp" >= ${}"#, next()));
+    }
+    if set(1) {
+        sql.push_str(&format!(r#" AND "timestamp" < ${}"#, next()));
+    }
+    if set(2) {
+        sql.push_str(&format!(" AND type = ANY(${})", next()));
+    }
+    if set(3) {
+        sql.push_str(&format!(" AND meta_data @> ${}", next()));
+    }
+    if set(4) {
+        // A row comparison, which the B-tree index takes as one range
+        // bound: pages cost the same however deep they are.
+        let (a, b) = (next(), next());
+        sql.push_str(&format!(r#" AND ("timestamp", id) < (${a}, ${b})"#));
+    }
+    sql.push_str(&format!(r#" ORDER BY "timestamp" DESC, id DESC LIMIT ${}"#, next()));
+    sql
+}
+
 impl BuiltQuery {
     fn new(user: UserId, query: &MemoryQuery) -> Self {
-        let mut sql = format!("SELECT {COLUMNS} FROM memory_logs WHERE user_id = $1");
-        let mut n = 1;
-        let mut next = || {
-            n += 1;
-            n
-        };
-        if query.since.is_some() {
-            sql.push_str(&format!(r#" AND "timestamp" >= ${}"#, next()));
-        }
-        if query.until.is_some() {
-            sql.push_str(&format!(r#" AND "timestamp" < ${}"#, next()));
-        }
-        if !query.types.is_empty() {
-            sql.push_str(&format!(" AND type = ANY(${})", next()));
-        }
-        if query.metadata_contains.is_some() {
-            sql.push_str(&format!(" AND meta_data @> ${}", next()));
-        }
-        if query.after.is_some() {
-            // A row comparison, which the B-tree index takes as one range
-            // bound: pages cost the same however deep they are.
-            let (a, b) = (next(), next());
-            sql.push_str(&format!(r#" AND ("timestamp", id) < (${a}, ${b})"#));
-        }
-        sql.push_str(&format!(r#" ORDER BY "timestamp" DESC, id DESC LIMIT ${}"#, next()));
+        let sql = shape_sql(shape(query));
         Self {
             sql,
             user: *user.as_uuid(),
@@ -300,7 +326,7 @@ impl MemoryStore for PostgresMemoryStore {
         query.validate()?;
         let built = BuiltQuery::new(user, query);
         let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(&built.sql).await.map_err(error::pg)?;
+        let stmt = conn.prepare_cached(built.sql).await.map_err(error::pg)?;
         let rows = conn.query(&stmt, &built.params()).await.map_err(error::pg)?;
         let logs = rows.iter().map(to_log).collect::<Result<Vec<_>>>()?;
         Ok(MemoryPage::from_overfetch(logs, query.effective_limit()))
@@ -322,6 +348,38 @@ mod tests {
     use super::*;
     use crate::{PostgresConfig, PostgresUserStore};
     use selfrag_core::{ErrorKind, UserStore};
+
+    #[test]
+    fn every_query_shape_numbers_its_parameters() {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("timestamp");
+        for bits in 0..32usize {
+            let set = |bit: usize| bits & (1 << bit) != 0;
+            let mut q = MemoryQuery::new();
+            if set(0) {
+                q = q.since(at);
+            }
+            if set(1) {
+                q = q.until(at);
+            }
+            if set(2) {
+                q = q.of_type(MemoryType::new("fact").expect("type"));
+            }
+            if set(3) {
+                let serde_json::Value::Object(m) = serde_json::json!({"k": 1}) else { unreachable!() };
+                q = q.metadata_contains(m);
+            }
+            if set(4) {
+                q = q.after(selfrag_core::Cursor { timestamp: at, id: MemoryLogId::new() });
+            }
+            assert_eq!(shape(&q), bits);
+            let built = BuiltQuery::new(UserId::new(), &q);
+            let n = built.params().len();
+            assert!(built.sql.contains(&format!("LIMIT ${n}")), "{bits:05b}: {}", built.sql);
+            assert!(!built.sql.contains(&format!("${}", n + 1)), "{bits:05b}: {}", built.sql);
+            // Built once: the same string for the same shape.
+            assert!(std::ptr::eq(built.sql, BuiltQuery::new(UserId::new(), &q).sql));
+        }
+    }
 
     fn batch(n: usize) -> Vec<NewMemoryLog> {
         let base = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("timestamp");
