@@ -172,7 +172,8 @@ async fn phase(op: &Op, concurrency: usize, first: u64, count: u64) -> Res<(Dura
 }
 
 /// Measures `ours` against `raw`: a warm-up of both (statement caches,
-/// connections) that also calibrates the operation count, then `rounds`
+/// connections) that also calibrates the operation count, an unmeasured
+/// round of each over the measured operations (warm data), then `rounds`
 /// rounds, the order alternating (ours, raw, raw, ours, ...) so neither side
 /// always runs second. The ratio reported is the median of the rounds'
 /// ratios (see [`Comparison::ratio`]); the totals give ops/s and latencies. Each side runs at least `min_ops` operations and,
@@ -195,6 +196,13 @@ pub(crate) async fn compare(
     let by_time = (warm as f64 / wall.as_secs_f64().max(1e-9) * target.as_secs_f64()) as u64;
     let ops = min_ops.max(by_time).max(concurrency as u64 * rounds);
     let per = (ops / rounds).max(1);
+    // One unmeasured round per side over the operations the rounds will
+    // run: the data they read (index pages, buffers) is warm before the first
+    // measured round. Without it the side that runs first in round 0 pays for
+    // the cold reads and the other side profits.
+    for side in [ours, raw] {
+        phase(side, concurrency, 0, per).await?;
+    }
     let mut acc = [(Duration::ZERO, Vec::new()), (Duration::ZERO, Vec::new())];
     let mut round_ratios = Vec::new();
     for r in 0..rounds {
