@@ -184,8 +184,7 @@ fn shape(query: &MemoryQuery) -> usize {
 }
 
 /// The SQL of query shape `shape` (see [`shape`]): built once per shape and
-/// process, so a query costs no string building and the statement cache is
-/// keyed by a string that lives as long as the process.
+/// process, so a query builds no SQL text.
 fn shape_sql(shape: usize) -> &'static str {
     static SQL: [OnceLock<String>; 32] = [const { OnceLock::new() }; 32];
     SQL[shape & 31].get_or_init(|| build_sql(shape))
@@ -379,6 +378,17 @@ mod tests {
             // Built once: the same string for the same shape.
             assert!(std::ptr::eq(built.sql, BuiltQuery::new(UserId::new(), &q).sql));
         }
+        // Where each value goes, for the shape with every filter and one with
+        // a gap in the bits.
+        let select = format!("SELECT {COLUMNS} FROM memory_logs WHERE user_id = $1");
+        let order = r#" ORDER BY "timestamp" DESC, id DESC"#;
+        assert_eq!(
+            shape_sql(0b11111),
+            format!(
+                r#"{select} AND "timestamp" >= $2 AND "timestamp" < $3 AND type = ANY($4) AND meta_data @> $5 AND ("timestamp", id) < ($6, $7){order} LIMIT $8"#
+            )
+        );
+        assert_eq!(shape_sql(0b01010), format!(r#"{select} AND "timestamp" < $2 AND meta_data @> $3{order} LIMIT $4"#));
     }
 
     fn batch(n: usize) -> Vec<NewMemoryLog> {
