@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use selfrag_core::{ChunkId, Distance, Field, Filter, IndexSpec, SearchRequest, Tenant, VectorIndex};
+use selfrag_core::{ChunkId, ChunkPayload, Distance, Field, Filter, IndexSpec, SearchRequest, Tenant, VectorIndex};
 use selfrag_edge::{Durability, EdgeIndex, EdgeIndexConfig};
 use serde_json::json;
 
@@ -14,9 +14,19 @@ use selfrag_testkit::data::{filter, normalize, Clustered, Corpus};
 
 const DIM: usize = 384;
 
-/// The filters of the embedded rows: (label, filter).
-fn filters() -> [(&'static str, Filter); 2] {
-    [("pdf AND tag a|b, 1/6", filter()), ("pdf, 1/3", Filter::eq(Field::DocumentType, "pdf"))]
+/// A filter of the embedded rows: its label, the filter, and the same test
+/// on a payload, for the exact scan.
+type BenchFilter = (&'static str, Filter, fn(&ChunkPayload) -> bool);
+
+/// The filters of the embedded rows.
+fn filters() -> [BenchFilter; 2] {
+    fn pdf(p: &ChunkPayload) -> bool {
+        p.document_type == "pdf"
+    }
+    fn pdf_ab(p: &ChunkPayload) -> bool {
+        pdf(p) && p.tags.iter().any(|t| t == "a" || t == "b")
+    }
+    [("pdf AND tag a|b, 1/6", filter(), pdf_ab), ("pdf, 1/3", Filter::eq(Field::DocumentType, "pdf"), pdf)]
 }
 
 /// The exact scan's data: normalized vectors, flat, and each filter's
@@ -25,7 +35,7 @@ fn filters() -> [(&'static str, Filter); 2] {
 struct Exact {
     vectors: Vec<f32>,
     ids: Vec<ChunkId>,
-    matches: [Vec<bool>; 2],
+    matches: Vec<Vec<bool>>,
 }
 
 impl Exact {
@@ -129,8 +139,11 @@ pub(crate) async fn run(plan: &Plan, dataset: Dataset, rows: &mut Vec<Row>) -> R
     let base = EdgeIndexConfig::default().durability(Durability::OnClose).optimize_after_points(None);
     let index = Arc::new(EdgeIndex::open(dir.path().join("index"), spec, base.clone()).await?);
 
-    let mut exact =
-        Exact { vectors: Vec::with_capacity(n * DIM), ids: Vec::with_capacity(n), matches: [Vec::new(), Vec::new()] };
+    let mut exact = Exact {
+        vectors: Vec::with_capacity(n * DIM),
+        ids: Vec::with_capacity(n),
+        matches: vec![Vec::new(); filters().len()],
+    };
     let build = Instant::now();
     let mut upsert_s = 0.0;
     for start in (0..n).step_by(1_000) {
@@ -141,8 +154,11 @@ pub(crate) async fn run(plan: &Plan, dataset: Dataset, rows: &mut Vec<Row>) -> R
             normalize(&mut v);
             exact.vectors.extend(v);
             exact.ids.push(chunk.id);
-            exact.matches[0].push(m);
-            exact.matches[1].push(chunk.payload.document_type == "pdf");
+            for (f, (_, _, keeps)) in filters().iter().enumerate() {
+                exact.matches[f].push(keeps(&chunk.payload));
+            }
+            // The generator's own verdict for `filter()` agrees.
+            assert_eq!(m, exact.matches[0][i], "filter verdicts disagree on chunk {i}");
             chunks.push(chunk);
         }
         let t = Instant::now();
@@ -172,7 +188,7 @@ pub(crate) async fn run(plan: &Plan, dataset: Dataset, rows: &mut Vec<Row>) -> R
     for (name, ef, acorn) in variants {
         let config = base.clone().search_ef(ef).acorn(acorn);
         let index = Arc::new(EdgeIndex::open(&path, spec, config).await?);
-        for (f, (filter_label, filter)) in filters().into_iter().enumerate() {
+        for (f, (filter_label, filter, _)) in filters().into_iter().enumerate() {
             let (mut hit, mut total) = (0usize, 0usize);
             for (q, want) in queries.iter().zip(&truth[f]) {
                 let got = index.search(&tenant, &SearchRequest::new(q.clone(), 10).filter(filter.clone())).await?;
@@ -200,7 +216,8 @@ pub(crate) async fn run(plan: &Plan, dataset: Dataset, rows: &mut Vec<Row>) -> R
                     Ok(())
                 }
             });
-            let cmp = compare(&ours, &raw, 1, nq as u64, 4, Duration::ZERO).await?;
+            // Every query once per side, spread over the plan's rounds.
+            let cmp = compare(&ours, &raw, 1, nq as u64, plan.rounds, Duration::ZERO).await?;
             let operation = format!("embedded search ({label} {size}; {filter_label}; {name}) vs exact scan");
             let mut row = crate::row(&operation, 1, cmp);
             row.extra.insert("recall_at_10".into(), json!(round(recall, 4)));

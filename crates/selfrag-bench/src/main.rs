@@ -15,8 +15,9 @@
 //! (10 rounds; 2 with `--quick`). Reported: ops/s, p50 and p99 latency of
 //! each side over all rounds, and the ratio ours / raw as the median of the
 //! rounds' ratios (the JSON also has each round's ratio and the ratio of the
-//! totals). The row "control: HMGET vs HMGET (A/A, two connections)" runs the
-//! raw session read against itself: its ratio is the harness's own noise.
+//! totals). The control rows ("control: SQL vs SQL (A/A, two pools)",
+//! "control: HMGET vs HMGET (A/A, two connections)") run a raw call against
+//! itself: their ratios are the harness's own noise.
 //!
 //! | row | ours | raw baseline |
 //! | --- | --- | --- |

@@ -143,6 +143,10 @@ impl Row {
     }
 }
 
+/// Most operations of the warm pass: enough to touch every key the rows
+/// cycle over (1,000 users or sessions, 1,000 queries) at least once.
+const WARM_CAP: u64 = 2_000;
+
 /// Runs `count` operations (numbered from `first`) on `concurrency` tasks;
 /// returns the wall time and every operation's latency.
 async fn phase(op: &Op, concurrency: usize, first: u64, count: u64) -> Res<(Duration, Vec<Duration>)> {
@@ -173,12 +177,13 @@ async fn phase(op: &Op, concurrency: usize, first: u64, count: u64) -> Res<(Dura
 
 /// Measures `ours` against `raw`: a warm-up of both (statement caches,
 /// connections) that also calibrates the operation count, an unmeasured
-/// round of each over the measured operations (warm data), then `rounds`
-/// rounds, the order alternating (ours, raw, raw, ours, ...) so neither side
-/// always runs second. The ratio reported is the median of the rounds'
-/// ratios (see [`Comparison::ratio`]); the totals give ops/s and latencies. Each side runs at least `min_ops` operations and,
-/// when faster, about `target` of wall time in total (so fast rows are not
-/// measured over a few milliseconds).
+/// pass of each over the measured operations (warm data, see [`WARM_CAP`]),
+/// then `rounds` rounds, the order alternating (ours, raw, raw, ours, ...)
+/// so neither side always runs second. The ratio reported is the median of
+/// the rounds' ratios (see [`Comparison::ratio`]); the totals give ops/s and
+/// latencies. Each side runs at least `min_ops` operations and, when faster,
+/// about `target` of wall time in total (so fast rows are not measured over a
+/// few milliseconds).
 pub(crate) async fn compare(
     ours: &Op,
     raw: &Op,
@@ -196,12 +201,13 @@ pub(crate) async fn compare(
     let by_time = (warm as f64 / wall.as_secs_f64().max(1e-9) * target.as_secs_f64()) as u64;
     let ops = min_ops.max(by_time).max(concurrency as u64 * rounds);
     let per = (ops / rounds).max(1);
-    // One unmeasured round per side over the operations the rounds will
-    // run: the data they read (index pages, buffers) is warm before the first
-    // measured round. Without it the side that runs first in round 0 pays for
-    // the cold reads and the other side profits.
+    // One unmeasured pass per side over the operations the rounds will run
+    // (up to WARM_CAP of them): the data they read (index pages, buffers) is
+    // warm before the first measured round. Without it the side that runs
+    // first in a round pays for the cold reads and the other side profits.
+    let warm_ops = (per * rounds).min(WARM_CAP.max(per));
     for side in [ours, raw] {
-        phase(side, concurrency, 0, per).await?;
+        phase(side, concurrency, 0, warm_ops).await?;
     }
     let mut acc = [(Duration::ZERO, Vec::new()), (Duration::ZERO, Vec::new())];
     let mut round_ratios = Vec::new();
