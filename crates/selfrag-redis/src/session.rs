@@ -83,8 +83,7 @@ impl RedisSessionStore {
     /// The key of session `id` of `user`: `<prefix>{u:<user>}:s:<id>`, a hash
     /// with fields `created_ms`, `last_ms`, `ttl_ms` and `data`.
     pub fn session_key(&self, user: UserId, id: SessionId) -> String {
-        // One allocation: this is on the path of every read.
-        format!("{}{{u:{user}}}:s:{id}", self.handle.prefix())
+        format!("{}:s:{id}", self.handle.user_stem(user))
     }
 
     /// The key of `user`'s session index: `<prefix>{u:<user>}:sessions`, a
