@@ -59,8 +59,8 @@ pub struct EdgeIndexConfig {
     /// The HNSW `ef` used by searches (candidates examined; higher is more
     /// exact and slower). `None` keeps the engine default (`ef_construct`,
     /// 100). Default: `None`. With ACORN, filtered searches need less:
-    /// `Some(32)` kept filtered recall@10 at 0.9999 or better on both data
-    /// sets of `selfrag-bench` at 1.5–2.7 times the default's speed (see
+    /// `Some(32)` kept filtered recall@10 at 0.9996 or better on both data
+    /// sets of `selfrag-bench` at 1.6–3.0 times the default's speed (see
     /// `docs/edge.md`, "Against an exact scan").
     pub search_ef: Option<usize>,
     /// Whether filtered searches may use ACORN (the engine explores
