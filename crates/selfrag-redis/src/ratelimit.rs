@@ -171,7 +171,7 @@ impl RedisRateLimiter {
     }
 
     fn key_base(&self, key: &RateLimitKey) -> String {
-        format!("{}:rl:{}", self.handle.user_stem(key.user()), key.scope())
+        self.handle.user_key(key.user(), &[":rl:", key.scope()])
     }
 
     /// Like [`RateLimiter::check`], but tells where the decision came from.

@@ -83,17 +83,18 @@ impl RedisSessionStore {
     /// The key of session `id` of `user`: `<prefix>{u:<user>}:s:<id>`, a hash
     /// with fields `created_ms`, `last_ms`, `ttl_ms` and `data`.
     pub fn session_key(&self, user: UserId, id: SessionId) -> String {
-        format!("{}:s:{id}", self.handle.user_stem(user))
+        let mut id_text = uuid::Uuid::encode_buffer();
+        self.handle.user_key(user, &[":s:", id.as_uuid().hyphenated().encode_lower(&mut id_text)])
     }
 
     /// The key of `user`'s session index: `<prefix>{u:<user>}:sessions`, a
     /// sorted set of session ids scored by expiry (ms since the epoch).
     pub fn index_key(&self, user: UserId) -> String {
-        format!("{}:sessions", self.handle.user_stem(user))
+        self.handle.user_key(user, &[":sessions"])
     }
 
     fn session_key_stem(&self, user: UserId) -> String {
-        format!("{}:s:", self.handle.user_stem(user))
+        self.handle.user_key(user, &[":s:"])
     }
 }
 
@@ -195,8 +196,14 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A time from milliseconds since the epoch (in 64-bit arithmetic: the
+/// 128-bit nanosecond path costs a slow division on every session read).
 fn from_millis(ms: i64) -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).map_err(|e| bad_reply("timestamp", e))
+    let whole = OffsetDateTime::from_unix_timestamp(ms.div_euclid(1_000)).map_err(|e| bad_reply("timestamp", e))?;
+    // `rem_euclid(1_000)` is in 0..1000, so the conversion and the
+    // replacement cannot fail.
+    let millis = u16::try_from(ms.rem_euclid(1_000)).map_err(|e| bad_reply("timestamp", e))?;
+    whole.replace_millisecond(millis).map_err(|e| bad_reply("timestamp", e))
 }
 
 fn parse_ms(what: &str, s: &str) -> Result<i64> {
@@ -207,9 +214,41 @@ fn parse_ms(what: &str, s: &str) -> Result<i64> {
 fn decode(id: SessionId, user_id: UserId, created: &str, last: &str, ttl: &str, data: &str) -> Result<Session> {
     let created_at = from_millis(parse_ms("created_ms", created)?)?;
     let last_ms = parse_ms("last_ms", last)?;
-    let ttl_ms = u64::try_from(parse_ms("ttl_ms", ttl)?).map_err(|e| bad_reply("ttl_ms", e))?;
-    let ttl = Duration::from_millis(ttl_ms);
-    let last_activity = from_millis(last_ms)?;
+    let ttl_ms = parse_ms("ttl_ms", ttl)?;
+    let ttl = Duration::from_millis(u64::try_from(ttl_ms).map_err(|e| bad_reply("ttl_ms", e))?);
+    // In milliseconds, checked: a hash written by someone else must not
+    // make the addition panic.
+    let expires_ms = last_ms.checked_add(ttl_ms).ok_or_else(|| bad_reply("ttl_ms", "expiry out of range"))?;
     let data: Map<String, Json> = serde_json::from_str(data).map_err(|e| bad_reply("session data", e))?;
-    Ok(Session { id, user_id, created_at, last_activity, expires_at: last_activity + ttl, ttl, data })
+    Ok(Session {
+        id,
+        user_id,
+        created_at,
+        last_activity: from_millis(last_ms)?,
+        expires_at: from_millis(expires_ms)?,
+        ttl,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_millis_matches_the_nanosecond_conversion() {
+        let max = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+        let min = -62_135_596_800_000; // 0001-01-01T00:00:00Z
+        for ms in [0, 1, 999, 1_000, 1_001, -1, -999, -1_000, -1_001, 1_764_288_000_123, max, min, min + 1] {
+            let want = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
+            assert_eq!(from_millis(ms).unwrap(), want, "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn from_millis_refuses_times_out_of_range() {
+        for ms in [i64::MAX, i64::MIN, 253_402_300_800_000 * 1_000] {
+            assert!(from_millis(ms).is_err(), "{ms} ms");
+        }
+    }
 }
