@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use selfrag_core::{Error, Result};
+
 /// When the index forces its writes to stable storage.
 ///
 /// The engine (qdrant-edge 0.7.2) writes every update into memory-mapped
@@ -74,6 +76,49 @@ pub struct EdgeIndexConfig {
     /// only for tests of the indexed path; `Some(0)` never builds a graph.
     /// Default: `None`.
     pub indexing_threshold_kb: Option<usize>,
+    /// Filters that match at most this fraction of the points are searched
+    /// with ACORN (when [`acorn`](Self::acorn) is on); broader filters walk
+    /// the plain graph, which their matching points keep well connected.
+    /// `None` keeps the engine default (0.4). Must be within 0..=1.
+    /// Default: `None`.
+    pub acorn_max_selectivity: Option<f64>,
+    /// HNSW links per point (`m`): more links give better recall at a given
+    /// `ef` and cost memory and build time. `None` keeps the engine default
+    /// (16). Within 4..=128. Default: `None`.
+    ///
+    /// This and [`hnsw_ef_construct`](Self::hnsw_ef_construct) shape the
+    /// graph when it is built: changed on an existing index, they apply from
+    /// its next optimization, which rebuilds the graph.
+    pub hnsw_m: Option<usize>,
+    /// Candidates examined per point while the graph is built
+    /// (`ef_construct`): higher gives a better graph and a slower build.
+    /// `None` keeps the engine default (100). Within 4..=1000. Default:
+    /// `None`.
+    pub hnsw_ef_construct: Option<usize>,
+    /// A compressed copy of the vectors that searches score candidates on.
+    /// Default: [`Quantization::None`].
+    pub quantization: Quantization,
+}
+
+/// A compressed copy of the vectors, kept in RAM, that searches score
+/// candidates on before the best are rescored with the full vectors.
+///
+/// Built with the graph: set on an existing index, it applies from the next
+/// optimization.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum Quantization {
+    /// Full-precision vectors only.
+    #[default]
+    None,
+    /// One byte per dimension (scalar `int8` quantization): a quarter of the
+    /// memory traffic per scored candidate. Searches rescore their best
+    /// `oversampling × limit` candidates with the full vectors, so scores
+    /// are exact and recall loses little.
+    Int8 {
+        /// How many candidates per requested hit are rescored (at least 1).
+        oversampling: f64,
+    },
 }
 
 impl Default for EdgeIndexConfig {
@@ -84,11 +129,58 @@ impl Default for EdgeIndexConfig {
             search_ef: None,
             acorn: true,
             indexing_threshold_kb: None,
+            acorn_max_selectivity: None,
+            hnsw_m: None,
+            hnsw_ef_construct: None,
+            quantization: Quantization::None,
         }
     }
 }
 
 impl EdgeIndexConfig {
+    /// Checks every setting's range; [`EdgeIndex::open`](crate::EdgeIndex::open)
+    /// calls it before touching the directory.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<()> {
+        if let Durability::Periodic(d) = self.durability {
+            if d.is_zero() {
+                return Err(Error::invalid("durability", "a periodic flush needs a period above zero"));
+            }
+        }
+        if self.optimize_after_points == Some(0) {
+            return Err(Error::invalid("optimize_after_points", "must be at least 1 (None disables it)"));
+        }
+        if self.search_ef == Some(0) {
+            return Err(Error::invalid("search_ef", "must be at least 1"));
+        }
+        if let Some(f) = self.acorn_max_selectivity {
+            if !(0.0..=1.0).contains(&f) {
+                return Err(Error::invalid("acorn_max_selectivity", format!("{f} is not a fraction within 0..=1")));
+            }
+        }
+        if let Some(m) = self.hnsw_m {
+            if !(4..=128).contains(&m) {
+                return Err(Error::invalid("hnsw_m", format!("{m} is not within 4..=128")));
+            }
+        }
+        if let Some(ef) = self.hnsw_ef_construct {
+            if !(4..=1000).contains(&ef) {
+                return Err(Error::invalid("hnsw_ef_construct", format!("{ef} is not within 4..=1000")));
+            }
+        }
+        if let Quantization::Int8 { oversampling } = self.quantization {
+            if !(1.0..=100.0).contains(&oversampling) {
+                return Err(Error::invalid(
+                    "quantization.oversampling",
+                    format!("{oversampling} is not within 1..=100"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Sets [`EdgeIndexConfig::durability`].
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
@@ -117,6 +209,30 @@ impl EdgeIndexConfig {
     /// Sets [`EdgeIndexConfig::indexing_threshold_kb`].
     pub fn indexing_threshold_kb(mut self, kb: Option<usize>) -> Self {
         self.indexing_threshold_kb = kb;
+        self
+    }
+
+    /// Sets [`EdgeIndexConfig::acorn_max_selectivity`].
+    pub fn acorn_max_selectivity(mut self, fraction: Option<f64>) -> Self {
+        self.acorn_max_selectivity = fraction;
+        self
+    }
+
+    /// Sets [`EdgeIndexConfig::hnsw_m`].
+    pub fn hnsw_m(mut self, m: Option<usize>) -> Self {
+        self.hnsw_m = m;
+        self
+    }
+
+    /// Sets [`EdgeIndexConfig::hnsw_ef_construct`].
+    pub fn hnsw_ef_construct(mut self, ef: Option<usize>) -> Self {
+        self.hnsw_ef_construct = ef;
+        self
+    }
+
+    /// Sets [`EdgeIndexConfig::quantization`].
+    pub fn quantization(mut self, quantization: Quantization) -> Self {
+        self.quantization = quantization;
         self
     }
 }

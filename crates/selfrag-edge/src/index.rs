@@ -13,9 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use qdrant_edge::{
     AcornSearchParams, CountRequest, CreateIndex, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
-    FieldIndexOperations, IntegerIndexParams, KeywordIndexParams, NamedQuery, OperationError, PayloadFieldSchema,
-    PayloadSchemaParams, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, QueryRequest, Record,
-    ScoringQuery, ScrollRequest, SearchParams, UpdateOperation, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
+    FieldIndexOperations, HnswIndexConfig, IntegerIndexParams, KeywordIndexParams, NamedQuery, OperationError,
+    PayloadFieldSchema, PayloadSchemaParams, PointId, PointInsertOperations, PointOperations, PointStruct,
+    QuantizationConfig, QuantizationSearchParams, QueryEnum, QueryRequest, Record, ScoringQuery, ScrollRequest,
+    SearchParams, UpdateOperation, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
 };
 use selfrag_core::vector::{keys, point_id, validate_chunks, validate_document_id, validate_ids};
 use selfrag_core::{
@@ -24,7 +25,7 @@ use selfrag_core::{
 };
 use serde_json::{Map, Value};
 
-use crate::config::{Durability, EdgeIndexConfig};
+use crate::config::{Durability, EdgeIndexConfig, Quantization};
 use crate::filter::tenant_filter;
 
 /// The backend name in errors.
@@ -194,6 +195,7 @@ impl EdgeIndex {
     ///   process or another): the engine holds an exclusive lock on it.
     /// - [`Error::Backend`] for I/O and other engine failures.
     pub async fn open(path: impl AsRef<Path>, spec: IndexSpec, config: EdgeIndexConfig) -> Result<Self> {
+        config.validate()?;
         let path = path.as_ref().to_path_buf();
         let (inner, unindexed) = blocking(move || {
             let inner = Inner::open(path, spec, config)?;
@@ -357,16 +359,23 @@ impl Inner {
             })?;
             check_compatible(&path, &spec, &stored)?;
         }
-        let engine_config = EdgeConfig::builder()
+        let defaults = HnswIndexConfig::default();
+        let mut engine_config = EdgeConfig::builder()
             .vector(
                 DEFAULT_VECTOR_NAME,
                 EdgeVectorParams::builder(spec.dimension(), engine_distance(spec.distance())).build(),
             )
+            .hnsw_config(HnswIndexConfig {
+                m: config.hnsw_m.unwrap_or(defaults.m),
+                ef_construct: config.hnsw_ef_construct.unwrap_or(defaults.ef_construct),
+                ..defaults
+            })
             .optimizers(EdgeOptimizersConfig {
                 indexing_threshold: config.indexing_threshold_kb,
                 ..EdgeOptimizersConfig::default()
             })
             .build();
+        engine_config.quantization_config = engine_quantization(config.quantization)?;
         let shard = EdgeShard::load(&path, Some(engine_config)).map_err(|e| open_error(&path, e))?;
         let inner = Inner {
             shard,
@@ -515,6 +524,33 @@ impl Inner {
     }
 }
 
+/// The engine's form of [`Quantization`]. The engine's scalar-quantization
+/// wrapper type is not exported, so the setting goes through its serde form.
+fn engine_quantization(q: Quantization) -> Result<Option<QuantizationConfig>> {
+    match q {
+        Quantization::None => Ok(None),
+        Quantization::Int8 { .. } => {
+            serde_json::from_value(serde_json::json!({"scalar": {"type": "int8", "always_ram": true}}))
+                .map(Some)
+                .map_err(|e| Error::backend(BACKEND, "building the int8 quantization config", false, e))
+        }
+    }
+}
+
+/// Search parameters from the index settings.
+fn search_params(config: &EdgeIndexConfig) -> SearchParams {
+    let acorn = config
+        .acorn
+        .then(|| AcornSearchParams { enable: true, max_selectivity: config.acorn_max_selectivity.map(Into::into) });
+    let quantization = match config.quantization {
+        Quantization::None => None,
+        Quantization::Int8 { oversampling } => {
+            Some(QuantizationSearchParams { ignore: false, rescore: Some(true), oversampling: Some(oversampling) })
+        }
+    };
+    SearchParams { hnsw_ef: config.search_ef, acorn, quantization, ..SearchParams::default() }
+}
+
 fn check_compatible(path: &Path, spec: &IndexSpec, stored: &EdgeConfig) -> Result<()> {
     let Some(v) = stored.vectors.get(DEFAULT_VECTOR_NAME) else {
         return Err(Error::Incompatible {
@@ -608,11 +644,7 @@ impl VectorIndex for EdgeIndex {
             score_threshold: None,
             limit: request.limit,
             offset: 0,
-            params: Some(SearchParams {
-                hnsw_ef: self.inner.config.search_ef,
-                acorn: self.inner.config.acorn.then_some(AcornSearchParams { enable: true, max_selectivity: None }),
-                ..SearchParams::default()
-            }),
+            params: Some(search_params(&self.inner.config)),
             with_vector: WithVector::Bool(false),
             with_payload: WithPayloadInterface::Bool(true),
         };

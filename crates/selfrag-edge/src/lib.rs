@@ -70,6 +70,11 @@
 //! use the engine's ACORN traversal by default ([`EdgeIndexConfig::acorn`]):
 //! on 100,000 clustered vectors it lifted recall@10 of a 1-in-6 filter from
 //! 0.54 to 1.0 (see `docs/edge.md` and `examples/edge_bench.rs`).
+//! The search and graph settings ([`EdgeIndexConfig::search_ef`],
+//! [`EdgeIndexConfig::acorn_max_selectivity`], [`EdgeIndexConfig::hnsw_m`],
+//! [`EdgeIndexConfig::hnsw_ef_construct`], [`Quantization`]) trade recall
+//! against latency, memory and build time; `docs/edge.md` ("Tuning") has
+//! measured guidance.
 //!
 //! # Durability
 //! See [`Durability`]: flush on every write, periodically (default: every
@@ -85,7 +90,7 @@ pub mod config;
 pub mod filter;
 mod index;
 
-pub use config::{Durability, EdgeIndexConfig};
+pub use config::{Durability, EdgeIndexConfig, Quantization};
 pub use index::{EdgeIndex, EdgeStats};
 /// The engine crate, for callers who need its types.
 pub use qdrant_edge;

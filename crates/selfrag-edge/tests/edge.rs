@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use selfrag_core::{Chunk, ChunkId, Distance, Error, Field, Filter, IndexSpec, SearchRequest, Tenant, VectorIndex};
-use selfrag_edge::{Durability, EdgeIndex, EdgeIndexConfig};
+use selfrag_edge::{Durability, EdgeIndex, EdgeIndexConfig, Quantization};
 
 fn tenant(name: &str) -> Tenant {
     Tenant::new(name).unwrap()
@@ -326,6 +326,109 @@ async fn bad_input_writes_nothing() {
     assert_eq!(err.field(), Some("filter"));
     let err = index.delete_by_filter(&t, &Filter::eq(Field::Extra("a-b".into()), 1i64)).await.unwrap_err();
     assert_eq!(err.field(), Some("filter.field"));
+    index.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let int8 = |oversampling| quiet().quantization(Quantization::Int8 { oversampling });
+    let cases = [
+        (quiet().durability(Durability::Periodic(Duration::ZERO)), "durability"),
+        (quiet().optimize_after_points(Some(0)), "optimize_after_points"),
+        (quiet().search_ef(Some(0)), "search_ef"),
+        (quiet().acorn_max_selectivity(Some(1.5)), "acorn_max_selectivity"),
+        (quiet().acorn_max_selectivity(Some(-0.1)), "acorn_max_selectivity"),
+        (quiet().acorn_max_selectivity(Some(f64::NAN)), "acorn_max_selectivity"),
+        (quiet().hnsw_m(Some(3)), "hnsw_m"),
+        (quiet().hnsw_m(Some(129)), "hnsw_m"),
+        (quiet().hnsw_ef_construct(Some(3)), "hnsw_ef_construct"),
+        (quiet().hnsw_ef_construct(Some(1_001)), "hnsw_ef_construct"),
+        (int8(0.5), "quantization.oversampling"),
+        (int8(f64::NAN), "quantization.oversampling"),
+        (int8(f64::INFINITY), "quantization.oversampling"),
+    ];
+    for (i, (config, field)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("idx-{i}"));
+        let err = EdgeIndex::open(&path, spec(4, Distance::Cosine), config.clone()).await.unwrap_err();
+        assert_eq!(err.field(), Some(field), "{config:?}: {err}");
+        assert!(!path.exists(), "{config:?}: nothing may be created");
+    }
+    // The bounds themselves are allowed.
+    let edges = quiet()
+        .acorn_max_selectivity(Some(0.0))
+        .hnsw_m(Some(4))
+        .hnsw_ef_construct(Some(1_000))
+        .search_ef(Some(1))
+        .quantization(Quantization::Int8 { oversampling: 1.0 });
+    edges.validate().unwrap();
+    quiet().acorn_max_selectivity(Some(1.0)).hnsw_m(Some(128)).hnsw_ef_construct(Some(4)).validate().unwrap();
+}
+
+/// The engine's own record of the settings it was opened with.
+fn engine_config(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("edge_config.json")).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_settings_and_int8_quantization_keep_searches_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    let (n, dim) = (3_000, 32);
+    let d = Distance::Cosine;
+    let config = quiet()
+        .indexing_threshold_kb(Some(10))
+        .hnsw_m(Some(8))
+        .hnsw_ef_construct(Some(64))
+        .search_ef(Some(128))
+        .acorn_max_selectivity(Some(0.2))
+        .quantization(Quantization::Int8 { oversampling: 2.0 });
+    let index = EdgeIndex::open(&path, spec(dim, d), config).await.unwrap();
+    let t = tenant("t");
+    let all = chunks(&clustered(n, dim, 21), 0);
+    index.upsert(&t, all.clone()).await.unwrap();
+    assert!(index.optimize_now().await.unwrap());
+    let stats = index.stats().await.unwrap();
+    assert!(stats.indexed_vectors >= n, "HNSW built: {stats:?}");
+    let stored = engine_config(&path);
+    assert_eq!(stored["hnsw_config"]["m"], 8, "{stored}");
+    assert_eq!(stored["hnsw_config"]["ef_construct"], 64, "{stored}");
+    assert_eq!(stored["quantization_config"]["scalar"]["type"], "int8", "{stored}");
+
+    // Candidates are scored on one-byte copies, then rescored: the hits
+    // carry exact scores, and are the exact top 10 (ties at the cut aside)
+    // for nearly every query.
+    let filter = Filter::eq(Field::DocumentType, "pdf");
+    let (mut exact_queries, mut total) = (0, 0);
+    for (qi, q) in clustered(80, dim, 77).iter().enumerate() {
+        let filtered = qi % 2 == 0;
+        let mut req = SearchRequest::new(q.clone(), 10);
+        if filtered {
+            req = req.filter(filter.clone());
+        }
+        let hits = index.search(&t, &req).await.unwrap();
+        for h in &hits {
+            let c = all.iter().find(|c| c.id == h.id).unwrap();
+            assert!((h.score - d.score(q, &c.vector)).abs() < 1e-4, "query {qi}: score {} is not exact", h.score);
+        }
+        let hits: Vec<(ChunkId, f32)> = hits.into_iter().map(|h| (h.id, h.score)).collect();
+        let want = exact(d, &all, q, 10, |c| !filtered || c.payload.document_type == "pdf");
+        total += 1;
+        exact_queries += usize::from(same_as_exact(&hits, &want).is_ok());
+    }
+    assert!(exact_queries * 100 >= total * 95, "{exact_queries} of {total} queries exact");
+    index.close().await.unwrap();
+
+    // Other graph settings on reopen: the next optimization rebuilds the
+    // graph with them, and searches still work.
+    let index = EdgeIndex::open(&path, spec(dim, d), quiet().indexing_threshold_kb(Some(10))).await.unwrap();
+    assert!(engine_config(&path).get("quantization_config").is_none_or(serde_json::Value::is_null));
+    assert!(index.optimize_now().await.unwrap(), "settings changed: the graph is rebuilt");
+    assert_eq!(engine_config(&path)["hnsw_config"]["m"], 16);
+    assert!(index.stats().await.unwrap().indexed_vectors >= n);
+    let q = &all[5].vector;
+    let hits = index.search(&t, &SearchRequest::new(q.clone(), 1)).await.unwrap();
+    assert_eq!(hits[0].id, all[5].id);
     index.close().await.unwrap();
 }
 
