@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use selfrag_core::{ChunkId, ChunkPayload, Distance, Field, Filter, IndexSpec, SearchRequest, Tenant, VectorIndex};
-use selfrag_edge::{Durability, EdgeIndex, EdgeIndexConfig};
+use selfrag_edge::{Durability, EdgeIndex, EdgeIndexConfig, Quantization};
 use serde_json::json;
 
 use crate::measure::{compare, op, round, Res, Row};
@@ -181,59 +181,167 @@ pub(crate) async fn run(plan: &Plan, dataset: Dataset, rows: &mut Vec<Row>) -> R
     if let Ok(index) = Arc::try_unwrap(index) {
         index.close().await?;
     }
-    // The adapter's defaults first (ACORN on, the engine's default ef), then
-    // other settings EdgeIndexConfig offers, each reopened on the same data.
-    let variants: [(&str, Option<usize>, bool); 3] =
-        [("default: acorn on", None, true), ("acorn on, ef 32", Some(32), true), ("acorn off, ef 64", Some(64), false)];
     let size = if plan.quick { format!("QUICK: {n} x {DIM}") } else { format!("{n} x {DIM}") };
     let label = dataset.label();
-    for (name, ef, acorn) in variants {
-        let config = base.clone().search_ef(ef).acorn(acorn);
-        let index = Arc::new(EdgeIndex::open(&path, spec, config).await?);
-        for (f, (filter_label, filter, _)) in filters().into_iter().enumerate() {
-            let (mut hit, mut total) = (0usize, 0usize);
-            for (q, want) in queries.iter().zip(&truth[f]) {
-                let got = index.search(&tenant, &SearchRequest::new(q.clone(), 10).filter(filter.clone())).await?;
-                total += want.len();
-                hit += got.iter().filter(|h| want.contains(&h.id)).count();
+    let built = Built { build_s, upsert_s, optimize_s, rebuild_s: None };
+    let ctx = Ctx { path: &path, spec, tenant: &tenant, queries: &queries, exact: &exact, truth: &truth };
+    // The adapter's defaults first (ACORN on, the engine's default ef), then
+    // other search settings EdgeIndexConfig offers, each reopened on the
+    // same graph; last a denser graph, which reopening with other graph
+    // settings and optimizing rebuilds.
+    // Each graph in turn: the default one as loaded, then the same index
+    // reopened with other graph settings, which `optimize_now` rebuilds.
+    // On each, the adapter's defaults first where they apply, then other
+    // search settings EdgeIndexConfig offers, each reopened on that graph.
+    let data = format!("{label} {size}");
+    let mut first = true;
+    for graph in graphs() {
+        let config =
+            base.clone().hnsw_m(graph.m).hnsw_ef_construct(graph.ef_construct).quantization(graph.quantization);
+        let mut built = built;
+        if !first {
+            let index = EdgeIndex::open(&path, spec, config.clone()).await?;
+            let t = Instant::now();
+            if !index.optimize_now().await? {
+                return Err("reopening with other graph settings did not rebuild the graph".into());
             }
-            #[allow(clippy::cast_precision_loss)]
-            let recall = hit as f64 / total.max(1) as f64;
-
-            let (ix, q, t, fl) = (index.clone(), queries.clone(), tenant.clone(), filter.clone());
-            let ours = op(move |i| {
-                let (ix, q, t, fl) = (ix.clone(), q.clone(), t.clone(), fl.clone());
-                async move {
-                    let v = q[usize::try_from(i).unwrap_or(0) % q.len()].clone();
-                    ix.search(&t, &SearchRequest::new(v, 10).filter(fl)).await?;
-                    Ok(())
-                }
-            });
-            let (ex, q) = (exact.clone(), queries.clone());
-            let raw = op(move |i| {
-                let (ex, q) = (ex.clone(), q.clone());
-                async move {
-                    let top = ex.top(f, &q[usize::try_from(i).unwrap_or(0) % q.len()], 10);
-                    std::hint::black_box(top);
-                    Ok(())
-                }
-            });
-            // Every query once per side, spread over the plan's rounds.
-            let cmp = compare(&ours, &raw, 1, nq as u64, plan.rounds, Duration::ZERO).await?;
-            let operation = format!("embedded search ({label} {size}; {filter_label}; {name}) vs exact scan");
-            let mut row = crate::row(&operation, 1, cmp);
-            row.extra.insert("recall_at_10".into(), json!(round(recall, 4)));
-            row.extra.insert("index_build_s".into(), json!(round(build_s, 2)));
-            row.extra.insert("upsert_s".into(), json!(round(upsert_s, 2)));
-            row.extra.insert("optimize_s".into(), json!(round(optimize_s, 2)));
-            row.extra.insert("points".into(), json!(n));
-            rows.push(row);
-            crate::print_last(rows);
-            println!("edge ({label}; {filter_label}; {name}): recall@10 {recall:.4}");
-        }
-        if let Ok(index) = Arc::try_unwrap(index) {
+            let rebuild_s = t.elapsed().as_secs_f64();
             index.close().await?;
+            println!("edge: graph rebuilt ({}) in {rebuild_s:.1} s", graph.label);
+            built.rebuild_s = Some(rebuild_s);
         }
+        first = false;
+        for (search, ef, acorn) in graph.searches {
+            let name = if graph.label.is_empty() { search.to_string() } else { format!("{}; {search}", graph.label) };
+            let config = config.clone().search_ef(*ef).acorn(*acorn);
+            measure_setting(plan, &ctx, config, &data, &name, built, rows).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A graph the embedded rows search, and the search settings tried on it
+/// (label, `search_ef`, ACORN).
+struct Graph {
+    label: &'static str,
+    m: Option<usize>,
+    ef_construct: Option<usize>,
+    quantization: Quantization,
+    searches: &'static [(&'static str, Option<usize>, bool)],
+}
+
+/// The graphs, in order: the first is the one the index is loaded with.
+fn graphs() -> [Graph; 3] {
+    [
+        Graph {
+            label: "",
+            m: None,
+            ef_construct: None,
+            quantization: Quantization::None,
+            searches: &[
+                ("default: acorn on", None, true),
+                ("acorn on, ef 32", Some(32), true),
+                ("acorn off, ef 32", Some(32), false),
+                ("acorn off, ef 64", Some(64), false),
+            ],
+        },
+        Graph {
+            label: "int8, oversampling 2",
+            m: None,
+            ef_construct: None,
+            quantization: Quantization::Int8 { oversampling: 2.0 },
+            searches: &[("acorn on, ef 32", Some(32), true), ("acorn off, ef 32", Some(32), false)],
+        },
+        Graph {
+            label: "m 32, ef_construct 200",
+            m: Some(32),
+            ef_construct: Some(200),
+            quantization: Quantization::None,
+            searches: &[("acorn off, ef 32", Some(32), false), ("acorn off, ef 64", Some(64), false)],
+        },
+    ]
+}
+
+/// How long the index took to build, reported with every row.
+#[derive(Clone, Copy)]
+struct Built {
+    build_s: f64,
+    upsert_s: f64,
+    optimize_s: f64,
+    /// The rebuild of the denser graph, for its rows.
+    rebuild_s: Option<f64>,
+}
+
+/// What every setting of one data set is measured on.
+struct Ctx<'a> {
+    path: &'a std::path::Path,
+    spec: IndexSpec,
+    tenant: &'a Tenant,
+    queries: &'a Arc<Vec<Vec<f32>>>,
+    exact: &'a Arc<Exact>,
+    /// The exact top 10 per filter and query.
+    truth: &'a [Vec<Vec<ChunkId>>],
+}
+
+/// Reopens the index with `config` and measures every filter: recall@10
+/// against the exact scan, then throughput side by side with it.
+async fn measure_setting(
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    config: EdgeIndexConfig,
+    data: &str,
+    name: &str,
+    built: Built,
+    rows: &mut Vec<Row>,
+) -> Res<()> {
+    let index = Arc::new(EdgeIndex::open(ctx.path, ctx.spec, config).await?);
+    let nq = ctx.queries.len();
+    for (f, (filter_label, filter, _)) in filters().into_iter().enumerate() {
+        let (mut hit, mut total) = (0usize, 0usize);
+        for (q, want) in ctx.queries.iter().zip(&ctx.truth[f]) {
+            let got = index.search(ctx.tenant, &SearchRequest::new(q.clone(), 10).filter(filter.clone())).await?;
+            total += want.len();
+            hit += got.iter().filter(|h| want.contains(&h.id)).count();
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let recall = hit as f64 / total.max(1) as f64;
+
+        let (ix, q, t, fl) = (index.clone(), ctx.queries.clone(), ctx.tenant.clone(), filter.clone());
+        let ours = op(move |i| {
+            let (ix, q, t, fl) = (ix.clone(), q.clone(), t.clone(), fl.clone());
+            async move {
+                let v = q[usize::try_from(i).unwrap_or(0) % q.len()].clone();
+                ix.search(&t, &SearchRequest::new(v, 10).filter(fl)).await?;
+                Ok(())
+            }
+        });
+        let (ex, q) = (ctx.exact.clone(), ctx.queries.clone());
+        let raw = op(move |i| {
+            let (ex, q) = (ex.clone(), q.clone());
+            async move {
+                let top = ex.top(f, &q[usize::try_from(i).unwrap_or(0) % q.len()], 10);
+                std::hint::black_box(top);
+                Ok(())
+            }
+        });
+        // Every query once per side, spread over the plan's rounds.
+        let cmp = compare(&ours, &raw, 1, nq as u64, plan.rounds, Duration::ZERO).await?;
+        let operation = format!("embedded search ({data}; {filter_label}; {name}) vs exact scan");
+        let mut row = crate::row(&operation, 1, cmp);
+        row.extra.insert("recall_at_10".into(), json!(round(recall, 4)));
+        row.extra.insert("index_build_s".into(), json!(round(built.build_s, 2)));
+        row.extra.insert("upsert_s".into(), json!(round(built.upsert_s, 2)));
+        row.extra.insert("optimize_s".into(), json!(round(built.optimize_s, 2)));
+        if let Some(r) = built.rebuild_s {
+            row.extra.insert("graph_rebuild_s".into(), json!(round(r, 2)));
+        }
+        row.extra.insert("points".into(), json!(ctx.exact.ids.len()));
+        rows.push(row);
+        crate::print_last(rows);
+        println!("edge ({data}; {filter_label}; {name}): recall@10 {recall:.4}");
+    }
+    if let Ok(index) = Arc::try_unwrap(index) {
+        index.close().await?;
     }
     Ok(())
 }

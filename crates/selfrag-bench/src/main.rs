@@ -37,8 +37,11 @@
 //! 32-dimensional latent space: shaped like a RAG corpus) and `Clustered`
 //! (1,000 isolated clusters of isotropic noise: a stress case for filtered
 //! graph search). Each is searched with two filters (`pdf AND tag a|b`,
-//! 1/6 of the points; `pdf`, 1/3) under three settings (the defaults: ACORN
-//! on and the engine's ef; ACORN with ef 32; ACORN off with ef 64). The exact
+//! 1/6 of the points; `pdf`, 1/3) under several settings: on the default
+//! graph (m 16, ef_construct 100) the defaults (ACORN on, the engine's ef),
+//! ACORN with ef 32, ACORN off with ef 32 and 64; on the same graph rebuilt
+//! with int8 quantization, ACORN on and off at ef 32; on a denser graph
+//! (m 32, ef_construct 200), ACORN off at ef 32 and 64. The exact
 //! scan is a filter-first scan with the filter's verdict per point computed
 //! up front and an 8-lane dot product.
 //!
