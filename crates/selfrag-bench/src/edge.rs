@@ -185,10 +185,6 @@ pub(crate) async fn run(plan: &Plan, dataset: Dataset, rows: &mut Vec<Row>) -> R
     let label = dataset.label();
     let built = Built { build_s, upsert_s, optimize_s, rebuild_s: None };
     let ctx = Ctx { path: &path, spec, tenant: &tenant, queries: &queries, exact: &exact, truth: &truth };
-    // The adapter's defaults first (ACORN on, the engine's default ef), then
-    // other search settings EdgeIndexConfig offers, each reopened on the
-    // same graph; last a denser graph, which reopening with other graph
-    // settings and optimizing rebuilds.
     // Each graph in turn: the default one as loaded, then the same index
     // reopened with other graph settings, which `optimize_now` rebuilds.
     // On each, the adapter's defaults first where they apply, then other
@@ -268,7 +264,8 @@ struct Built {
     build_s: f64,
     upsert_s: f64,
     optimize_s: f64,
-    /// The rebuild of the denser graph, for its rows.
+    /// How long the graph of the rows took to rebuild, when it is not the
+    /// one the index was loaded with.
     rebuild_s: Option<f64>,
 }
 

@@ -59,14 +59,16 @@ pub struct EdgeIndexConfig {
     /// Default: `Some(10_000)`.
     pub optimize_after_points: Option<u64>,
     /// The HNSW `ef` used by searches (candidates examined; higher is more
-    /// exact and slower). `None` keeps the engine default (`ef_construct`,
-    /// 100). Default: `None`. With ACORN, filtered searches need less:
-    /// `Some(32)` kept filtered recall@10 at 0.9996 or better on both data
-    /// sets of `selfrag-bench` at 1.6–3.0 times the default's speed (see
-    /// `docs/edge.md`, "Against an exact scan").
+    /// exact and slower). `None` keeps the engine default: the graph's
+    /// `ef_construct` (100 unless [`hnsw_ef_construct`](Self::hnsw_ef_construct)
+    /// says otherwise). Default: `None`. With ACORN, filtered searches need
+    /// less: `Some(32)` kept filtered recall@10 at 0.999 or better on both
+    /// data sets of `selfrag-bench` at several times the default's speed
+    /// (see `docs/edge.md`, "Tuning").
     pub search_ef: Option<usize>,
     /// Whether filtered searches may use ACORN (the engine explores
-    /// neighbours of neighbours when the filter matches at most 40% of the
+    /// neighbours of neighbours when the filter matches at most
+    /// [`acorn_max_selectivity`](Self::acorn_max_selectivity) of the
     /// points): better recall for selective filters on clustered data, at
     /// some cost in latency. Default: `true`.
     pub acorn: bool,
@@ -79,8 +81,8 @@ pub struct EdgeIndexConfig {
     /// Filters that match at most this fraction of the points are searched
     /// with ACORN (when [`acorn`](Self::acorn) is on); broader filters walk
     /// the plain graph, which their matching points keep well connected.
-    /// `None` keeps the engine default (0.4). Must be within 0..=1.
-    /// Default: `None`.
+    /// `None` keeps the engine default (0.4). Must be within 0..=1; has no
+    /// effect when `acorn` is off. Default: `None`.
     pub acorn_max_selectivity: Option<f64>,
     /// HNSW links per point (`m`): more links give better recall at a given
     /// `ef` and cost memory and build time. `None` keeps the engine default
@@ -116,7 +118,8 @@ pub enum Quantization {
     /// `oversampling × limit` candidates with the full vectors, so scores
     /// are exact and recall loses little.
     Int8 {
-        /// How many candidates per requested hit are rescored (at least 1).
+        /// How many candidates per requested hit are rescored: within
+        /// 1..=100 (1 rescores only the hits themselves).
         oversampling: f64,
     },
 }

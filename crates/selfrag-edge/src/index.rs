@@ -15,8 +15,9 @@ use qdrant_edge::{
     AcornSearchParams, CountRequest, CreateIndex, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
     FieldIndexOperations, HnswIndexConfig, IntegerIndexParams, KeywordIndexParams, NamedQuery, OperationError,
     PayloadFieldSchema, PayloadSchemaParams, PointId, PointInsertOperations, PointOperations, PointStruct,
-    QuantizationConfig, QuantizationSearchParams, QueryEnum, QueryRequest, Record, ScoringQuery, ScrollRequest,
-    SearchParams, UpdateOperation, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
+    QuantizationConfig, QuantizationSearchParams, QueryEnum, QueryRequest, Record, ScalarQuantizationConfig,
+    ScalarType, ScoringQuery, ScrollRequest, SearchParams, UpdateOperation, WithPayloadInterface, WithVector,
+    DEFAULT_VECTOR_NAME,
 };
 use selfrag_core::vector::{keys, point_id, validate_chunks, validate_document_id, validate_ids};
 use selfrag_core::{
@@ -375,7 +376,7 @@ impl Inner {
                 ..EdgeOptimizersConfig::default()
             })
             .build();
-        engine_config.quantization_config = engine_quantization(config.quantization)?;
+        engine_config.quantization_config = engine_quantization(config.quantization);
         let shard = EdgeShard::load(&path, Some(engine_config)).map_err(|e| open_error(&path, e))?;
         let inner = Inner {
             shard,
@@ -524,15 +525,12 @@ impl Inner {
     }
 }
 
-/// The engine's form of [`Quantization`]. The engine's scalar-quantization
-/// wrapper type is not exported, so the setting goes through its serde form.
-fn engine_quantization(q: Quantization) -> Result<Option<QuantizationConfig>> {
+/// The engine's form of [`Quantization`].
+fn engine_quantization(q: Quantization) -> Option<QuantizationConfig> {
     match q {
-        Quantization::None => Ok(None),
+        Quantization::None => None,
         Quantization::Int8 { .. } => {
-            serde_json::from_value(serde_json::json!({"scalar": {"type": "int8", "always_ram": true}}))
-                .map(Some)
-                .map_err(|e| Error::backend(BACKEND, "building the int8 quantization config", false, e))
+            Some(ScalarQuantizationConfig { r#type: ScalarType::Int8, quantile: None, always_ram: Some(true) }.into())
         }
     }
 }

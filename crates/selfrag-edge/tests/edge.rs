@@ -345,6 +345,7 @@ async fn bad_settings_are_refused_before_anything_is_written() {
         (quiet().hnsw_ef_construct(Some(3)), "hnsw_ef_construct"),
         (quiet().hnsw_ef_construct(Some(1_001)), "hnsw_ef_construct"),
         (int8(0.5), "quantization.oversampling"),
+        (int8(100.5), "quantization.oversampling"),
         (int8(f64::NAN), "quantization.oversampling"),
         (int8(f64::INFINITY), "quantization.oversampling"),
     ];

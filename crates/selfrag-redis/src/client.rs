@@ -30,8 +30,9 @@ use crate::BACKEND;
 /// reconnect may each open one; the first stored wins and the others are
 /// closed.
 ///
-/// Everything sits behind one [`Arc`], so cloning a store (once per task,
-/// typically) costs one atomic increment.
+/// Everything sits behind one [`Arc`], so cloning the handle (once per
+/// task, typically, with its store) costs one atomic increment. Handles
+/// derived with another prefix or timeout share the connection slot too.
 #[derive(Clone)]
 pub(crate) struct Handle {
     inner: Arc<Inner>,
@@ -39,7 +40,8 @@ pub(crate) struct Handle {
 
 struct Inner {
     pool: Pool,
-    conn: Mutex<Option<MultiplexedConnection>>,
+    /// Shared with the handles [`Handle::rebuilt`] derives.
+    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
     prefix: Box<str>,
     response_timeout: Duration,
 }
@@ -60,20 +62,20 @@ impl Handle {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                conn: Mutex::new(None),
+                conn: Arc::default(),
                 prefix: RedisConfig::DEFAULT_KEY_PREFIX.into(),
                 response_timeout: RedisConfig::DEFAULT_TIMEOUT,
             }),
         }
     }
 
-    /// A handle with another prefix or timeout, starting on the same
-    /// connection (if any) as this one.
+    /// A handle with another prefix or timeout on the same connection
+    /// slot: one socket for all, and a reconnect by one serves all.
     fn rebuilt(&self, prefix: Box<str>, response_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool: self.inner.pool.clone(),
-                conn: Mutex::new(self.lock().clone()),
+                conn: self.inner.conn.clone(),
                 prefix,
                 response_timeout,
             }),

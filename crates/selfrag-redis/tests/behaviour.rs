@@ -613,6 +613,30 @@ async fn a_failover_that_keeps_the_address_reconnects() {
     }
 }
 
+/// A store, its clones and the stores derived from it with another prefix
+/// or response timeout share one connection, also across a reconnect.
+#[tokio::test]
+async fn derived_stores_share_one_connection() {
+    let Some(s) = server().await else { return };
+    let (url, accepted) = faulty_server(Some(&s.url), 1, "READONLY You can't write against a read only replica.").await;
+    let config = RedisConfig { url, ..config(&s.url) };
+    let store = RedisSessionStore::connect(&config).unwrap();
+    let slow = store.clone().with_response_timeout(Duration::from_secs(30));
+    let other = store.clone().with_key_prefix(&format!("{}other:", config.key_prefix)).unwrap();
+    let user = UserId::new();
+    let new = || NewSession::new(Duration::from_secs(60)).unwrap();
+    // The first connection answers READONLY: dropped, and the next call by
+    // any of them takes the one that reaches Redis.
+    assert_eq!(slow.create(user, new()).await.unwrap_err().kind(), ErrorKind::Unavailable);
+    let a = store.create(user, new()).await.unwrap();
+    let b = other.create(user, new()).await.unwrap();
+    assert!(slow.get(user, a.id).await.unwrap().is_some());
+    assert!(other.get(user, a.id).await.unwrap().is_none(), "another prefix, other keys");
+    assert!(other.get(user, b.id).await.unwrap().is_some());
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "one connection for all three, replaced once");
+    cleanup(&s.url, &config.key_prefix).await;
+}
+
 /// `OOM` (`maxmemory` with `noeviction`, the recommended setting) is the
 /// expected failure of a full Redis: `Unavailable`, so the failure policy
 /// applies; the connection is kept (a new one would reach the same server).
