@@ -32,6 +32,7 @@ pub enum Durability {
     FlushEveryWrite,
     /// Flush on a background thread every period, when something was written
     /// since the last flush. Writes return without waiting for the disk.
+    /// The period must be above zero.
     Periodic(Duration),
     /// Flush only when the index is closed or dropped, or when
     /// [`EdgeIndex::flush`](crate::EdgeIndex::flush) is called. Fastest; for
@@ -56,7 +57,7 @@ pub struct EdgeIndexConfig {
     /// started; also at open when at least this many points are not in an
     /// HNSW graph yet. `None` disables automatic optimization (call
     /// [`EdgeIndex::optimize_now`](crate::EdgeIndex::optimize_now) yourself).
-    /// Default: `Some(10_000)`.
+    /// At least 1. Default: `Some(10_000)`.
     pub optimize_after_points: Option<u64>,
     /// The HNSW `ef` used by searches (candidates examined; higher is more
     /// exact and slower). `None` keeps the engine default: the graph's

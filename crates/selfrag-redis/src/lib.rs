@@ -79,7 +79,8 @@
 //!   `NOSCRIPT`, loads the script and retries (three round trips, once).
 //!
 //! # Connections
-//! **Each store (with its clones) uses one connection**: on first use it
+//! **Each store (with its clones, and stores derived from it with another
+//! key prefix or response timeout) uses one connection**: on first use it
 //! takes a connection out of the pool for good and pipelines all its calls
 //! over it (redis-rs multiplexes concurrent requests on one socket). Why not
 //! check out a pooled connection per call: deadpool-redis sends a `PING`
