@@ -246,6 +246,22 @@ mod tests {
     }
 
     #[test]
+    fn decode_refuses_hashes_it_cannot_represent() {
+        let (id, user) = (SessionId::generate(), UserId::new());
+        let ok = decode(id, user, "1000", "2000", "500", r#"{"a":1}"#).unwrap();
+        assert_eq!(ok.expires_at, from_millis(2_500).unwrap());
+        assert_eq!(ok.ttl, Duration::from_millis(500));
+        // An expiry past i64 must be an error, not a panic in the addition.
+        let err = decode(id, user, "1000", &i64::MAX.to_string(), "1000", "{}").unwrap_err();
+        assert!(err.to_string().contains("ttl_ms"), "{err}");
+        // Past year 9999: refused by the conversion.
+        assert!(decode(id, user, "1000", "253402300799999", "1", "{}").is_err());
+        assert!(decode(id, user, "1000", "2000", "-1", "{}").unwrap_err().to_string().contains("ttl_ms"));
+        assert!(decode(id, user, "x", "2000", "1", "{}").unwrap_err().to_string().contains("created_ms"));
+        assert!(decode(id, user, "1000", "2000", "1", "[]").unwrap_err().to_string().contains("session data"));
+    }
+
+    #[test]
     fn from_millis_refuses_times_out_of_range() {
         for ms in [i64::MAX, i64::MIN, 253_402_300_800_000 * 1_000] {
             assert!(from_millis(ms).is_err(), "{ms} ms");
