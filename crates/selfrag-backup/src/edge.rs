@@ -66,6 +66,7 @@ fn open_elsewhere(dir: &Path, e: Option<std::io::Error>) -> Error {
             "the embedded index in {} is open (its directory lock is held); close it before a backup or restore",
             dir.display()
         ),
+        maybe_applied: false,
         source: e.map(|e| Box::new(e) as _),
     }
 }

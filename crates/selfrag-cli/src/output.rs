@@ -237,6 +237,7 @@ mod tests {
         let tool = selfrag_core::Error::Unavailable {
             backend: "postgres",
             message: "pg_dump not found: it is not on PATH".into(),
+            maybe_applied: false,
             source: None,
         };
         assert_eq!(exit_of(&tool), Exit::Usage);

@@ -63,22 +63,30 @@ pub enum Error {
     },
 
     /// The backend could not be reached or refused service for now
-    /// (connection refused or lost, pool exhausted, server starting up or
-    /// overloaded). Retrying later can help.
+    /// (connection refused or lost, pool exhausted, server starting up,
+    /// shutting down or overloaded). Retrying later can help.
     #[error("{backend} is unavailable: {message}")]
     Unavailable {
         /// Which backend.
         backend: &'static str,
         /// What happened.
         message: String,
+        /// Whether the request may have reached the server before the
+        /// failure, so that a write may have taken effect (the connection
+        /// broke while the request was in flight). `false` when it failed
+        /// before anything was sent: no connection could be had, or the
+        /// server refused the session or said it cannot serve now. See
+        /// [`Error::is_ambiguous`].
+        maybe_applied: bool,
         /// The driver's error, if any.
         #[source]
         source: Option<BoxError>,
     },
 
-    /// The operation did not finish within its deadline. It may or may not
-    /// have taken effect; the operations of this crate are idempotent or
-    /// atomic where that matters, so a retry is safe.
+    /// The operation did not finish within its deadline, and the call gave
+    /// up. It may or may not have taken effect ([`Error::is_ambiguous`]);
+    /// the writes of this crate are retry-safe by id (see the docs of each
+    /// write), so retrying the same call is safe.
     #[error("{backend}: timed out: {message}")]
     Timeout {
         /// Which backend.
@@ -152,9 +160,22 @@ impl Error {
         Error::NotFound { what: "user", id: id.to_string() }
     }
 
-    /// An [`Error::Unavailable`] from `backend`, keeping `source`.
+    /// An [`Error::Unavailable`] from `backend`, keeping `source`, for a
+    /// failure before the request was sent (`maybe_applied: false`).
     pub fn unavailable(backend: &'static str, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        Error::Unavailable { backend, message: message.into(), source: Some(source.into()) }
+        Error::Unavailable { backend, message: message.into(), maybe_applied: false, source: Some(source.into()) }
+    }
+
+    /// An [`Error::Unavailable`] from `backend`, keeping `source`, for a
+    /// connection lost while the request was in flight (`maybe_applied:
+    /// true`).
+    pub fn connection_lost(backend: &'static str, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Unavailable { backend, message: message.into(), maybe_applied: true, source: Some(source.into()) }
+    }
+
+    /// An [`Error::Timeout`] from `backend`: the call gave up at its deadline.
+    pub fn timeout(backend: &'static str, message: impl Into<String>) -> Self {
+        Error::Timeout { backend, message: message.into(), source: None }
     }
 
     /// An [`Error::Backend`] from `backend`, keeping `source`.
@@ -195,6 +216,30 @@ impl Error {
         }
     }
 
+    /// Whether a write that failed with this error may nevertheless have
+    /// taken effect, so that the caller cannot tell from the error alone:
+    ///
+    /// | kind | ambiguous |
+    /// | --- | --- |
+    /// | [`Error::Timeout`] | always: the call gave up, the server may have finished |
+    /// | [`Error::Unavailable`] | when `maybe_applied` (the connection broke with the request in flight) |
+    /// | every other kind | never: the backend refused the request, nothing was written |
+    ///
+    /// How to resolve an ambiguous failure: retry the same call. Memory
+    /// appends are retry-safe by log id (a retry of a write that did commit
+    /// returns the stored log); session creation is retry-safe when the
+    /// caller chose the session id; rate-limit checks are not idempotent (a
+    /// retry may count the request twice), and deletions report what they
+    /// found, so a retried `revoke` may answer `false` for a session the
+    /// first attempt ended.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Unavailable { maybe_applied, .. } => *maybe_applied,
+            _ => false,
+        }
+    }
+
     /// The field an [`Error::InvalidInput`] names, if this is one.
     pub fn field(&self) -> Option<&str> {
         match self {
@@ -217,6 +262,18 @@ mod tests {
         assert!(err.is_retryable());
         let source = err.source().expect("source kept");
         assert_eq!(source.to_string(), "refused");
+    }
+
+    #[test]
+    fn ambiguity_follows_the_documented_rule() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(!Error::unavailable("postgres", "connect", io()).is_ambiguous());
+        assert!(Error::connection_lost("postgres", "commit", io()).is_ambiguous());
+        assert!(Error::connection_lost("postgres", "commit", io()).is_retryable());
+        assert!(Error::timeout("redis", "deadline").is_ambiguous());
+        assert!(!Error::invalid("content", "empty").is_ambiguous());
+        assert!(!Error::backend("postgres", "serialization failure", true, "40001").is_ambiguous());
+        assert!(!Error::Conflict { what: "memory log", id: "x".into() }.is_ambiguous());
     }
 
     #[test]

@@ -579,6 +579,7 @@ fn open_error(path: &Path, e: OperationError) -> Error {
         Error::Unavailable {
             backend: BACKEND,
             message: format!("{} is already open (by this or another process); close it first", path.display()),
+            maybe_applied: false,
             source: Some(Box::new(e)),
         }
     } else if text.contains("incompatible") {

@@ -28,11 +28,11 @@ pub fn map_error(action: &str, err: QdrantError) -> Error {
                 "{action}: server overloaded or rate limited ({}), retry after {retry_after_seconds} s",
                 status.message()
             );
-            return Error::Unavailable { backend, message, source: Some(err.into()) };
+            return Error::Unavailable { backend, message, maybe_applied: false, source: Some(err.into()) };
         }
         QdrantError::Io(e) => {
             let message = format!("{action}: {e}");
-            return Error::Unavailable { backend, message, source: Some(err.into()) };
+            return Error::Unavailable { backend, message, maybe_applied: true, source: Some(err.into()) };
         }
         other => {
             let message = format!("{action}: {other}");
@@ -43,8 +43,14 @@ pub fn map_error(action: &str, err: QdrantError) -> Error {
     let source = Some(err.into());
     let lower = message.to_ascii_lowercase();
     match code {
-        Code::Unavailable | Code::ResourceExhausted => Error::Unavailable { backend, message, source },
-        Code::Internal if lower.contains("failed to connect") => Error::Unavailable { backend, message, source },
+        // Refused before the request was processed.
+        Code::ResourceExhausted => Error::Unavailable { backend, message, maybe_applied: false, source },
+        Code::Internal if lower.contains("failed to connect") => {
+            Error::Unavailable { backend, message, maybe_applied: false, source }
+        }
+        // gRPC reports a transport that broke mid-call as `Unavailable` too,
+        // so a write may have been applied.
+        Code::Unavailable => Error::Unavailable { backend, message, maybe_applied: true, source },
         Code::DeadlineExceeded => Error::Timeout { backend, message, source },
         Code::Cancelled if lower.contains("timeout expired") => Error::Timeout { backend, message, source },
         Code::Aborted | Code::Unknown | Code::Cancelled => Error::Backend { backend, message, retryable: true, source },
