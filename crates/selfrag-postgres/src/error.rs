@@ -1,14 +1,20 @@
 //! Mapping of driver, pool and migration errors into [`selfrag_core::Error`].
 //!
 //! The rules, in order:
-//! - connection errors (refused, reset, closed, SQLSTATE class `08`, server
-//!   shutting down `57P01`/`57P02`) and pool timeouts are
-//!   [`Error::Unavailable`], retryable;
+//! - the server says it cannot serve now: SQLSTATE class `08` (connection
+//!   exception), `57P01`/`57P02` (shutting down), `57P03` (starting up,
+//!   "cannot connect now") and class `53` (insufficient resources, e.g.
+//!   `53300` too many connections) are [`Error::Unavailable`] with
+//!   `maybe_applied: false`: the server answered with an error, so the
+//!   statement did not commit;
+//! - a connection that broke with no answer (reset, closed, I/O error) is
+//!   [`Error::Unavailable`] with `maybe_applied: true` when a statement was
+//!   in flight (it may have committed just before), and `false` while
+//!   connecting (see [`pool`]);
 //! - `57014` (query canceled, which is how `statement_timeout` ends a
-//!   statement) is [`Error::Timeout`], retryable;
-//! - class `53` (insufficient resources, e.g. `53300` too many connections),
-//!   `57P03` (cannot connect now), `40001` (serialization failure) and
-//!   `40P01` (deadlock) are [`Error::Backend`] with `retryable = true`;
+//!   statement) is [`Error::Timeout`];
+//! - `40001` (serialization failure) and `40P01` (deadlock) are
+//!   [`Error::Backend`] with `retryable = true`;
 //! - everything else is [`Error::Backend`] with `retryable = false`.
 //!
 //! Constraint violations are mapped by the caller, who knows what they mean
@@ -25,7 +31,10 @@ pub(crate) const BACKEND: &str = "postgres";
 /// How an error from Postgres should be reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
+    /// The server refused to serve the request.
     Unavailable,
+    /// The connection broke without an answer.
+    Lost,
     Timeout,
     Retryable,
     Final,
@@ -33,29 +42,32 @@ enum Class {
 
 fn classify(err: &tokio_postgres::Error) -> Class {
     if let Some(db) = err.as_db_error() {
-        let code = db.code().code();
-        return match code {
-            "57014" => Class::Timeout,
-            "57P01" | "57P02" => Class::Unavailable,
-            "57P03" | "40001" | "40P01" => Class::Retryable,
-            _ if code.starts_with("08") => Class::Unavailable,
-            _ if code.starts_with("53") => Class::Retryable,
-            _ => Class::Final,
-        };
+        return classify_code(db.code().code());
     }
     // No SQLSTATE: the driver failed to talk to the server at all (connect
     // refused, connection reset or closed, I/O timeout).
     let mut source = std::error::Error::source(err);
     while let Some(s) = source {
         if s.is::<std::io::Error>() {
-            return Class::Unavailable;
+            return Class::Lost;
         }
         source = s.source();
     }
     if err.is_closed() {
-        Class::Unavailable
+        Class::Lost
     } else {
         Class::Final
+    }
+}
+
+/// The class of an error the server answered with SQLSTATE `code`.
+fn classify_code(code: &str) -> Class {
+    match code {
+        "57014" => Class::Timeout,
+        "57P01" | "57P02" | "57P03" => Class::Unavailable,
+        "40001" | "40P01" => Class::Retryable,
+        _ if code.starts_with("08") || code.starts_with("53") => Class::Unavailable,
+        _ => Class::Final,
     }
 }
 
@@ -66,7 +78,8 @@ fn build(pg: tokio_postgres::Error, message: String) -> Error {
 
 fn from_class(class: Class, message: String, source: BoxError) -> Error {
     match class {
-        Class::Unavailable => Error::Unavailable { backend: BACKEND, message, maybe_applied: true, source: Some(source) },
+        Class::Unavailable => Error::Unavailable { backend: BACKEND, message, maybe_applied: false, source: Some(source) },
+        Class::Lost => Error::Unavailable { backend: BACKEND, message, maybe_applied: true, source: Some(source) },
         Class::Timeout => Error::Timeout { backend: BACKEND, message, source: Some(source) },
         Class::Retryable => Error::Backend { backend: BACKEND, message, retryable: true, source: Some(source) },
         Class::Final => Error::Backend { backend: BACKEND, message, retryable: false, source: Some(source) },
@@ -111,7 +124,13 @@ pub(crate) fn pool(err: PoolError) -> Error {
     match err {
         PoolError::Backend(e) => {
             let message = format!("cannot connect: {}", describe(&e));
-            build(e, message)
+            // Nothing of the caller's was sent on a connection that failed
+            // to open.
+            let class = match classify(&e) {
+                Class::Lost => Class::Unavailable,
+                other => other,
+            };
+            from_class(class, message, Box::new(e))
         }
         PoolError::Timeout(kind) => {
             let message = match kind {
@@ -148,5 +167,33 @@ pub(crate) fn migration(err: selfrag_migrations::Error) -> Error {
 /// An error for a row that does not hold what the schema promises (only
 /// possible if someone wrote to the tables by hand).
 pub(crate) fn bad_row(what: &str, source: impl Into<BoxError>) -> Error {
-    Error::backend(BACKEND, format!("unexpected {what} in a stored row"), false, source)
+    Error::backend(BACKEND, format!("a stored row cannot be read: {what}"), false, source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_states_map_to_the_documented_kinds() {
+        // Starting up, shutting down, crash recovery, connection exceptions
+        // and resource exhaustion: the server cannot serve now.
+        for code in ["57P01", "57P02", "57P03", "08006", "08001", "53300", "53100", "53200"] {
+            let err = from_class(classify_code(code), code.into(), code.into());
+            assert!(matches!(err, Error::Unavailable { maybe_applied: false, .. }), "{code}: {err:?}");
+            assert!(err.is_retryable() && !err.is_ambiguous(), "{code}");
+        }
+        let err = from_class(classify_code("57014"), "canceled".into(), "57014".into());
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+        for code in ["40001", "40P01"] {
+            let err = from_class(classify_code(code), code.into(), code.into());
+            assert!(matches!(err, Error::Backend { retryable: true, .. }), "{code}: {err:?}");
+        }
+        for code in ["42601", "23505", "22P02"] {
+            let err = from_class(classify_code(code), code.into(), code.into());
+            assert!(matches!(err, Error::Backend { retryable: false, .. }), "{code}: {err:?}");
+        }
+        let lost = from_class(Class::Lost, "reset".into(), "reset".into());
+        assert!(lost.is_ambiguous() && lost.is_retryable(), "{lost:?}");
+    }
 }

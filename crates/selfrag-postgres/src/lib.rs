@@ -29,6 +29,11 @@
 //! on the `search_path` of every connection) and the `application_name`.
 //! Callers that already hold a [`Pool`] pass it to the stores' `new`.
 //!
+//! No password is ever printed: `PostgresConfig`'s `Debug` shows the URL
+//! through [`redact_url`] (rebuilt from the parsed settings, with `***` for
+//! the password), parse errors ([`parse_url`]) quote nothing of the string,
+//! and the driver's `Debug` of its config hides the password too.
+//!
 //! # Tables
 //! Created by the embedded migrations ([`migrate`], [`selfrag_migrations`]):
 //!
@@ -73,12 +78,15 @@
 //! [`Error::is_retryable`]: selfrag_core::Error::is_retryable
 
 mod config;
+mod conn;
 mod error;
 mod memory;
+mod redact;
 mod session;
 mod users;
 
 pub use config::PostgresConfig;
+pub use redact::{parse_url, redact_url};
 pub use memory::PostgresMemoryStore;
 pub use session::PostgresSessionStore;
 pub use users::PostgresUserStore;

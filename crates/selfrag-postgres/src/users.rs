@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use selfrag_core::{Result, UserId, UserStore};
 
+use crate::conn::Db;
 use crate::error;
 
 /// Whether `id` is a known user (shared by the stores that must tell an
@@ -17,34 +18,51 @@ pub(crate) async fn exists(conn: &Object, id: UserId) -> Result<bool> {
 /// deletes its memory logs and sessions in the same statement, through the
 /// tables' `ON DELETE CASCADE` foreign keys.
 ///
-/// Clones share the pool.
+/// Clones share the pool. Every call runs under the operation timeout (see
+/// [`crate::PostgresMemoryStore::operation_timeout`]).
 #[derive(Debug, Clone)]
 pub struct PostgresUserStore {
-    pool: Pool,
+    db: Db,
 }
 
 impl PostgresUserStore {
     /// A store on `pool` (see [`crate::PostgresMemoryStore::new`]).
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self { db: Db::new(pool, crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT) }
+    }
+
+    /// A store on `pool` with the operation timeout of `config`.
+    pub fn with_config(pool: Pool, config: &crate::PostgresConfig) -> Self {
+        Self::new(pool).operation_timeout(config.operation_timeout)
+    }
+
+    /// Sets the deadline of every call (see
+    /// [`crate::PostgresMemoryStore::operation_timeout`]).
+    pub fn operation_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.db = self.db.with_timeout(timeout);
+        self
     }
 
     /// The pool.
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        self.db.pool()
     }
 
-    async fn conn(&self) -> Result<Object> {
-        self.pool.get().await.map_err(error::pool)
+    /// Runs one statement with one `uuid` parameter under the deadline and
+    /// returns the rows it affected.
+    async fn execute(&self, what: &'static str, sql: &'static str, id: UserId) -> Result<u64> {
+        let op = self.db.op(what);
+        let conn = op.conn().await?;
+        op.run(async {
+            let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
+            conn.execute(&stmt, &[id.as_uuid()]).await.map_err(error::pg)
+        })
+        .await
     }
 
     async fn insert(&self, id: UserId) -> Result<bool> {
-        let conn = self.conn().await?;
-        let stmt = conn
-            .prepare_cached("INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
-            .await
-            .map_err(error::pg)?;
-        Ok(conn.execute(&stmt, &[id.as_uuid()]).await.map_err(error::pg)? == 1)
+        let sql = "INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO NOTHING";
+        Ok(self.execute("create user", sql, id).await? == 1)
     }
 }
 
@@ -66,12 +84,12 @@ impl UserStore for PostgresUserStore {
     }
 
     async fn user_exists(&self, id: UserId) -> Result<bool> {
-        exists(&self.conn().await?, id).await
+        let op = self.db.op("check user");
+        let conn = op.conn().await?;
+        op.run(exists(&conn, id)).await
     }
 
     async fn delete_user(&self, id: UserId) -> Result<bool> {
-        let conn = self.conn().await?;
-        let stmt = conn.prepare_cached("DELETE FROM users WHERE id = $1").await.map_err(error::pg)?;
-        Ok(conn.execute(&stmt, &[id.as_uuid()]).await.map_err(error::pg)? == 1)
+        Ok(self.execute("delete user", "DELETE FROM users WHERE id = $1", id).await? == 1)
     }
 }
