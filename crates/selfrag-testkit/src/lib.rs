@@ -45,8 +45,17 @@
 //! # Servers
 //! [`servers`] finds a server for a backend's tests: the URL in
 //! `SELFRAG_TEST_{POSTGRES,REDIS,QDRANT}_URL`, else a container when a Docker
-//! engine answers, else a loud `SKIPPED` line and `None`.
-//! `SELFRAG_TEST_REQUIRE=postgres,redis` turns a skip into a panic.
+//! engine answers, else (Postgres, Redis) a private server started from the
+//! machine's binaries and shared by the test process, else a loud `SKIPPED`
+//! line and `None`. `SELFRAG_TEST_REQUIRE=postgres,redis` turns a skip into a
+//! panic.
+//!
+//! # Faults
+//! Fault tests own their servers: [`servers::PrivatePostgres`] and
+//! [`servers::PrivateRedis`] start from the machine's binaries in a
+//! temporary directory and can be crashed (SIGKILL), stopped and restarted
+//! on the same port and data. [`relay::Relay`] sits between a client and a
+//! server and black-holes, refuses or cuts connections on demand.
 
 use std::any::Any;
 use std::fmt;
@@ -65,13 +74,17 @@ mod util;
 pub mod data;
 mod macros;
 pub mod memory;
+#[cfg(unix)]
+mod private;
 pub mod ratelimit;
+pub mod relay;
 pub mod servers;
 pub mod session;
 pub mod vector;
 
 #[doc(hidden)]
 pub use macros::__defined_checks;
+pub use relay::Relay;
 pub use servers::TestServer;
 
 /// The outcome of one check: `Err` says what was expected and what happened.

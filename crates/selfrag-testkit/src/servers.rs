@@ -1,16 +1,29 @@
-//! Servers for backend tests.
+//! Servers for backend tests: shared ones for conformance tests, private
+//! ones a test may crash, and a relay for network faults.
 //!
+//! # Shared servers: [`postgres`], [`redis`], [`qdrant`]
 //! For each backend, in order:
 //! 1. the URL in its environment variable (`SELFRAG_TEST_POSTGRES_URL`,
 //!    `SELFRAG_TEST_REDIS_URL`, `SELFRAG_TEST_QDRANT_URL`), used as is;
 //! 2. else a container started with testcontainers, but only when a Docker
 //!    engine answers a ping within a second or two (`DOCKER_HOST`, or
-//!    `/var/run/docker.sock`), so that machines without Docker skip at once;
-//!    the container lives as long as the returned [`TestServer::guard`];
-//! 3. else a loud `SKIPPED <backend> tests: <why>` line on stderr and `None`.
+//!    `/var/run/docker.sock`), so that machines without Docker move on at
+//!    once; the container lives as long as the returned [`TestServer::guard`];
+//! 3. else (Postgres and Redis) **a private server started from the
+//!    machine's binaries**, one per test process, started by the first test
+//!    that asks and shared by all tests of the process (they isolate
+//!    themselves with fresh schemas and key prefixes). Postgres:
+//!    `postgres://postgres@127.0.0.1:PORT/test`, from the newest
+//!    `/usr/lib/postgresql/*/bin` (or `SELFRAG_TEST_PG_BIN_DIR`, or `initdb`
+//!    on `PATH`), run as the `postgres` user when the tests run as root.
+//!    Redis: `redis://127.0.0.1:PORT` from `redis-server` on `PATH` (or
+//!    `SELFRAG_TEST_REDIS_SERVER`). It stops and its directory is removed
+//!    when the test process ends, however it ends (see "Clean-up" below).
+//!    `SELFRAG_TEST_LOCAL_SERVERS=off` skips this step;
+//! 4. else a loud `SKIPPED <backend> tests: <why>` line on stderr and `None`.
 //!
 //! `SELFRAG_TEST_REQUIRE` (a comma list such as `postgres,redis`, or `all`)
-//! turns step 3 into a panic for the listed backends, so CI cannot pass by
+//! turns step 4 into a panic for the listed backends, so CI cannot pass by
 //! skipping. An unknown name in it is a panic too (a typo must not disable
 //! the requirement).
 //!
@@ -19,6 +32,43 @@
 //! [`QDRANT_TAG`], or `SELFRAG_TEST_QDRANT_TAG`) exposing 6333 (REST) and
 //! 6334 (gRPC), ready when `GET /readyz` on 6333 answers 200. One container
 //! per call: tests stay isolated, at the price of start-up time.
+//!
+//! The shared servers are never stopped, restarted or reconfigured by a
+//! test: fault tests use private servers.
+//!
+//! # Private servers: [`PrivatePostgres`], [`PrivateRedis`]
+//! A server of the test's own, from the machine's binaries, in a temporary
+//! directory, on a free loopback port (or a given one), which the test may
+//! crash ([`PrivatePostgres::kill`]: SIGKILL to the postmaster and all its
+//! children), stop cleanly, and restart on the same port and data
+//! ([`PrivatePostgres::restart`] returns once it accepts connections again,
+//! after crash recovery). Options carry what TLS, auth and cluster tests
+//! need: extra `postgresql.conf` lines, a replacement `pg_hba.conf`, the
+//! auth method and superuser password, files for the data directory;
+//! extra `redis-server` arguments and a password. Dropping one stops it and
+//! removes its directory.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), String> {
+//! use selfrag_testkit::servers::{PgOptions, PrivatePostgres};
+//! let Some(pg) = PrivatePostgres::start_or_skip(PgOptions::default()).await else { return Ok(()) };
+//! let url = pg.url(); // postgres://postgres@127.0.0.1:PORT/test
+//! pg.kill().await?; // crash
+//! pg.restart().await?; // crash recovery, same port
+//! # Ok(()) }
+//! ```
+//!
+//! Network faults: [`crate::relay::Relay`] (also re-exported here) sits
+//! between a client and any server and can black-hole, refuse or cut the
+//! connections.
+//!
+//! # Clean-up
+//! Each server lives under `<tmp>/selfrag-testkit/`, with a watchdog
+//! process that stops the server and removes its directory when the test
+//! process ends (it reads a pipe only the test process holds, so the
+//! kernel's closing of that pipe at exit, even after `SIGKILL`, is the
+//! signal); the first server a process starts also reaps directories of
+//! test processes that are gone.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -26,6 +76,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::Guard;
+
+#[cfg(unix)]
+pub use crate::private::{free_port, PgOptions, PrivatePostgres, PrivateRedis, RedisOptions};
+pub use crate::relay::{Relay, RelayStats};
+
+/// The environment variable that, set to `off` (or `0`, `false`, `no`),
+/// skips the private servers step of [`postgres`] and [`redis`].
+pub const LOCAL_SERVERS_VAR: &str = "SELFRAG_TEST_LOCAL_SERVERS";
 
 /// The Qdrant image tag started when no URL is given.
 pub const QDRANT_TAG: &str = "v1.18.0";
@@ -159,14 +217,56 @@ async fn provide_with(backend: Backend, env: impl Fn(&str) -> Option<String>) ->
         }
     }
     let probe = tokio::task::spawn_blocking(docker_engine).await.unwrap_or_else(|e| Err(e.to_string()));
-    let reason = match probe {
+    let mut reason = match probe {
         Ok(()) => match start_container(backend).await {
             Ok(server) => return Some(server),
             Err(e) => format!("{} is not set, and starting a container failed: {e}", backend.url_var()),
         },
         Err(why) => format!("{} is not set, and no Docker engine answers ({why})", backend.url_var()),
     };
+    if backend != Backend::Qdrant {
+        let disabled = env(LOCAL_SERVERS_VAR)
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false" | "no"));
+        if disabled {
+            reason.push_str(&format!(", and {LOCAL_SERVERS_VAR} turns off private servers"));
+        } else {
+            match tokio::task::spawn_blocking(move || shared_local(backend)).await {
+                Ok(Ok(server)) => return Some(server),
+                Ok(Err(e)) => reason.push_str(&format!(", and no private server could be started: {e}")),
+                Err(e) => reason.push_str(&format!(", and starting a private server panicked: {e}")),
+            }
+        }
+    }
     skip_with(require.as_deref(), backend.name(), &reason)
+}
+
+/// The process-shared private server of `backend` (Postgres or Redis),
+/// started on first use. A failure is remembered: later tests skip at once
+/// with the same reason instead of trying again.
+#[cfg(unix)]
+fn shared_local(backend: Backend) -> Result<TestServer, String> {
+    // Statics are never dropped: the watchdog stops these servers when the
+    // process ends (see the module docs).
+    static POSTGRES: OnceLock<Result<PrivatePostgres, String>> = OnceLock::new();
+    static REDIS: OnceLock<Result<PrivateRedis, String>> = OnceLock::new();
+    match backend {
+        Backend::Postgres => POSTGRES
+            .get_or_init(|| PrivatePostgres::start_blocking(PgOptions::default()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map(|pg| TestServer { url: pg.url(), guard: None })
+            .map_err(Clone::clone),
+        Backend::Redis => REDIS
+            .get_or_init(|| PrivateRedis::start_blocking(RedisOptions::default()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map(|r| TestServer { url: r.url(), guard: None })
+            .map_err(Clone::clone),
+        Backend::Qdrant => Err("no private Qdrant server".into()),
+    }
+}
+
+#[cfg(not(unix))]
+fn shared_local(_backend: Backend) -> Result<TestServer, String> {
+    Err("private servers need a Unix system".into())
 }
 
 /// Parses `SELFRAG_TEST_REQUIRE`: comma-separated backend names, any case,
@@ -425,7 +525,7 @@ mod tests {
         // A blank URL counts as unset: without Docker (and not required),
         // the backend is skipped.
         if docker_engine().is_err() {
-            let blank = env(&[("SELFRAG_TEST_POSTGRES_URL", "   ")]);
+            let blank = env(&[("SELFRAG_TEST_POSTGRES_URL", "   "), (LOCAL_SERVERS_VAR, "off")]);
             assert!(rt.block_on(provide_with(Backend::Postgres, blank)).is_none());
         }
     }
