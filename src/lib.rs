@@ -18,8 +18,16 @@
 
 pub use selfrag_core::*;
 
+mod composed;
 mod storage;
 pub use storage::{Backends, Storage, StorageOptions};
+
+// The public API takes and returns these crates' types
+// (`serde_json::Value`/`Map`, `time::OffsetDateTime`, `uuid::Uuid`): one
+// dependency on `selfrag` is enough to name them, at the versions it uses.
+pub use serde_json;
+pub use time;
+pub use uuid;
 
 #[cfg(feature = "postgres")]
 pub use selfrag_migrations as migrations;

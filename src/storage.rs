@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use selfrag_core::local::{LocalRateLimiter, LocalStore, LocalVectorIndex};
+
+use crate::composed::{CascadingUsers, UserCheckedSessions};
 use selfrag_core::{
     Distance, Error, IndexSpec, MemoryStore, RateLimitPolicy, RateLimiter, Result, SessionStore, UserStore, VectorIndex,
 };
@@ -72,6 +74,11 @@ pub struct StorageOptions {
     /// Apply the Postgres migrations when `DATABASE_URL` is set (default:
     /// true; safe when several instances start together).
     pub migrate: bool,
+    /// Deadline of [`Storage::from_env`] as a whole: connecting, migrating
+    /// and ensuring the Qdrant collection (default: 60 s). Past it the call
+    /// returns [`Error::Timeout`] instead of waiting on an unreachable
+    /// server.
+    pub startup_timeout: std::time::Duration,
 }
 
 impl Default for StorageOptions {
@@ -81,6 +88,7 @@ impl Default for StorageOptions {
             policy: RateLimitPolicy::default(),
             collection: "selfrag_chunks".into(),
             migrate: true,
+            startup_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -126,6 +134,17 @@ impl Storage {
     /// # Errors
     /// As [`Storage::from_env`].
     pub async fn from_lookup(options: &StorageOptions, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let limit = options.startup_timeout;
+        match tokio::time::timeout(limit, Self::compose(options, lookup)).await {
+            Ok(storage) => storage,
+            Err(_) => Err(Error::timeout(
+                "selfrag",
+                format!("start-up did not finish within StorageOptions::startup_timeout ({limit:?})"),
+            )),
+        }
+    }
+
+    async fn compose(options: &StorageOptions, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let mut storage = Self::local(options);
         if let Some(url) = lookup("DATABASE_URL") {
             postgres(&mut storage, options, url, lookup("SELFRAG_POSTGRES_SCHEMA")).await?;
@@ -139,7 +158,23 @@ impl Storage {
         } else if let Some(path) = lookup("SELFRAG_EDGE_PATH") {
             edge(&mut storage, options, path).await?;
         }
+        storage.tie_sessions_to_users();
         Ok(storage)
+    }
+
+    /// When sessions are served by another backend than users (Redis next
+    /// to Postgres or the in-process store), keeps the user contract across
+    /// the two: deleting a user revokes its sessions, and a session cannot
+    /// be created for an unknown user. See `docs/contracts.md`.
+    fn tie_sessions_to_users(&mut self) {
+        if self.backends.sessions == self.backends.memory {
+            // One backend holds both, and deletes sessions with the user
+            // itself (a cascading foreign key, or one in-process state).
+            return;
+        }
+        let (users, sessions) = (self.users.clone(), self.sessions.clone());
+        self.users = Arc::new(CascadingUsers { users: users.clone(), sessions: sessions.clone() });
+        self.sessions = Arc::new(UserCheckedSessions { users, sessions });
     }
 }
 
@@ -162,8 +197,8 @@ async fn postgres(storage: &mut Storage, options: &StorageOptions, url: String, 
     if options.migrate {
         selfrag_postgres::migrate(&pool).await?;
     }
-    storage.users = Arc::new(PostgresUserStore::new(pool.clone()));
-    storage.memory = Arc::new(PostgresMemoryStore::new(pool.clone()));
+    storage.users = Arc::new(PostgresUserStore::with_config(pool.clone(), &config));
+    storage.memory = Arc::new(PostgresMemoryStore::with_config(pool.clone(), &config));
     storage.sessions = Arc::new(PostgresSessionStore::new(pool));
     storage.backends.memory = "postgres";
     storage.backends.sessions = "postgres";

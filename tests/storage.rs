@@ -96,3 +96,82 @@ async fn a_backend_built_without_its_feature_is_named() {
     let err = Storage::from_lookup(&StorageOptions::default(), lookup(&vars)).await.unwrap_err();
     assert!(err.to_string().contains("`qdrant` feature"), "{err}");
 }
+
+/// The user contract across two backends: with users in one store and
+/// sessions in another, deleting a user ends its sessions (get, touch and
+/// list see nothing), a session cannot be created for a deleted or unknown
+/// user, and a neighbour user's sessions are untouched.
+async fn deleting_a_user_ends_its_sessions(storage: &Storage) {
+    use std::time::Duration;
+    let ttl = || NewSession::new(Duration::from_secs(600)).unwrap();
+    let (user, neighbour) = (storage.users.create_user().await.unwrap(), storage.users.create_user().await.unwrap());
+    let mine = [storage.sessions.create(user, ttl()).await.unwrap(), storage.sessions.create(user, ttl()).await.unwrap()];
+    let theirs = storage.sessions.create(neighbour, ttl()).await.unwrap();
+
+    assert!(storage.users.delete_user(user).await.unwrap());
+    for s in &mine {
+        assert_eq!(storage.sessions.get(user, s.id).await.unwrap(), None, "a deleted user's session is gone");
+        assert_eq!(storage.sessions.touch(user, s.id).await.unwrap(), None, "and cannot be touched");
+    }
+    assert!(storage.sessions.list(user).await.unwrap().is_empty(), "a deleted user has no sessions");
+    let err = storage.sessions.create(user, ttl()).await.unwrap_err();
+    assert_eq!(err.kind(), selfrag::ErrorKind::NotFound, "a session for a deleted user: {err}");
+    let err = storage.sessions.create(selfrag::UserId::new(), ttl()).await.unwrap_err();
+    assert_eq!(err.kind(), selfrag::ErrorKind::NotFound, "a session for an unknown user: {err}");
+    // Deleting again is not an error, and finds nothing.
+    assert!(!storage.users.delete_user(user).await.unwrap());
+
+    assert_eq!(storage.sessions.get(neighbour, theirs.id).await.unwrap().map(|s| s.id), Some(theirs.id));
+    assert_eq!(storage.sessions.list(neighbour).await.unwrap().len(), 1);
+    storage.users.delete_user(neighbour).await.unwrap();
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn in_process_users_with_redis_sessions_keep_the_user_contract() {
+    let Some(server) = selfrag_testkit::servers::redis().await else { return };
+    let prefix = format!("facade-{}:", uuid::Uuid::new_v4().simple());
+    let vars = [("REDIS_URL", server.url.clone()), ("SELFRAG_REDIS_PREFIX", prefix)];
+    let storage = Storage::from_lookup(&StorageOptions::default(), lookup(&vars)).await.unwrap();
+    assert_eq!((storage.backends.memory, storage.backends.sessions), ("local", "redis"));
+    deleting_a_user_ends_its_sessions(&storage).await;
+}
+
+#[cfg(all(feature = "postgres", feature = "redis"))]
+#[tokio::test]
+async fn postgres_users_with_redis_sessions_keep_the_user_contract() {
+    let Some(pg) = selfrag_testkit::servers::postgres().await else { return };
+    let Some(redis) = selfrag_testkit::servers::redis().await else { return };
+    let schema = format!("facade_{}", uuid::Uuid::new_v4().simple());
+    let (client, conn) =
+        selfrag::postgres::tokio_postgres::connect(&pg.url, selfrag::postgres::tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    let vars = [
+        ("DATABASE_URL", pg.url.clone()),
+        ("SELFRAG_POSTGRES_SCHEMA", schema.clone()),
+        ("REDIS_URL", redis.url.clone()),
+        ("SELFRAG_REDIS_PREFIX", format!("facade-{}:", uuid::Uuid::new_v4().simple())),
+    ];
+    let storage = Storage::from_lookup(&StorageOptions::default(), lookup(&vars)).await.unwrap();
+    assert_eq!((storage.backends.memory, storage.backends.sessions), ("postgres", "redis"));
+    deleting_a_user_ends_its_sessions(&storage).await;
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn start_up_ends_at_its_deadline() {
+    // A listener that accepts and never answers: connecting hangs, as it
+    // would behind a partition, and start-up must give up on time.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let options = StorageOptions { startup_timeout: std::time::Duration::from_millis(500), ..StorageOptions::default() };
+    let vars = [("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{port}/db"))];
+    let started = std::time::Instant::now();
+    let err = Storage::from_lookup(&options, lookup(&vars)).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind(), selfrag::ErrorKind::Timeout, "{err}");
+    assert!(took < std::time::Duration::from_secs(3), "start-up gave up after {took:?}");
+    drop(silent);
+}
