@@ -423,6 +423,45 @@ mod tests {
         assert_eq!(QdrantIndex::new(client, "a/b", spec).unwrap_err().field(), Some("collection"));
     }
 
+    /// A server that accepts connections and never answers (a hung server,
+    /// or one behind a partition that drops packets): every call ends at
+    /// the request timeout with a retryable, ambiguous `Timeout`, not later.
+    #[tokio::test]
+    async fn a_silent_server_times_out_at_the_deadline() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        // Accept and hold every connection without reading or answering.
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c);
+            }
+        });
+        let timeout = std::time::Duration::from_millis(600);
+        let index = QdrantIndexConfig::new(
+            format!("http://127.0.0.1:{port}"),
+            "c",
+            IndexSpec::new(2, Distance::Cosine).unwrap(),
+        )
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .unwrap();
+        let t = Tenant::new("t").unwrap();
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            let err = index.count(&t, None).await.unwrap_err();
+            let took = started.elapsed();
+            assert!(
+                matches!(err.kind(), selfrag_core::ErrorKind::Timeout | selfrag_core::ErrorKind::Unavailable),
+                "{err:?}"
+            );
+            assert!(err.is_retryable(), "{err:?}");
+            assert!(took < timeout * 2 + std::time::Duration::from_millis(500), "the call took {took:?}");
+        }
+        held.abort();
+    }
+
     /// With no server, calls fail as retryable `Unavailable` errors, and bad
     /// input is refused before any connection is tried.
     #[tokio::test]
