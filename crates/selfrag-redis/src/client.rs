@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, ErrorKind as RedisKind, FromRedisValue, RedisError, Script, ScriptInvocation};
-use deadpool_redis::{Connection, Pool, PoolError};
+use deadpool_redis::{Connection, PoolError};
 use selfrag_core::{Error, Result, UserId};
 
-use crate::config::{validate_prefix, RedisConfig};
+use crate::config::{validate_prefix, RedisConfig, RedisPool};
 use crate::BACKEND;
 
 /// A pool plus the connection this store multiplexes its calls over.
@@ -39,7 +39,8 @@ pub(crate) struct Handle {
 }
 
 struct Inner {
-    pool: Pool,
+    /// Its `Debug` shows the URL without the password.
+    pool: RedisPool,
     /// Shared with the handles [`Handle::rebuilt`] derives.
     conn: Arc<Mutex<Option<MultiplexedConnection>>>,
     prefix: Box<str>,
@@ -49,7 +50,7 @@ struct Inner {
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
-            .field("pool", &self.inner.pool.status())
+            .field("pool", &self.inner.pool)
             .field("connected", &self.lock().is_some())
             .field("prefix", &self.inner.prefix)
             .field("response_timeout", &self.inner.response_timeout)
@@ -58,7 +59,7 @@ impl fmt::Debug for Handle {
 }
 
 impl Handle {
-    pub(crate) fn new(pool: Pool) -> Self {
+    pub(crate) fn new(pool: RedisPool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -82,7 +83,7 @@ impl Handle {
         }
     }
 
-    pub(crate) fn with_config(pool: Pool, config: &RedisConfig) -> Result<Self> {
+    pub(crate) fn with_config(pool: RedisPool, config: &RedisConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self::new(pool).with_prefix(&config.key_prefix)?.with_response_timeout(config.response_timeout))
     }
@@ -100,7 +101,7 @@ impl Handle {
         &self.inner.prefix
     }
 
-    pub(crate) fn pool(&self) -> &Pool {
+    pub(crate) fn pool(&self) -> &RedisPool {
         &self.inner.pool
     }
 

@@ -1,5 +1,9 @@
-//! Connection settings: [`RedisConfig`] and its builder.
+//! Connection settings: [`RedisConfig`] and its builder, the pool they
+//! build ([`RedisPool`]), and [`redact_url`].
 
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
@@ -10,7 +14,9 @@ use selfrag_core::{Error, Result};
 /// Build one with [`RedisConfig::builder`] or [`RedisConfig::from_env`]; the
 /// fields are public for reading and for struct-update syntax, and are checked
 /// again by [`RedisConfig::create_pool`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` shows the URL through [`redact_url`]: never its password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// The server URL, e.g. `redis://127.0.0.1:6379/0` or
     /// `rediss://user:pass@host:6380` (TLS needs a TLS feature of the
@@ -128,7 +134,7 @@ impl RedisConfig {
     /// # Errors
     /// [`Error::InvalidInput`] as [`RedisConfig::validate`], or when the
     /// driver rejects the URL (field `url`).
-    pub fn create_pool(&self) -> Result<Pool> {
+    pub fn create_pool(&self) -> Result<RedisPool> {
         self.validate()?;
         let mut cfg = deadpool_redis::Config::from_url(self.url.trim());
         let mut pool = PoolConfig::new(self.pool_size);
@@ -138,8 +144,160 @@ impl RedisConfig {
             recycle: Some(self.connect_timeout),
         };
         cfg.pool = Some(pool);
-        cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| Error::invalid("url", e.to_string()))
+        // The driver's messages name what is wrong (`Invalid database
+        // number`, `Missing hostname`), never the URL itself.
+        let pool = cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| Error::invalid("url", e.to_string()))?;
+        Ok(RedisPool { pool, server: Some(redact_url(&self.url).into()) })
     }
+
+    /// [`RedisConfig::url`] without its password: see [`redact_url`].
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// A [`deadpool_redis::Pool`] whose `Debug` never shows the password.
+///
+/// The driver's pool prints its connection info, password included, when
+/// formatted with `{:?}`; this wrapper prints the pool's status and the
+/// server's URL through [`redact_url`] instead. It dereferences to the
+/// driver's pool, so `pool.get()`, `pool.status()` and the rest work as
+/// before, and converts both ways: the stores' constructors take anything
+/// that converts into it (a [`RedisPool`] or a `deadpool_redis::Pool`), and
+/// [`RedisPool::into_inner`] gives the driver's pool back. Cloning is cheap
+/// (the pool is reference-counted), and clones share the connections.
+#[derive(Clone)]
+pub struct RedisPool {
+    pool: Pool,
+    /// The redacted URL, when the pool was built from a [`RedisConfig`] (a
+    /// driver pool wrapped by `From` does not expose its URL).
+    server: Option<Arc<str>>,
+}
+
+impl RedisPool {
+    /// The driver's pool.
+    pub fn into_inner(self) -> Pool {
+        self.pool
+    }
+
+    /// The server's URL without its password (see [`redact_url`]), when the
+    /// pool was built by [`RedisConfig::create_pool`].
+    pub fn redacted_url(&self) -> Option<&str> {
+        self.server.as_deref()
+    }
+}
+
+impl Deref for RedisPool {
+    type Target = Pool;
+
+    fn deref(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl AsRef<Pool> for RedisPool {
+    fn as_ref(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl From<Pool> for RedisPool {
+    fn from(pool: Pool) -> Self {
+        Self { pool, server: None }
+    }
+}
+
+impl From<RedisPool> for Pool {
+    fn from(pool: RedisPool) -> Self {
+        pool.pool
+    }
+}
+
+impl fmt::Debug for RedisPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPool").field("url", &self.server).field("status", &self.pool.status()).finish()
+    }
+}
+
+/// What [`redact_url`] prints for a URL it cannot parse.
+const UNPARSEABLE: &str = "<redacted: not a valid Redis URL>";
+/// What [`redact_url`] prints for a URL with an `@` after its host.
+const AMBIGUOUS: &str = "<redacted: Redis URL with an `@` after the host (percent-encode it as %40)>";
+
+/// A Redis URL as it may be printed: the password replaced by `***`.
+///
+/// The URL is parsed by the driver's own parser ([`redis::parse_redis_url`],
+/// so the result shows how the driver reads it) and printed again from its
+/// parts: `redis://user:***@host:port/db`, `rediss://:***@host`,
+/// `redis+unix:///path?db=1&pass=***`. Userinfo ends at the *last* `@`
+/// before the host, so a password holding an unencoded `@` is hidden whole;
+/// a user name without a password (which the driver ignores: most likely a
+/// password missing its `:`) is hidden too.
+/// Query values whose key names a secret (`pass`, `password`, a `token`, a
+/// `key`, ...) are replaced by `***`; a fragment other than `#insecure` is
+/// left out. A string that does not parse, or that holds an `@` after the
+/// host (where a password with an unencoded `/` or `?` spills, leaving the
+/// split unclear), gives a fixed placeholder, never any of the string.
+///
+/// [`redis::parse_redis_url`]: deadpool_redis::redis::parse_redis_url
+pub fn redact_url(url: &str) -> String {
+    let Some(parsed) = deadpool_redis::redis::parse_redis_url(url.trim()) else {
+        return UNPARSEABLE.to_owned();
+    };
+    // An `@` after the host means the URL does not split where its author
+    // meant: `redis://u:12/34@h` parses as host `u`, port 12, path `/34@h`
+    // for a password `12/34`. No part of such a URL is safe to print.
+    if [Some(parsed.path()), parsed.query(), parsed.fragment()].into_iter().flatten().any(|p| p.contains('@')) {
+        return AMBIGUOUS.to_owned();
+    }
+    let mut out = format!("{}://", parsed.scheme());
+    let user = parsed.username();
+    match (user.is_empty(), parsed.password().is_some()) {
+        (_, true) => out.push_str(&format!("{user}:***@")),
+        // A user without a password is not sent to Redis at all: most
+        // likely a password whose leading `:` was forgotten.
+        (false, false) => out.push_str("***@"),
+        (true, false) => {}
+    }
+    if let Some(host) = parsed.host_str() {
+        out.push_str(host);
+    }
+    if let Some(port) = parsed.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(parsed.path());
+    if parsed.query().is_some() {
+        let pairs: Vec<String> = parsed
+            .query_pairs()
+            .map(|(k, v)| if is_secret_key(&k) { format!("{k}=***") } else { format!("{k}={v}") })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    if parsed.fragment() == Some("insecure") {
+        out.push_str("#insecure");
+    }
+    out
+}
+
+/// Whether a URL query key names a secret: `pass` (redis-rs reads the
+/// password of a `redis+unix://` URL from it), `password`, and anything
+/// naming a token, key, secret or credential, to be safe.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["pass", "secret", "token", "key", "auth", "cred"].iter().any(|s| key.contains(s))
 }
 
 impl Default for RedisConfig {
@@ -268,6 +426,63 @@ mod tests {
             Some("response_timeout")
         );
         assert!(RedisConfig::builder().key_prefix("").build().is_ok());
+    }
+
+    #[test]
+    fn urls_are_printed_without_passwords() {
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url(" redis://:pw@h:6379/0 "), "redis://:***@h:6379/0");
+        assert_eq!(redact_url("rediss://user:pw@h"), "rediss://user:***@h");
+        assert_eq!(redact_url("rediss://:pw@h:6380/#insecure"), "rediss://:***@h:6380/#insecure");
+        assert_eq!(redact_url("redis://u:p@ss@h/1"), "redis://u:***@h/1", "userinfo ends at the last @");
+        assert_eq!(redact_url("redis://h/2?protocol=resp3"), "redis://h/2?protocol=resp3");
+        assert_eq!(redact_url("redis+unix:///tmp/r.sock?db=1&pass=pw"), "redis+unix:///tmp/r.sock?db=1&pass=***");
+        assert_eq!(redact_url("unix:///tmp/r.sock?user=u&password=pw"), "unix:///tmp/r.sock?user=u&password=***");
+        assert_eq!(redact_url("redis://h#fragment"), "redis://h");
+        assert_eq!(redact_url("redis://pw@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://u:12/34@h"), AMBIGUOUS);
+        assert_eq!(redact_url("redis://u:12?x=34@h"), AMBIGUOUS);
+        assert_eq!(redact_url("http://u:pw@h"), UNPARSEABLE);
+        assert_eq!(redact_url("redis://u:p w@h"), "redis://u:***@h");
+        assert_eq!(redact_url("redis://h:notaport"), UNPARSEABLE);
+    }
+
+    /// Every form a Redis URL holds a password in: the config, the builder,
+    /// the pool and the errors never show it, while the driver's own pool
+    /// does (which is why [`RedisPool`] wraps it).
+    #[test]
+    fn no_form_of_password_reaches_debug_or_errors() {
+        const PW: &str = "R3disS3cret";
+        for url in [
+            format!("redis://:{PW}@127.0.0.1:1"),
+            format!("redis://user:{PW}@127.0.0.1:1/2"),
+            format!("rediss://:{PW}@127.0.0.1:1"),
+            format!("redis://u:p@{PW}@127.0.0.1:1"),
+            format!("redis://u:{PW}@@127.0.0.1:1"),
+            format!("redis://{PW}@127.0.0.1:1"),
+            format!("redis+unix:///tmp/none.sock?pass={PW}"),
+            format!("unix:///tmp/none.sock?password={PW}"),
+            format!("redis://u:{PW}/x@127.0.0.1:1"),
+            format!("redis://u:{PW}@127.0.0.1:1/notadb"),
+            format!("redis://:{PW}@127.0.0.1:1/?protocol=bogus"),
+            format!("http://:{PW}@127.0.0.1:1"),
+        ] {
+            let config = RedisConfig { url: url.clone(), ..RedisConfig::default() };
+            let builder = RedisConfig::builder().url(url.as_str());
+            for text in [format!("{config:?}"), format!("{builder:?}"), config.redacted_url()] {
+                assert!(!text.contains(PW), "{url}: {text}");
+            }
+            match config.create_pool() {
+                Ok(pool) => {
+                    assert!(!format!("{pool:?}").contains(PW), "{url}: {pool:?}");
+                    if url.starts_with("redis://:") {
+                        let raw = format!("{:?}", pool.clone().into_inner());
+                        assert!(raw.contains(PW), "the driver's pool shows it: the wrapper is needed");
+                    }
+                }
+                Err(e) => assert!(!format!("{e} {e:?}").contains(PW), "{url}: {e}"),
+            }
+        }
     }
 
     #[test]

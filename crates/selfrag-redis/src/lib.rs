@@ -30,6 +30,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Secrets
+//! No password is ever printed: the `Debug` of [`RedisConfig`], its builder,
+//! [`RedisPool`] (what [`RedisConfig::create_pool`] and the stores' `pool()`
+//! return, in place of the driver's pool, whose `Debug` shows the password)
+//! and the stores show the URL through [`redact_url`], and errors never
+//! quote the URL.
+//!
 //! # Key layout
 //! Every key starts with the prefix (default `selfrag:`) and the user's hash
 //! tag `{u:<user uuid>}`. Redis Cluster hashes only the part inside the first
@@ -127,7 +134,7 @@ mod config;
 mod ratelimit;
 mod session;
 
-pub use config::{RedisConfig, RedisConfigBuilder};
+pub use config::{redact_url, RedisConfig, RedisConfigBuilder, RedisPool};
 pub use ratelimit::{CheckOutcome, DecisionSource, FailurePolicy, RedisRateLimiter};
 pub use session::RedisSessionStore;
 

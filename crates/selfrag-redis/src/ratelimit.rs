@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::Pool;
 use selfrag_core::local::LocalRateLimiter;
 use selfrag_core::{
     Error, ErrorKind, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter, Result, WindowStatus,
 };
 
 use crate::client::{bad_reply, Handle, RATELIMIT_CHECK, RATELIMIT_RESET};
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, RedisPool};
 
 /// What [`RedisRateLimiter::check`] does when Redis cannot decide (the call
 /// fails with [`Error::Unavailable`] or [`Error::Timeout`]: connection
@@ -103,16 +102,17 @@ pub struct RedisRateLimiter {
 impl RedisRateLimiter {
     /// A limiter enforcing `policy` over `pool`, with the default key prefix
     /// (`selfrag:`), response timeout (2 s) and [`FailurePolicy::FailClosed`].
-    pub fn new(pool: Pool, policy: RateLimitPolicy) -> Self {
-        Self::from_handle(Handle::new(pool), policy)
+    /// `pool` is a [`RedisPool`] or a `deadpool_redis::Pool`.
+    pub fn new(pool: impl Into<RedisPool>, policy: RateLimitPolicy) -> Self {
+        Self::from_handle(Handle::new(pool.into()), policy)
     }
 
     /// A limiter over `pool` with the prefix and timeouts of `config`.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] as [`RedisConfig::validate`].
-    pub fn with_config(pool: Pool, config: &RedisConfig, policy: RateLimitPolicy) -> Result<Self> {
-        Ok(Self::from_handle(Handle::with_config(pool, config)?, policy))
+    pub fn with_config(pool: impl Into<RedisPool>, config: &RedisConfig, policy: RateLimitPolicy) -> Result<Self> {
+        Ok(Self::from_handle(Handle::with_config(pool.into(), config)?, policy))
     }
 
     /// A limiter with its own pool built from `config`. Connects lazily, so

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis;
-use deadpool_redis::Pool;
 use selfrag_core::session::validate_data;
 use selfrag_core::{Error, NewSession, Result, Session, SessionId, SessionStore, UserId};
 use serde_json::{Map, Value as Json};
@@ -14,7 +13,7 @@ use crate::client::{
     bad_reply, Handle, SESSION_CREATE, SESSION_LIST, SESSION_REVOKE, SESSION_REVOKE_ALL, SESSION_SET_DATA,
     SESSION_TOUCH,
 };
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, RedisPool};
 use crate::BACKEND;
 
 /// How many fresh ids `create` draws before giving up. With 122 random bits a
@@ -35,9 +34,10 @@ pub struct RedisSessionStore {
 
 impl RedisSessionStore {
     /// A store over `pool`, with the default key prefix (`selfrag:`) and
-    /// response timeout (2 s).
-    pub fn new(pool: Pool) -> Self {
-        Self { handle: Handle::new(pool) }
+    /// response timeout (2 s). `pool` is a [`RedisPool`] or a
+    /// `deadpool_redis::Pool`.
+    pub fn new(pool: impl Into<RedisPool>) -> Self {
+        Self { handle: Handle::new(pool.into()) }
     }
 
     /// A store over `pool` with the prefix and timeouts of `config` (its URL
@@ -45,8 +45,8 @@ impl RedisSessionStore {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] as [`RedisConfig::validate`].
-    pub fn with_config(pool: Pool, config: &RedisConfig) -> Result<Self> {
-        Ok(Self { handle: Handle::with_config(pool, config)? })
+    pub fn with_config(pool: impl Into<RedisPool>, config: &RedisConfig) -> Result<Self> {
+        Ok(Self { handle: Handle::with_config(pool.into(), config)? })
     }
 
     /// A store with its own pool built from `config`. Connects lazily.
@@ -75,8 +75,9 @@ impl RedisSessionStore {
         self.handle.prefix()
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &Pool {
+    /// The pool: it dereferences to the `deadpool_redis::Pool`, and its
+    /// `Debug` never shows the password.
+    pub fn pool(&self) -> &RedisPool {
         self.handle.pool()
     }
 
