@@ -38,7 +38,9 @@ fn redis_cmd(port: u16, args: &[&str]) -> std::io::Result<String> {
 
 #[tokio::test]
 async fn private_postgres_survives_a_crash_with_its_committed_data() {
+    let started = Instant::now();
     let Some(pg) = PrivatePostgres::start_or_skip(PgOptions::default()).await else { return };
+    eprintln!("start (initdb, CREATE DATABASE, ready): {:?}", started.elapsed());
     assert!(pg.url().ends_with(&format!("@127.0.0.1:{}/test", pg.port())), "{}", pg.url());
     let client = connect(&pg.url()).await.expect("connect to the private server");
     client.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (42)").await.unwrap();
@@ -243,4 +245,90 @@ async fn shared_servers_from_local_binaries() {
     let Some(r) = selfrag_testkit::servers::redis().await else { return };
     let port: u16 = r.url.rsplit(':').next().unwrap().parse().unwrap();
     assert_eq!(redis_cmd(port, &["PING"]).unwrap(), "+PONG");
+}
+
+/// Set in the environment of the helper process of
+/// `servers_die_with_a_killed_test_process`.
+const HELPER_VAR: &str = "SELFRAG_TESTKIT_WATCHDOG_HELPER";
+
+/// Not a test: the process `servers_die_with_a_killed_test_process` starts
+/// (this same binary) and kills. It starts a private Postgres and Redis,
+/// prints where they are, and waits to be killed.
+#[tokio::test]
+#[ignore = "helper process of servers_die_with_a_killed_test_process"]
+async fn watchdog_helper_process() {
+    if std::env::var_os(HELPER_VAR).is_none() {
+        return;
+    }
+    let pg = PrivatePostgres::start(PgOptions::default()).await.expect("helper: start postgres");
+    let redis = PrivateRedis::start(RedisOptions::default()).await.expect("helper: start redis");
+    println!("READY {} {} {} {}", pg.pid().unwrap(), pg.dir().display(), redis.pid().unwrap(), redis.dir().display());
+    std::io::stdout().flush().unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+/// A test process killed with SIGKILL runs no destructor: its servers'
+/// watchdogs must stop them and remove their directories. And the next
+/// process that starts a server reaps a directory whose owner and watchdog
+/// are both gone.
+#[tokio::test]
+async fn servers_die_with_a_killed_test_process() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    // Only where both binaries are (the helper would fail otherwise).
+    if PrivateRedis::start_or_skip(RedisOptions::default()).await.is_none()
+        || PrivatePostgres::start_or_skip(PgOptions { database: None, ..PgOptions::default() }).await.is_none()
+    {
+        return;
+    }
+
+    // A stale directory: its owner (pid 0 never names a test process) is
+    // gone, and a process still runs in it, as a server would.
+    let base = std::env::temp_dir().join("selfrag-testkit");
+    let stale = base.join(format!("stale-{}", std::process::id()));
+    std::fs::create_dir_all(&stale).unwrap();
+    let stale = stale.canonicalize().unwrap();
+    std::fs::write(stale.join("owner"), "0 0\n").unwrap();
+    let mut squatter = Command::new("sleep").arg("120").current_dir(&stale).spawn().unwrap();
+    std::fs::write(stale.join("server"), format!("{} KILL {}\n", squatter.id(), stale.display())).unwrap();
+
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "watchdog_helper_process", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(HELPER_VAR, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(helper.stdout.take().unwrap()).lines();
+    let ready = loop {
+        let line = lines.next().expect("the helper ended before READY").unwrap();
+        // The harness prints the test's name first, on the same line.
+        if let Some(at) = line.find("READY ") {
+            break line[at + 6..].to_owned();
+        }
+    };
+    let parts: Vec<&str> = ready.split(' ').collect();
+    let (pg_pid, pg_dir, redis_pid, redis_dir): (u32, _, u32, _) = (
+        parts[0].parse().unwrap(),
+        std::path::PathBuf::from(parts[1]),
+        parts[2].parse().unwrap(),
+        std::path::PathBuf::from(parts[3]),
+    );
+    assert!(proc_alive(pg_pid) && proc_alive(redis_pid) && pg_dir.exists());
+
+    // The helper reaped the stale directory before its first server.
+    assert!(squatter.wait().unwrap().code().is_none(), "the squatter was not killed");
+    assert!(!stale.exists(), "stale directory {} not reaped", stale.display());
+
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (proc_alive(pg_pid) || proc_alive(redis_pid) || pg_dir.exists() || redis_dir.exists())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!proc_alive(pg_pid), "postgres {pg_pid} outlived its killed test process");
+    assert!(!proc_alive(redis_pid), "redis {redis_pid} outlived its killed test process");
+    assert!(!pg_dir.exists() && !redis_dir.exists(), "server directories left behind");
 }
