@@ -1,7 +1,6 @@
 //! Connection settings and the pool built from them.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -67,20 +66,9 @@ impl fmt::Debug for PostgresConfig {
     }
 }
 
-/// Hides a password in a URL or connection string, for logs.
+/// The URL as `Debug` shows it: see [`redact_url`](crate::redact_url).
 fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
-        return url.to_owned();
-    }
-    url.split_whitespace()
-        .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::redact::redact_url(url)
 }
 
 impl PostgresConfig {
@@ -163,8 +151,7 @@ impl PostgresConfig {
     /// [`Error::InvalidInput`] naming `url`, `schema`, `max_connections` or
     /// `application_name`.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config> {
-        let mut pg = tokio_postgres::Config::from_str(&self.url)
-            .map_err(|e| Error::invalid("url", format!("not a Postgres URL or connection string: {e}")))?;
+        let mut pg = crate::redact::parse_url(&self.url)?;
         if self.max_connections == 0 {
             return Err(Error::invalid("max_connections", "must be at least 1"));
         }
@@ -252,8 +239,40 @@ mod tests {
 
     #[test]
     fn redaction() {
-        assert_eq!(redact("postgres://u:p@h/d"), "postgres://u:***@h/d");
-        assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
-        assert_eq!(redact("host=h password=p user=u"), "host=h password=*** user=u");
+        assert_eq!(redact("postgres://u:p@h/d"), "postgres://u:***@h:5432/d");
+        assert_eq!(redact("postgres://u@h/d"), "postgres://u@h:5432/d");
+        assert_eq!(redact("host=h password=p user=u"), "host=h user=u password=***");
+    }
+
+    /// Every form libpq accepts a password in, through `Debug` and the
+    /// errors of `pg_config`: the password never shows.
+    #[test]
+    fn no_form_of_password_reaches_debug_or_errors() {
+        const PW: &str = "Sup3rS3cret";
+        for url in [
+            format!("postgres://u:{PW}@h/d"),
+            format!("postgresql://u:{PW}@h:5433/d?sslmode=disable"),
+            format!("postgres://u@h/d?password={PW}"),
+            format!("postgres://h/d?user=u&password={PW}&application_name=a"),
+            format!("postgres://u:{PW}@@h/d"),
+            format!("postgres://u:p@{PW}@h/d"),
+            format!("postgres://u:{PW}/x@h/d"),
+            format!("postgres://u:{PW}@h:notaport/d"),
+            format!("host=h password={PW} user=u"),
+            format!("host=h password = {PW} user=u"),
+            format!("host=h password='{PW} with spaces' user=u"),
+            // An escaped backslash and an escaped quote inside the quotes.
+            format!(r"host=h password = 'a\\b\' {PW}' user=u"),
+            format!("host=h password={PW} {PW}2=x"),
+            format!("host=h password={PW} and more"),
+            format!("host=h sslpassword={PW}"),
+        ] {
+            let config = PostgresConfig::with_url(url.as_str());
+            let debug = format!("{config:?}");
+            assert!(!debug.contains(PW), "{url}: {debug}");
+            if let Err(e) = config.pg_config() {
+                assert!(!format!("{e} {e:?}").contains(PW), "{url}: {e}");
+            }
+        }
     }
 }

@@ -86,8 +86,8 @@ mod session;
 mod users;
 
 pub use config::PostgresConfig;
-pub use redact::{parse_url, redact_url};
 pub use memory::PostgresMemoryStore;
+pub use redact::{parse_url, redact_url};
 pub use session::PostgresSessionStore;
 pub use users::PostgresUserStore;
 

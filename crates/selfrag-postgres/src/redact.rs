@@ -1,0 +1,318 @@
+//! Connection strings as they may be printed ([`redact_url`]) and parse
+//! errors that quote nothing of them ([`parse_url`]).
+
+use std::error::Error as _;
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use selfrag_core::{Error, Result};
+use tokio_postgres::config::Host;
+use tokio_postgres::Config;
+
+/// What [`redact_url`] prints for a string the driver cannot parse.
+const UNPARSEABLE: &str = "<redacted: not a valid Postgres URL or connection string>";
+/// What [`redact_url`] prints for a URL whose userinfo ends unclearly.
+const AMBIGUOUS: &str =
+    "<redacted: Postgres URL with several `@`, or an `@` after a `/` or `?` (percent-encode it as %40)>";
+
+/// The URL prefixes the driver reads as URLs (anything else is a
+/// `key=value` string to it).
+const URL_PREFIXES: [&str; 2] = ["postgres://", "postgresql://"];
+
+/// A connection string as it may be printed: never its password.
+///
+/// `url` is parsed the way the driver parses it
+/// (`tokio_postgres::Config`), and printed again from the parsed settings
+/// only: user, hosts, ports, database and (when not the default) `sslmode`,
+/// with `***` where the password is. Nothing else of the string is copied,
+/// so `?password=`, `password = 'a b\' c'` and parameters this function does
+/// not know about never appear. A URL stays a URL
+/// (`postgres://app:***@db:5432/app`), a `key=value` string stays one
+/// (`host=db port=5432 user=app password=*** dbname=app`).
+///
+/// A string the driver cannot parse gives a fixed placeholder. So does a
+/// URL with more than one `@`, or an `@` after a `/` or `?`: the driver
+/// ends the userinfo at the first `@` while a password may hold more
+/// (`postgres://u:p@ss@host/db` reaches host `ss@host` with password `p`),
+/// so which parts are secret is not clear.
+pub fn redact_url(url: &str) -> String {
+    let Ok(config) = Config::from_str(url) else {
+        return UNPARSEABLE.to_owned();
+    };
+    match URL_PREFIXES.iter().find(|p| url.starts_with(*p)) {
+        Some(prefix) => {
+            let rest = &url[prefix.len()..];
+            let ambiguous = match rest.find('@') {
+                None => false,
+                Some(at) => rest[at + 1..].contains('@') || rest[..at].contains(['/', '?']),
+            };
+            if ambiguous {
+                AMBIGUOUS.to_owned()
+            } else {
+                url_form(prefix, &config)
+            }
+        }
+        None => key_value_form(&config),
+    }
+}
+
+/// `prefix[user[:***]@]host:port[,host:port...][/dbname][?host=/socket&sslmode=...]`.
+fn url_form(prefix: &str, config: &Config) -> String {
+    let mut out = prefix.to_owned();
+    let user = config.get_user().unwrap_or_default();
+    if !user.is_empty() || config.get_password().is_some() {
+        out.push_str(&encode(user));
+        if config.get_password().is_some() {
+            out.push_str(":***");
+        }
+        out.push('@');
+    }
+    let ports = config.get_ports();
+    let port_of = |i: usize| ports.get(i).or(if ports.len() == 1 { ports.first() } else { None });
+    let mut tcp = Vec::new();
+    let mut sockets = Vec::new();
+    for (i, host) in config.get_hosts().iter().enumerate() {
+        match host {
+            Host::Tcp(name) => {
+                let mut h = if name.contains(':') { format!("[{name}]") } else { encode(name) };
+                if let Some(port) = port_of(i) {
+                    let _ = write!(h, ":{port}");
+                }
+                tcp.push(h);
+            }
+            #[cfg(unix)]
+            Host::Unix(path) => sockets.push(path.display().to_string()),
+        }
+    }
+    out.push_str(&tcp.join(","));
+    if let Some(db) = config.get_dbname() {
+        out.push('/');
+        out.push_str(&encode(db));
+    }
+    let mut params: Vec<String> = sockets.iter().map(|s| format!("host={}", encode(s))).collect();
+    if !sockets.is_empty() && tcp.is_empty() {
+        if let Some(port) = ports.first() {
+            params.push(format!("port={port}"));
+        }
+    }
+    if let Some(mode) = ssl_mode(config) {
+        params.push(format!("sslmode={mode}"));
+    }
+    if !params.is_empty() {
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// `host=... port=... user=... password=*** dbname=... [sslmode=...]`.
+fn key_value_form(config: &Config) -> String {
+    let mut parts = Vec::new();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    if !hosts.is_empty() {
+        parts.push(format!("host={}", quote(&hosts.join(","))));
+    }
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    if !ports.is_empty() {
+        parts.push(format!("port={}", ports.join(",")));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={}", quote(user)));
+    }
+    if config.get_password().is_some() {
+        parts.push("password=***".to_owned());
+    }
+    if let Some(db) = config.get_dbname() {
+        parts.push(format!("dbname={}", quote(db)));
+    }
+    if let Some(mode) = ssl_mode(config) {
+        parts.push(format!("sslmode={mode}"));
+    }
+    parts.join(" ")
+}
+
+/// The `sslmode` when it is not the default (`prefer`).
+fn ssl_mode(config: &Config) -> Option<&'static str> {
+    use tokio_postgres::config::SslMode;
+    match config.get_ssl_mode() {
+        SslMode::Disable => Some("disable"),
+        SslMode::Require => Some("require"),
+        _ => None,
+    }
+}
+
+/// Percent-encodes what would change how a URL part reads back.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '@' | ':' | '/' | '?' | '&' | '=' | ',' | '%' | '#' | '[' | ']') || c.is_whitespace() {
+            let mut buf = [0; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A `key=value` value, single-quoted (with `'` and `\` escaped) when it
+/// is empty or holds anything but plain characters.
+fn quote(value: &str) -> String {
+    if !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || matches!(c, '\'' | '\\' | '=')) {
+        return value.to_owned();
+    }
+    let mut out = String::from("'");
+    for c in value.chars() {
+        if matches!(c, '\'' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// Parses a Postgres URL or `key=value` connection string, as
+/// `tokio_postgres::Config` does.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`url`) when it does not parse. The message says
+/// what is wrong without quoting the string: the driver's own message can
+/// hold a piece of a password (for `password=a b c=d`, whose unquoted space
+/// makes `c` an "unknown option"), so an option name is named only when it
+/// is one libpq knows.
+pub fn parse_url(url: &str) -> Result<Config> {
+    Config::from_str(url).map_err(|e| {
+        Error::invalid("url", format!("not a Postgres URL or connection string: {}", safe_parse_error(&e)))
+    })
+}
+
+/// The connection keywords libpq documents: an "unknown option" error may
+/// name one of these (the driver does not support them all), and only these.
+const LIBPQ_KEYWORDS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "require_auth",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "requiressl",
+    "sslnegotiation",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+];
+
+/// The driver's parse error, kept only where it cannot quote the string.
+fn safe_parse_error(e: &tokio_postgres::Error) -> String {
+    let cause = e.source().map(ToString::to_string).unwrap_or_default();
+    if cause.starts_with("invalid value for option `") {
+        // Names the option, a fixed string of the driver.
+        return cause;
+    }
+    if let Some(name) = cause.strip_prefix("unknown option `").and_then(|r| r.strip_suffix('`')) {
+        return if LIBPQ_KEYWORDS.contains(&name) {
+            format!("option `{name}` is not supported by this driver")
+        } else {
+            "an unknown option (name not shown: it may be part of a value; quote values holding spaces, \
+             key='a b')"
+                .to_owned()
+        };
+    }
+    const FIXED: [&str; 4] =
+        ["unexpected EOF", "unterminated quoted connection parameter value", "unterminated parameter", "invalid utf-8"];
+    if let Some(fixed) = FIXED.iter().find(|f| cause.starts_with(**f)) {
+        return (*fixed).to_owned();
+    }
+    if cause.starts_with("unexpected character") {
+        return "unexpected character (quote values holding spaces, key='a b')".to_owned();
+    }
+    "it does not parse".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_their_shape_without_the_password() {
+        assert_eq!(redact_url("postgres://u:p@h/d"), "postgres://u:***@h:5432/d");
+        assert_eq!(redact_url("postgresql://u@h:5433/d"), "postgresql://u@h:5433/d");
+        assert_eq!(redact_url("postgres://h1:1,h2:2/d?password=pw"), "postgres://:***@h1:1,h2:2/d");
+        assert_eq!(
+            redact_url("postgres://u:p%40ss@[::1]:6/d?sslmode=require&application_name=x"),
+            "postgres://u:***@[::1]:6/d?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@%2Fvar%2Frun%2Fpg/d"), "postgres://u@/d?host=%2Fvar%2Frun%2Fpg&port=5432");
+        assert_eq!(redact_url("host=h password=p user=u dbname=d"), "host=h user=u password=*** dbname=d");
+        assert_eq!(redact_url("host = h  password = 'a b\\' c'  user='x y'"), "host=h user='x y' password=***");
+        assert_eq!(redact_url(r"host=h password = 'a\\b\' c d' user=u"), "host=h user=u password=***");
+        assert_eq!(redact_url(""), "");
+    }
+
+    #[test]
+    fn unclear_or_unparseable_strings_give_a_placeholder() {
+        for s in
+            ["postgres://u:p@ss@h/d", "postgres://u:pa/ss@h/d", "postgres://h/d?password=a@b", "postgres://u:p?x@h/d"]
+        {
+            assert_eq!(redact_url(s), AMBIGUOUS, "{s}");
+        }
+        for s in ["password=abc def=ghi", "postgres://u:pw@h:notaport/d", "password='unterminated", "sslpassword=x"] {
+            assert_eq!(redact_url(s), UNPARSEABLE, "{s}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_quote_nothing_of_the_string() {
+        let msg = |s: &str| parse_url(s).unwrap_err().to_string();
+        let m = msg("password=abc secretpart=ghi");
+        assert!(!m.contains("secretpart") && m.contains("unknown option"), "{m}");
+        assert!(msg("sslpassword=zz").contains("`sslpassword` is not supported"));
+        let m = msg("password=abc qq rr");
+        assert!(!m.contains("qq") && !m.contains("rr") && m.contains("unexpected character"), "{m}");
+        assert!(msg("postgres://u:pw@h:notaport/d").contains("invalid value for option `port`"));
+        assert_eq!(parse_url("password=x y").unwrap_err().field(), Some("url"));
+        assert_eq!(parse_url("postgres://u:pw@h/d").unwrap().get_dbname(), Some("d"));
+    }
+}
