@@ -83,6 +83,9 @@ impl ReadConsistency {
 /// Configuration and builder of a [`QdrantIndex`]: where the server is, which
 /// collection, its vectors, and how it is created and written.
 ///
+/// `Debug` never shows the API key (only whether there is one) and shows the
+/// URL through [`redact_url`].
+///
 /// ```no_run
 /// # async fn run() -> selfrag_core::Result<()> {
 /// use selfrag_core::{Distance, IndexSpec};
@@ -98,7 +101,10 @@ impl ReadConsistency {
 /// ```
 #[derive(Clone)]
 pub struct QdrantIndexConfig {
-    /// gRPC URL of the server (port 6334 by default), `http://` or `https://`.
+    /// gRPC URL of the server (port 6334 by default), `http://` or
+    /// `https://`, with no user, password, query or fragment (the client
+    /// ignores them, and would quote them in its errors): the key goes in
+    /// `api_key`.
     pub url: String,
     /// API key sent with every request, if the server requires one.
     pub api_key: Option<String>,
@@ -137,7 +143,7 @@ impl fmt::Debug for QdrantIndexConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The API key is a secret: show only whether there is one.
         f.debug_struct("QdrantIndexConfig")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("collection", &self.collection)
             .field("spec", &self.spec)
@@ -269,15 +275,13 @@ impl QdrantIndexConfig {
     /// Checks the configuration.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field: a URL that is not
-    /// `http(s)://`, a collection name Qdrant would refuse (empty, over 255
+    /// [`Error::InvalidInput`] naming the field: a URL [`validate_url`]
+    /// refuses, a collection name Qdrant would refuse (empty, over 255
     /// bytes, or with one of `/ \ : * ? " < > |`, a control character),
     /// zero timeouts, zero factors, or batch sizes outside
     /// `1..=MAX_BATCH`.
     pub fn validate(&self) -> Result<()> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(Error::invalid("url", format!("must start with http:// or https://, got {:?}", self.url)));
-        }
+        validate_url("url", &self.url)?;
         validate_collection_name(&self.collection)?;
         if self.timeout.is_zero() {
             return Err(Error::invalid("timeout", "must be positive"));
@@ -323,7 +327,7 @@ impl QdrantIndexConfig {
             .connect_timeout(self.connect_timeout)
             .skip_compatibility_check()
             .build()
-            .map_err(|e| Error::invalid("url", format!("{:?} is not a valid URL: {e}", self.url)))?;
+            .map_err(|e| Error::invalid("url", format!("{} is not a valid URL: {e}", redact_url(&self.url))))?;
         Ok(QdrantIndex::from_parts(client, self))
     }
 
@@ -337,6 +341,107 @@ impl QdrantIndexConfig {
         self.validate()?;
         Ok(QdrantIndex::from_parts(client, self))
     }
+}
+
+/// What [`redact_url`] prints for a string that is not a URL with a host.
+const UNPARSEABLE: &str = "<redacted: not a valid URL with a host>";
+/// What [`redact_url`] prints for a URL with an `@` after its host.
+const AMBIGUOUS: &str = "<redacted: URL with an `@` after the host (percent-encode it as %40)>";
+
+/// A URL as it may be printed: never a password or key.
+///
+/// The URL is parsed (WHATWG rules: the userinfo ends at the *last* `@`
+/// before the host, so a password holding an unencoded `@` is hidden whole)
+/// and printed again from its parts, with `***` for the userinfo (user and
+/// password: Qdrant uses neither, so a user name here is most likely a key)
+/// and for the value of every query parameter whose name holds `key`, `token`,
+/// `pass`, `secret`, `auth` or `cred` (`?api-key=...`); the fragment is left
+/// out. A string that does not parse as a URL with a host, or holds an `@`
+/// after the host (where
+/// a password with an unencoded `/` or `?` spills, leaving the split
+/// unclear), gives a fixed placeholder, never any of the string.
+pub fn redact_url(url: &str) -> String {
+    // Without a host (`user:password`, `localhost:6334`) the parser reads
+    // a scheme and a path, which may be anything: print none of it.
+    let Some(parsed) = url::Url::parse(url.trim()).ok().filter(|u| u.host_str().is_some_and(|h| !h.is_empty())) else {
+        return UNPARSEABLE.to_owned();
+    };
+    if [Some(parsed.path()), parsed.query(), parsed.fragment()].into_iter().flatten().any(|p| p.contains('@')) {
+        return AMBIGUOUS.to_owned();
+    }
+    let mut out = format!("{}://", parsed.scheme());
+    // Qdrant uses no user names, so one here is most likely a key
+    // (`https://<token>@host`): all of the userinfo is hidden.
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        out.push_str("***@");
+    }
+    out.push_str(parsed.host_str().unwrap_or_default());
+    if let Some(port) = parsed.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    // `http://h:6334` parses with the path `/`: print it only when given.
+    let after_scheme = url.trim().split_once("://").map_or("", |(_, rest)| rest);
+    let path_given =
+        after_scheme.find(['/', '?', '#', '\\']).is_some_and(|i| after_scheme[i..].starts_with(['/', '\\']));
+    if parsed.path() != "/" || path_given {
+        out.push_str(parsed.path());
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<String> = parsed
+            .query_pairs()
+            .map(|(k, v)| if is_secret_key(&k) { format!("{k}=***") } else { format!("{k}={v}") })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+/// Whether a query parameter's name says its value is a secret.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["key", "token", "pass", "secret", "auth", "cred"].iter().any(|s| key.contains(s))
+}
+
+/// Checks a Qdrant URL: `http://` or `https://` with a host, and no user,
+/// password, query or fragment. The client sends none of those (the API key
+/// goes in its own setting) but quotes the URL in its connection errors, so
+/// a credential there would be ignored and then printed.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming `field`. The message never quotes the
+/// URL.
+pub fn validate_url(field: &'static str, url: &str) -> Result<()> {
+    let parsed = match url::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => parsed,
+        // The scheme is not quoted either: with the `://` missing, what
+        // parses as one may be a user name or more.
+        Ok(_) => return Err(Error::invalid(field, "must start with http:// or https://")),
+        Err(e) => {
+            return Err(Error::invalid(
+                field,
+                format!("must be an http:// or https:// URL with a host ({e}; the URL is not shown)"),
+            ))
+        }
+    };
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        // The parser accepts `HTTP://`, ` http://` and `http:/h`; the client
+        // does not.
+        return Err(Error::invalid(field, "must start with http:// or https://"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Error::invalid(
+            field,
+            "must not hold a user or password (the client ignores them; set the API key instead)",
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(Error::invalid(
+            field,
+            "must not hold a query or fragment (the client ignores them; set the API key in its own setting)",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a collection name against Qdrant's rules.
@@ -438,5 +543,51 @@ mod tests {
         assert!(base().build().is_ok(), "building is lazy and needs no server");
         assert_eq!(QdrantIndexConfig { url: "ftp://x".into(), ..base() }.build().unwrap_err().field(), Some("url"));
         assert!(validate_collection_name("selfrag-chunks_v2.1").is_ok());
+    }
+
+    #[test]
+    fn urls_are_printed_without_secrets() {
+        assert_eq!(redact_url("http://localhost:6334"), "http://localhost:6334");
+        assert_eq!(redact_url("https://q.example/"), "https://q.example/");
+        assert_eq!(redact_url("https://u:pw@q.example:6334/"), "https://***@q.example:6334/");
+        assert_eq!(redact_url("https://token@q.example"), "https://***@q.example");
+        assert_eq!(redact_url("http://h:6334/?api-key=k&x=1"), "http://h:6334/?api-key=***&x=1");
+        assert_eq!(redact_url("http://[::1]:6334/base?TOKEN=k#frag"), "http://[::1]:6334/base?TOKEN=***");
+        assert_eq!(redact_url("http://:p@ss@h"), "http://***@h", "userinfo ends at the last @");
+        assert_eq!(redact_url("http://u:12/34@h"), AMBIGUOUS);
+        assert_eq!(redact_url("http://u:12?34@h"), AMBIGUOUS);
+        assert_eq!(redact_url("user:password"), UNPARSEABLE);
+        assert_eq!(redact_url("http://u:pa ss@h"), "http://***@h");
+        assert_eq!(redact_url("http://h:port"), UNPARSEABLE);
+    }
+
+    /// A key or a password in every place a URL can hold one: `Debug`,
+    /// `validate` and `build` never show it, and the URL is refused.
+    #[test]
+    fn credentials_in_the_url_are_refused_without_being_quoted() {
+        const PW: &str = "QdrantS3cret";
+        for url in [
+            format!("http://u:{PW}@h:6334"),
+            format!("https://:{PW}@h"),
+            format!("http://u:p@{PW}@h:6334"),
+            format!("http://{PW}@h:6334"),
+            format!("http://h:6334/?api-key={PW}"),
+            format!("http://h:6334/#{PW}"),
+            format!("http://u:{PW}/x@h:6334"),
+            format!("u:{PW}@h:6334"),
+            format!("{PW}:x"),
+        ] {
+            let config = QdrantIndexConfig::new(url.as_str(), "c", spec()).api_key(PW);
+            let debug = format!("{config:?}");
+            assert!(!debug.contains(PW), "{debug}");
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.field(), Some("url"), "{url}");
+            assert!(!format!("{err} {err:?}").contains(PW), "{url}: {err}");
+            let err = config.build().unwrap_err();
+            assert!(!format!("{err} {err:?}").contains(PW), "{url}: {err}");
+        }
+        let ok = QdrantIndexConfig::new("https://q.example:6334", "c", spec()).api_key(PW);
+        assert!(ok.validate().is_ok());
+        assert!(!format!("{:?}", ok.build().unwrap()).contains(PW));
     }
 }

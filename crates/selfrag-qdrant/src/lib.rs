@@ -43,6 +43,11 @@
 //! inside `build` and only prints a warning (qdrant-client 1.20 works with
 //! Qdrant 1.18 servers). [`QdrantIndex::ensure`] is the check that matters.
 //!
+//! The API key is never printed: `Debug` of the config and the index shows
+//! only whether there is one. The URL may not hold a user, password or query
+//! ([`validate_url`]: the client would ignore them, then quote them in its
+//! connection errors), and is printed through [`redact_url`].
+//!
 //! # Collection layout
 //! One unnamed dense vector per point, of the spec's dimension and distance.
 //! The point id is [`point_id(tenant, chunk_id)`](selfrag_core::vector::point_id),
@@ -119,7 +124,7 @@ mod error;
 mod index;
 pub mod report;
 
-pub use config::{QdrantIndexConfig, ReadConsistency, WriteOrder};
+pub use config::{redact_url, validate_url, QdrantIndexConfig, ReadConsistency, WriteOrder};
 pub use error::map_error;
 pub use index::QdrantIndex;
 pub use qdrant_client;
