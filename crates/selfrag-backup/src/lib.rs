@@ -51,7 +51,8 @@
 //! `server_version_num`) and `pg_dump --version`; for Qdrant the collection,
 //! snapshot name, server version and the server's checksum; for an
 //! embedded index its source directory. Every restore reads the manifest and
-//! checks the files' sizes and checksums before it touches its target.
+//! checks the files' sizes and checksums before it touches its target. No
+//! URL, password or key is recorded.
 //!
 //! # Postgres
 //! [`backup_postgres`] with [`PostgresBackup`]: a full backup (the whole
@@ -65,7 +66,11 @@
 //! not retryable). The URL's
 //! password is passed to the child as `PGPASSWORD` (with `PGHOST`,
 //! `PGPORT`, `PGUSER`, `PGDATABASE`), never on a command line. A failing
-//! tool's stderr is in the error message.
+//! tool's stderr is in the error message. No error and no `Debug` of the
+//! options quotes a password: URLs are shown through
+//! [`selfrag_postgres::redact_url`] and [`selfrag_qdrant::redact_url`], and
+//! Qdrant URLs with credentials in them are refused
+//! ([`selfrag_qdrant::validate_url`]); the API key is never shown.
 //!
 //! [`verify_postgres`] (and [`verify_run`]) check size and SHA-256 against
 //! the manifest, then that `pg_restore --list` reads the archive and lists

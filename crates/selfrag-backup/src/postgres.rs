@@ -1,9 +1,9 @@
 //! Postgres: `pg_dump --format=custom` archives, `pg_restore --list`
 //! verification, `pg_restore` into an empty or named database.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::str::FromStr;
 use std::time::Instant;
 
 use tokio::process::Command;
@@ -159,11 +159,15 @@ fn missing_tool(tool: &str, why: &str) -> Error {
 }
 
 /// What to dump: see [`backup_postgres`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` shows the URL without its password
+/// ([`redact_url`](selfrag_postgres::redact_url)).
+#[derive(Clone, PartialEq, Eq)]
 pub struct PostgresBackup {
     /// Connection URL (`postgres://user[:password]@host[:port]/db`) or
     /// `key=value` string. The password never reaches a command line: it is
-    /// handed to `pg_dump` as `PGPASSWORD` in the child's environment.
+    /// handed to `pg_dump` as `PGPASSWORD` in the child's environment. No
+    /// error, `Debug` or manifest quotes it.
     pub url: String,
     /// Dump only this schema (where the selfrag tables live when the stores
     /// use `PostgresConfig::schema`). `None`: the whole database.
@@ -180,6 +184,19 @@ pub struct PostgresBackup {
     pub name: Option<String>,
     /// Where the tools are.
     pub tools: PgTools,
+}
+
+impl fmt::Debug for PostgresBackup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresBackup")
+            .field("url", &selfrag_postgres::redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("tables", &self.tables)
+            .field("compression", &self.compression)
+            .field("name", &self.name)
+            .field("tools", &self.tools)
+            .finish()
+    }
 }
 
 impl PostgresBackup {
@@ -255,15 +272,19 @@ fn check_dbname(name: &str) -> Result<()> {
     }
 }
 
+/// The driver's settings for `url`; an error quotes nothing of it.
 fn parse_url(url: &str) -> Result<Config> {
-    Config::from_str(url).map_err(|e| Error::invalid("url", format!("not a Postgres URL or connection string: {e}")))
+    selfrag_postgres::parse_url(url)
 }
 
-async fn connect(config: &Config) -> Result<Client> {
-    let (client, conn) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| Error::unavailable(PG, format!("cannot connect to {}", describe(config)), e))?;
+/// Connects to `config`, which `label` names in errors: the URL it came
+/// from as [`redact_url`](selfrag_postgres::redact_url) prints it, and the
+/// database when it is not the URL's. (Not the hosts of `config`: the
+/// driver's reading of a URL with an unencoded `@` in the password puts
+/// part of the password in the host.)
+async fn connect(config: &Config, label: &str) -> Result<Client> {
+    let (client, conn) =
+        config.connect(NoTls).await.map_err(|e| Error::unavailable(PG, format!("cannot connect to {label}"), e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "backup connection ended");
@@ -272,17 +293,10 @@ async fn connect(config: &Config) -> Result<Client> {
     Ok(client)
 }
 
-fn describe(config: &Config) -> String {
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            Host::Tcp(s) => s.clone(),
-            #[cfg(unix)]
-            Host::Unix(p) => p.display().to_string(),
-        })
-        .collect();
-    format!("postgres {} database {}", hosts.join(","), config.get_dbname().unwrap_or("(default)"))
+/// The label of a connection to `database` (checked by `check_dbname`)
+/// with the other settings of `url`.
+fn label_for(url: &str, database: &str) -> String {
+    format!("{} (database {database})", selfrag_postgres::redact_url(url))
 }
 
 fn sql_err(what: &str, e: tokio_postgres::Error) -> Error {
@@ -443,7 +457,7 @@ pub async fn backup_postgres<'r>(run: &'r mut BackupRun, opts: &PostgresBackup) 
     let pg_dump = opts.tools.version("pg_dump").await?;
     // pg_restore is needed to check the archive: find it before dumping.
     opts.tools.resolve("pg_restore")?;
-    let client = connect(&config).await?;
+    let client = connect(&config, &selfrag_postgres::redact_url(&opts.url)).await?;
     let server = server_info(&client).await?;
     check_dump_version(&pg_dump, server.version_num)?;
 
@@ -657,12 +671,17 @@ fn postgres_info(entry: &Entry) -> Result<&PostgresInfo> {
 }
 
 /// How to restore: see [`restore_postgres`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` shows the URL without its password
+/// ([`redact_url`](selfrag_postgres::redact_url)).
+#[derive(Clone, PartialEq, Eq)]
 pub struct PostgresRestore {
     /// Connection URL of the target server. Its database is the target
     /// unless [`PostgresRestore::database`] names another; with
     /// `create_database`, it is also the database connected to for
-    /// `CREATE DATABASE`, so it must exist (e.g. `postgres`).
+    /// `CREATE DATABASE`, so it must exist (e.g. `postgres`). The password
+    /// reaches `pg_restore` through its environment (`PGPASSWORD`), never
+    /// its command line, and no error or `Debug` quotes it.
     pub url: String,
     /// Target database (default: the URL's).
     pub database: Option<String>,
@@ -681,6 +700,19 @@ pub struct PostgresRestore {
     pub jobs: Option<u32>,
     /// Where the tools are.
     pub tools: PgTools,
+}
+
+impl fmt::Debug for PostgresRestore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresRestore")
+            .field("url", &selfrag_postgres::redact_url(&self.url))
+            .field("database", &self.database)
+            .field("create_database", &self.create_database)
+            .field("clean", &self.clean)
+            .field("jobs", &self.jobs)
+            .field("tools", &self.tools)
+            .finish()
+    }
 }
 
 impl PostgresRestore {
@@ -806,7 +838,7 @@ pub async fn restore_postgres(
     // The target database.
     let mut created = false;
     let admin_db = config.get_dbname().map(str::to_owned);
-    let admin = connect(&config).await?;
+    let admin = connect(&config, &selfrag_postgres::redact_url(&opts.url)).await?;
     let exists = admin
         .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&database])
         .await
@@ -829,7 +861,11 @@ pub async fn restore_postgres(
             // Leave no half-restored database behind that a retry would
             // then refuse as non-empty.
             config.dbname(admin_db.as_deref().unwrap_or("postgres"));
-            if let Err(drop_err) = drop_database(&config, &database).await {
+            let label = match &admin_db {
+                Some(_) => selfrag_postgres::redact_url(&opts.url),
+                None => label_for(&opts.url, "postgres"),
+            };
+            if let Err(drop_err) = drop_database(&config, &label, &database).await {
                 tracing::warn!(database, error = %drop_err, "could not drop the database created for a failed restore");
             }
         }
@@ -846,8 +882,8 @@ pub async fn restore_postgres(
 
 /// Drops `database` (created by a restore that then failed), ending any
 /// session still attached (`WITH (FORCE)` since Postgres 13).
-async fn drop_database(config: &Config, database: &str) -> Result<()> {
-    let admin = connect(config).await?;
+async fn drop_database(config: &Config, label: &str, database: &str) -> Result<()> {
+    let admin = connect(config, label).await?;
     let server = server_info(&admin).await?;
     let force = if server.version_num >= 130_000 { " WITH (FORCE)" } else { "" };
     admin
@@ -867,7 +903,7 @@ async fn restore_into(
     pg_restore: &Path,
 ) -> Result<()> {
     config.dbname(database);
-    let target = connect(config).await?;
+    let target = connect(config, &label_for(&opts.url, database)).await?;
     let mut present = Vec::new();
     for t in toc {
         let row = target
@@ -988,6 +1024,50 @@ mod tests {
         assert!(env.contains(&("PGHOST", "db.example".to_owned())));
         assert!(env.contains(&("PGPORT", "5433".to_owned())));
         assert!(env.contains(&("PGDATABASE", "app".to_owned())));
+    }
+
+    /// Every form a password can take in a libpq URL or `key=value`
+    /// string: `Debug` of the options and the parse errors never show it.
+    #[test]
+    fn no_password_in_debug_or_parse_errors() {
+        const PW: &str = "Bk9SecretPw";
+        for url in [
+            format!("postgres://u:{PW}@h/d"),
+            format!("postgres://u:p@{PW}@h/d"),
+            format!("postgres://u:{PW}/x@h/d"),
+            format!("postgres://h/d?user=u&password={PW}"),
+            format!("host=h password = '{PW} with spaces' user=u"),
+            format!("host=h password={PW} {PW}x=y"),
+            format!("host=h password={PW} oops"),
+            format!("postgres://u:{PW}@h:badport/d"),
+        ] {
+            let backup = format!("{:?}", PostgresBackup::new(url.as_str()).schema("s"));
+            let restore = format!("{:?}", PostgresRestore::new(url.as_str()).database("x"));
+            assert!(!backup.contains(PW) && backup.contains("schema: Some(\"s\")"), "{url}: {backup}");
+            assert!(!restore.contains(PW) && restore.contains("database: Some(\"x\")"), "{url}: {restore}");
+            if let Err(e) = parse_url(&url) {
+                assert!(!format!("{e} {e:?}").contains(PW), "{url}: {e}");
+            }
+        }
+    }
+
+    /// A connection error names the target through the redacted URL, also
+    /// when the driver's reading of the URL (host `<password>@127.0.0.1`)
+    /// holds the password.
+    #[tokio::test]
+    async fn connection_errors_name_no_password() {
+        const PW: &str = "Bk9SecretPw";
+        for url in [format!("postgres://u:{PW}@127.0.0.1:1/d"), format!("postgres://u:p@{PW}@127.0.0.1:1/d")] {
+            let config = parse_url(&url).unwrap();
+            let err = connect(&config, &selfrag_postgres::redact_url(&url)).await.unwrap_err();
+            let mut text = format!("{err} {err:?}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(s) = source {
+                text.push_str(&format!(" {s} {s:?}"));
+                source = s.source();
+            }
+            assert!(!text.contains(PW), "{url}: {text}");
+        }
     }
 
     #[test]

@@ -27,13 +27,18 @@ use crate::{corrupt, io_err, Error, Result};
 const QDRANT: &str = "qdrant";
 
 /// Where a Qdrant server is and which collection to back up or restore.
+///
+/// `Debug` shows whether there is an API key, never the key, and the URLs
+/// through [`redact_url`](selfrag_qdrant::redact_url).
 #[derive(Clone, PartialEq, Eq)]
 pub struct QdrantTarget {
-    /// The gRPC URL (`http://host:6334`), as `QDRANT_URL` holds it.
+    /// The gRPC URL (`http://host:6334`), as `QDRANT_URL` holds it. No user,
+    /// password or query ([`validate_url`](selfrag_qdrant::validate_url)):
+    /// the key goes in `api_key`.
     pub url: String,
     /// The REST URL (`http://host:6333`). Default: `url` with port 6334
     /// replaced by 6333 (or 6333 added when it has no port); set it when the
-    /// ports are mapped differently.
+    /// ports are mapped differently. Checked like `url`.
     pub rest_url: Option<String>,
     /// API key, sent as the `api-key` header (gRPC and REST).
     pub api_key: Option<String>,
@@ -54,8 +59,8 @@ pub struct QdrantTarget {
 impl std::fmt::Debug for QdrantTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QdrantTarget")
-            .field("url", &self.url)
-            .field("rest_url", &self.rest_url)
+            .field("url", &selfrag_qdrant::redact_url(&self.url))
+            .field("rest_url", &self.rest_url.as_deref().map(selfrag_qdrant::redact_url))
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("collection", &self.collection)
             .field("timeout", &self.timeout)
@@ -112,10 +117,15 @@ impl QdrantTarget {
     /// The REST base URL, without a trailing `/`.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] (`rest_url`) when it cannot be derived.
+    /// [`Error::InvalidInput`] (`rest_url`) when it cannot be derived, or
+    /// [`validate_url`](selfrag_qdrant::validate_url) refuses it (`url` when
+    /// it is derived from `url`).
     pub fn rest_base(&self) -> Result<String> {
         match &self.rest_url {
-            Some(u) => Ok(u.trim_end_matches('/').to_owned()),
+            Some(u) => {
+                selfrag_qdrant::validate_url("rest_url", u)?;
+                Ok(u.trim_end_matches('/').to_owned())
+            }
             None => rest_from_grpc(&self.url),
         }
     }
@@ -125,11 +135,19 @@ impl QdrantTarget {
     }
 
     fn client(&self) -> Result<Qdrant> {
+        // Also keeps credentials out of the URL the client quotes in its
+        // connection errors.
+        selfrag_qdrant::validate_url("url", &self.url)?;
         let mut b = Qdrant::from_url(&self.url).timeout(self.timeout).skip_compatibility_check();
         if let Some(k) = &self.api_key {
             b = b.api_key(k.clone());
         }
-        b.build().map_err(|e| Error::invalid("url", format!("cannot build a Qdrant client for {}: {e}", self.url)))
+        b.build().map_err(|e| {
+            Error::invalid(
+                "url",
+                format!("cannot build a Qdrant client for {}: {e}", selfrag_qdrant::redact_url(&self.url)),
+            )
+        })
     }
 
     fn http(&self) -> Result<reqwest::Client> {
@@ -151,13 +169,15 @@ impl QdrantTarget {
 /// The REST URL for a gRPC URL: port 6334 becomes 6333; no port gets 6333.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] (`rest_url`) for another port (a mapped port
-/// says nothing about the REST one) or a URL without a scheme.
+/// [`Error::InvalidInput`]: `rest_url` for another port (a mapped port
+/// says nothing about the REST one), `url` for a URL
+/// [`validate_url`](selfrag_qdrant::validate_url) refuses. No message
+/// quotes anything but the port.
 pub fn rest_from_grpc(url: &str) -> Result<String> {
+    selfrag_qdrant::validate_url("url", url.trim())?;
     let url = url.trim().trim_end_matches('/');
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| Error::invalid("url", format!("`{url}` has no scheme (http:// or https://)")))?;
+    let (scheme, rest) =
+        url.split_once("://").ok_or_else(|| Error::invalid("url", "has no scheme (http:// or https://)"))?;
     let (authority, path) = match rest.split_once('/') {
         Some((a, p)) => (a, format!("/{p}")),
         None => (rest, String::new()),
@@ -173,7 +193,8 @@ pub fn rest_from_grpc(url: &str) -> Result<String> {
         Some(p) => Err(Error::invalid(
             "rest_url",
             format!(
-                "cannot derive the REST port from gRPC port {p} in `{url}`; set the REST URL (port 6333 by default)"
+                "cannot derive the REST port from gRPC port {p} in {}; set the REST URL (port 6333 by default)",
+                selfrag_qdrant::redact_url(url)
             ),
         )),
     }
@@ -602,6 +623,31 @@ mod tests {
         let t = QdrantTarget::new("http://h:32768", "c").rest_url("http://h:32767/");
         assert_eq!(t.rest_base().unwrap(), "http://h:32767");
         assert!(!format!("{:?}", t.api_key("secret")).contains("secret"));
+    }
+
+    /// The key never shows; a URL with credentials or a query is refused
+    /// before anything is sent, by a message that does not quote it, and
+    /// `Debug` hides them.
+    #[test]
+    fn no_secret_in_debug_or_url_errors() {
+        const PW: &str = "QdSecretKey";
+        for url in [
+            format!("http://u:{PW}@h:6334"),
+            format!("http://:{PW}@h:6334"),
+            format!("http://u:p@{PW}@h:6334"),
+            format!("http://h:6334/?api-key={PW}"),
+            format!("http://h:6334#{PW}"),
+            format!("h:6334?api_key={PW}"),
+        ] {
+            let t = QdrantTarget::new(url.as_str(), "c").rest_url(url.as_str()).api_key(PW);
+            let debug = format!("{t:?}");
+            assert!(!debug.contains(PW), "{debug}");
+            for err in
+                [t.client().map(|_| ()).unwrap_err(), t.rest_base().unwrap_err(), rest_from_grpc(&url).unwrap_err()]
+            {
+                assert!(!format!("{err} {err:?}").contains(PW), "{url}: {err}");
+            }
+        }
     }
 
     #[test]
