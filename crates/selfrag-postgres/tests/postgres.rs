@@ -124,17 +124,18 @@ async fn sub_microsecond_bounds_match_the_reference() {
     let all = [&after_t, &at_t, &before_t];
 
     let cursor = |timestamp| selfrag_core::Cursor { timestamp, id: at_t.id };
+    // One rule: bounds and cursors are truncated to the microsecond, like
+    // stored timestamps, then compared (`t + 400ns` is `t`, `t - 400ns` is
+    // `t - 1us`).
     let cases = [
-        (MemoryQuery::new().until(t + ns(400)), vec![at_t.id, before_t.id]),
-        (MemoryQuery::new().since(t + ns(400)), vec![after_t.id]),
-        (MemoryQuery::new().since(t - ns(400)), vec![after_t.id, at_t.id]),
-        (MemoryQuery::new().until(t - ns(400)), vec![before_t.id]),
-        (MemoryQuery::new().since(t - ns(400)).until(t + ns(400)), vec![at_t.id]),
-        (MemoryQuery::new().since(t - ns(1400)).until(t - ns(400)), vec![before_t.id]),
-        // A cursor between two microseconds: everything at or before t,
-        // whatever the id, and nothing after.
-        (MemoryQuery::new().after(cursor(t + ns(400))), vec![at_t.id, before_t.id]),
-        (MemoryQuery::new().after(cursor(t - ns(400))), vec![before_t.id]),
+        (MemoryQuery::new().until(t + ns(400)), vec![before_t.id]),
+        (MemoryQuery::new().since(t + ns(400)), vec![after_t.id, at_t.id]),
+        (MemoryQuery::new().since(t - ns(400)), vec![after_t.id, at_t.id, before_t.id]),
+        (MemoryQuery::new().until(t - ns(400)), vec![]),
+        (MemoryQuery::new().since(t - ns(400)).until(t + ns(400)), vec![before_t.id]),
+        (MemoryQuery::new().since(t + ns(400)).until(t + ns(1400)), vec![at_t.id]),
+        // A cursor between two microseconds is the cursor at the earlier.
+        (MemoryQuery::new().after(cursor(t + ns(400))), vec![before_t.id]),
     ];
     for (query, expected) in cases {
         let got: Vec<_> = store.query(user, &query).await.unwrap().logs.iter().map(|l| l.id).collect();
@@ -440,4 +441,45 @@ async fn migrations_through_the_pool() {
     assert_eq!(err.kind(), ErrorKind::Incompatible, "{err:?}");
     assert!(err.to_string().contains("migration 3"), "{err}");
     assert!(!err.is_retryable());
+}
+
+/// A row that other SQL wrote with `meta_data` the JSON decoder refuses
+/// (nested deeper than its recursion limit) fails only the page that
+/// returns it, with an error naming the row; as the extra row a page
+/// fetches to detect the next one, it fails nothing.
+#[tokio::test]
+async fn an_undecodable_row_fails_only_its_own_page_and_is_named() {
+    let Some(db) = common::fresh_db().await else { return };
+    let users = PostgresUserStore::new(db.pool.clone());
+    let store = PostgresMemoryStore::new(db.pool.clone());
+    let user = users.create_user().await.unwrap();
+    let base = OffsetDateTime::now_utc() - Duration::from_secs(3600);
+    for i in 1..=3u64 {
+        let at = base + Duration::from_secs(i);
+        store.append(user, NewMemoryLog::new("fact", format!("good {i}")).unwrap().at(at)).await.unwrap();
+    }
+    // The oldest row: `{"a":{"a":...}}` 200 deep, which `jsonb` accepts and
+    // serde_json's default decoder (limit 128) does not.
+    let bad = uuid::Uuid::now_v7();
+    let deep = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+    let conn = db.pool.get().await.unwrap();
+    conn.execute(
+        "INSERT INTO memory_logs (id, user_id, \"timestamp\", type, content, meta_data) VALUES ($1, $2, $3, 'fact', 'bad', $4::text::jsonb)",
+        &[&bad, user.as_uuid(), &base, &deep],
+    )
+    .await
+    .unwrap();
+
+    // The bad row is the over-fetched one: the page of 3 is fine and says
+    // that another page follows.
+    let page = store.query(user, &MemoryQuery::new().limit(3)).await.expect("a page that does not hold the row");
+    assert_eq!(page.logs.len(), 3);
+    let next = page.next.expect("another page follows");
+    // The page that holds it fails, naming the row and the column.
+    let err = store.query(user, &MemoryQuery::new().limit(3).after(next)).await.expect_err("the bad row's page");
+    let message = err.to_string();
+    assert!(message.contains(&bad.to_string()) && message.contains("meta_data"), "{message}");
+    assert!(!err.is_retryable(), "{err:?}");
+    let err = store.get(user, MemoryLogId::from_uuid(bad)).await.expect_err("get of the bad row");
+    assert!(err.to_string().contains(&bad.to_string()), "{err}");
 }
