@@ -948,6 +948,27 @@ impl Drop for PgInner {
     fn drop(&mut self) {
         // Immediate shutdown: the data is thrown away, no checkpoint needed.
         let _ = self.stop("QUIT", Duration::from_secs(10));
+        self.release_crashed_shmem();
+    }
+}
+
+impl PgInner {
+    /// After a crash that no restart followed, the System V segment the
+    /// postmaster made outlives it (a restart would have reclaimed it), and
+    /// such segments would pile up over runs. `postmaster.pid` is removed
+    /// by every orderly exit, so if it is still there, the shmid on its
+    /// seventh line ("key shmid") is ours to remove.
+    fn release_crashed_shmem(&self) {
+        let Ok(lock_file) = fs::read_to_string(self.data.join("postmaster.pid")) else { return };
+        let Some(shmid) = lock_file.lines().nth(6).and_then(|l| l.split_whitespace().nth(1)) else { return };
+        if shmid.parse::<u64>().is_ok() {
+            let _ = Command::new("ipcrm")
+                .args(["-m", shmid])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -1015,7 +1036,9 @@ impl PrivateRedis {
         RedisInner::start(opts).map(|inner| Self { inner: Arc::new(inner) })
     }
 
-    /// `redis://[:password@]127.0.0.1:PORT`.
+    /// `redis://[:password@]127.0.0.1:PORT` (PORT = [`PrivateRedis::port`];
+    /// when [`RedisOptions::args`] move the port, e.g. TLS only, build the
+    /// URL from your own port).
     pub fn url(&self) -> String {
         match &self.inner.opts.password {
             Some(p) => format!("redis://:{}@127.0.0.1:{}", percent_encode(p), self.inner.port),
@@ -1023,7 +1046,8 @@ impl PrivateRedis {
         }
     }
 
-    /// The `--port` (on 127.0.0.1); the same across restarts.
+    /// The `--port` the testkit passed (on 127.0.0.1), the same across
+    /// restarts. [`RedisOptions::args`] may override it (`--port 0`).
     pub fn port(&self) -> u16 {
         self.inner.port
     }
@@ -1214,5 +1238,77 @@ impl RedisInner {
 impl Drop for RedisInner {
     fn drop(&mut self) {
         let _ = self.kill();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// Whether a `redis-server` can be found.
+    pub(crate) fn redis_available() -> bool {
+        super::redis_server_bin().is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_and_names_are_percent_encoded() {
+        assert_eq!(percent_encode("abc-._~XYZ09"), "abc-._~XYZ09");
+        assert_eq!(percent_encode("s3cret/:@ x"), "s3cret%2F%3A%40%20x");
+        assert_eq!(percent_encode("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn free_ports_are_bindable() {
+        let port = free_port().unwrap();
+        assert_ne!(port, 0);
+        TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+    }
+
+    #[test]
+    fn proc_stat_parsing_reads_this_process() {
+        let me = std::process::id();
+        let (state, ppid) = proc_state(me).expect("own stat");
+        assert!(matches!(state, 'R' | 'S'), "{state}");
+        assert_ne!(ppid, 0);
+        assert!(alive(me));
+        assert!(start_time(me).is_some_and(|t| t > 0));
+        assert!(!alive(u32::MAX - 1), "a pid that cannot exist");
+    }
+
+    #[test]
+    fn kill_tree_kills_a_process_and_its_children() {
+        // sh with two sleeping children, like a postmaster with backends.
+        let mut parent =
+            Command::new("sh").arg("-c").arg("sleep 60 & sleep 60 & wait").stdin(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let kids = loop {
+            let kids = children_of(parent.id());
+            if kids.len() == 2 || Instant::now() > deadline {
+                break kids;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(kids.len(), 2, "{kids:?}");
+        kill_tree(&mut parent).unwrap();
+        assert!(!alive(parent.id()));
+        assert!(kids.iter().all(|&k| !alive(k)), "children survived: {kids:?}");
+    }
+
+    #[test]
+    fn log_tail_reads_from_an_offset() {
+        let dir = std::env::temp_dir().join(format!("selfrag-testkit-tail-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        fs::write(&log, "old 1\nold 2\n").unwrap();
+        let from = file_len(&log);
+        fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"new 1\nnew 2\nnew 3\n").unwrap();
+        assert_eq!(tail(&log, from, 2), "new 2\nnew 3");
+        assert_eq!(tail(&log, from, 10), "new 1\nnew 2\nnew 3");
+        assert_eq!(tail(&log, 0, 1), "new 3");
+        assert_eq!(tail(&dir.join("missing"), 0, 5), "");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -531,6 +531,25 @@ mod tests {
     }
 
     #[test]
+    fn without_url_or_docker_a_private_server_is_started() {
+        if docker_engine().is_ok() {
+            return; // the container step comes first
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let has_redis = crate::private::tests_support::redis_available();
+        match rt.block_on(provide_with(Backend::Redis, env(&[]))) {
+            Some(server) => {
+                assert!(server.url.starts_with("redis://127.0.0.1:"), "{}", server.url);
+                assert!(!server.url.ends_with(":6379"), "the machine's Redis, not a private one");
+                // The same one for the whole process.
+                let again = rt.block_on(provide_with(Backend::Redis, env(&[]))).unwrap();
+                assert_eq!(again.url, server.url);
+            }
+            None => assert!(!has_redis, "redis-server is here, yet no private server was started"),
+        }
+    }
+
+    #[test]
     #[should_panic(expected = "unknown backend `qdrnt`")]
     fn a_typo_in_the_requirement_panics_even_with_a_url() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -101,6 +101,28 @@ fn proc_alive(pid: u32) -> bool {
     }
 }
 
+/// A crash that no restart follows leaves the postmaster's System V
+/// segment behind; dropping the server removes it.
+#[tokio::test]
+async fn dropping_a_crashed_postgres_frees_its_shared_memory() {
+    let Some(pg) = PrivatePostgres::start_or_skip(PgOptions { database: None, ..PgOptions::default() }).await else {
+        return;
+    };
+    let lock_file = std::fs::read_to_string(pg.data_dir().join("postmaster.pid")).unwrap();
+    let shmid = lock_file.lines().nth(6).and_then(|l| l.split_whitespace().nth(1)).unwrap().to_owned();
+    let listed = || {
+        std::fs::read_to_string("/proc/sysvipc/shm")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(shmid.as_str()))
+    };
+    assert!(listed(), "shmid {shmid} not in /proc/sysvipc/shm");
+    pg.kill().await.unwrap();
+    assert!(listed(), "the crash removed the segment (then this test proves nothing)");
+    drop(pg);
+    assert!(!listed(), "shared memory segment {shmid} left behind");
+}
+
 #[tokio::test]
 async fn private_postgres_takes_auth_and_configuration() {
     let opts = PgOptions {
