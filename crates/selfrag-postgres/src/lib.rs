@@ -60,11 +60,22 @@
 //! - **Input** is checked before anything is sent: the core input types
 //!   refuse NUL bytes (which `text` and `jsonb` cannot hold), oversized
 //!   content and malformed metadata with [`Error::InvalidInput`].
-//! - **Errors** keep the driver error as their source. Connection failures
-//!   and pool timeouts are [`Error::Unavailable`]; `statement_timeout` is
-//!   [`Error::Timeout`]; SQLSTATE class `53` (e.g. `53300`), `57P03`,
-//!   `40001` and `40P01` are retryable [`Error::Backend`]s; see
-//!   [`Error::is_retryable`].
+//! - **Deadlines**: every call ends within its operation timeout
+//!   ([`PostgresConfig::operation_timeout`], 10 s, set through the stores'
+//!   `with_config`), getting a connection included; past it the call returns
+//!   [`Error::Timeout`], a cancel request is sent for its statement, and its
+//!   connection is closed rather than returned to the pool. The whole wait
+//!   for a connection is bounded by [`PostgresConfig::acquire_timeout`].
+//!   Connections use TCP keepalives and `TCP_USER_TIMEOUT`.
+//! - **Retries**: appends are retry-safe by log id (see
+//!   [`PostgresMemoryStore`]); [`Error::is_ambiguous`] says whether a failed
+//!   call may have taken effect.
+//! - **Errors** keep the driver error as their source. A server that cannot
+//!   serve (refused, starting up `57P03`, shutting down `57P01`/`57P02`,
+//!   class `08` and `53`) and pool timeouts are [`Error::Unavailable`]; a
+//!   connection lost mid-statement is [`Error::Unavailable`] with
+//!   `maybe_applied`; `statement_timeout` is [`Error::Timeout`]; `40001` and
+//!   `40P01` are retryable [`Error::Backend`]s; see [`Error::is_retryable`].
 //! - Hot statements are prepared once per connection and cached. (Behind
 //!   PgBouncer, use session pooling or PgBouncer ≥ 1.21 with prepared
 //!   statement support.)
@@ -76,6 +87,7 @@
 //! [`Error::Timeout`]: selfrag_core::Error::Timeout
 //! [`Error::Backend`]: selfrag_core::Error::Backend
 //! [`Error::is_retryable`]: selfrag_core::Error::is_retryable
+//! [`Error::is_ambiguous`]: selfrag_core::Error::is_ambiguous
 
 mod config;
 mod conn;
