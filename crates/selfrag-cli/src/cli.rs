@@ -40,11 +40,11 @@ pub(crate) struct Global {
     #[arg(long, env = "SELFRAG_REDIS_PREFIX", global = true, default_value = "selfrag:")]
     pub(crate) redis_prefix: String,
     /// Qdrant gRPC URL (port 6334).
-    #[arg(long, env = "QDRANT_URL", global = true)]
+    #[arg(long, env = "QDRANT_URL", global = true, hide_env_values = true)]
     pub(crate) qdrant_url: Option<String>,
     /// Qdrant REST URL for snapshot transfers (default: the gRPC URL with
     /// port 6333).
-    #[arg(long, env = "QDRANT_REST_URL", global = true)]
+    #[arg(long, env = "QDRANT_REST_URL", global = true, hide_env_values = true)]
     pub(crate) qdrant_rest_url: Option<String>,
     /// Qdrant API key.
     #[arg(long, env = "QDRANT_API_KEY", global = true, hide_env_values = true)]

@@ -37,6 +37,13 @@
 //! | 3 | a service was unreachable or timed out, and nothing else failed |
 //!
 //! With `--json`, usage errors clap finds are the one JSON document too.
+//!
+//! # Secrets
+//! No password or API key is ever printed, in either mode or on either
+//! stream: URLs are shown (when at all) without their password, `--help`
+//! hides the values of the URL and key variables, and as a last net every
+//! password and key found in the settings (at least 4 characters long) is
+//! replaced by `***` in everything the tool writes.
 
 mod backup;
 mod cli;
@@ -44,6 +51,7 @@ mod config;
 mod doctor;
 mod migrate;
 mod output;
+mod secrets;
 
 use std::process::ExitCode;
 
@@ -54,6 +62,8 @@ use crate::cli::{Cli, Command};
 use crate::output::{Exit, Failure, Out};
 
 fn main() -> ExitCode {
+    // Before parsing: clap's usage errors are printed through the net too.
+    secrets::collect();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
@@ -88,8 +98,14 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     let code = e.exit_code();
     let json = std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
     if code == 0 || !json {
-        // Printing to a closed pipe is not worth a second error.
-        let _ = e.print();
+        // Rendered without styles, so the scrubbed text is plain; help and
+        // version go to stdout, errors to stderr, as clap does.
+        let text = e.render().to_string();
+        if e.use_stderr() {
+            eprint!("{}", secrets::scrub(&text));
+        } else {
+            print!("{}", secrets::scrub(&text));
+        }
         return ExitCode::from(u8::try_from(code).unwrap_or(Exit::Usage.code()));
     }
     let doc = json!({
@@ -98,6 +114,6 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         "outcome": Exit::Usage.name(),
         "error": e.render().to_string().trim(),
     });
-    println!("{doc:#}");
+    println!("{}", secrets::scrub(&format!("{doc:#}")));
     Exit::Usage.into()
 }

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use selfrag_core::ErrorKind;
 use serde_json::{json, Value};
 
+use crate::secrets::scrub;
+
 /// What the process exits with; cron jobs and monitors act on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exit {
@@ -162,7 +164,8 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Prints results in the mode the user chose.
+/// Prints results in the mode the user chose. Every line goes through
+/// [`scrub`]: no configured password or key is ever printed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Out {
     pub(crate) json: bool,
@@ -173,7 +176,7 @@ impl Out {
     /// A progress line on stderr (never in JSON mode's stdout).
     pub(crate) fn progress(&self, line: impl fmt::Display) {
         if !self.quiet {
-            eprintln!("... {line}");
+            eprintln!("... {}", scrub(&line.to_string()));
         }
     }
 
@@ -185,9 +188,9 @@ impl Out {
             if let (Some(map), Value::Object(extra)) = (doc.as_object_mut(), document) {
                 map.extend(extra);
             }
-            println!("{doc:#}");
+            println!("{}", scrub(&format!("{doc:#}")));
         } else if !human.is_empty() {
-            print!("{human}");
+            print!("{}", scrub(human));
             if !human.ends_with('\n') {
                 println!();
             }
@@ -205,9 +208,9 @@ impl Out {
                 "outcome": failure.exit.name(),
                 "error": failure.message,
             });
-            println!("{doc:#}");
+            println!("{}", scrub(&format!("{doc:#}")));
         } else {
-            eprintln!("error: {}", failure.message);
+            eprintln!("error: {}", scrub(&failure.message));
         }
         failure.exit
     }
