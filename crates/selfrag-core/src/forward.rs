@@ -63,6 +63,10 @@ macro_rules! forward {
             async fn set_data(&self, user: UserId, id: SessionId, data: Map<String, Value>) -> Result<Option<Session>> {
                 (**self).set_data(user, id, data).await
             }
+            async fn list_recent(&self, user: UserId, limit: u32) -> Result<Vec<Session>> {
+                (**self).list_recent(user, limit).await
+            }
+            // Forwarded too, so that an implementation's own `list` is kept.
             async fn list(&self, user: UserId) -> Result<Vec<Session>> {
                 (**self).list(user).await
             }

@@ -45,7 +45,7 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use ids::{ChunkId, MemoryLogId, SessionId, Tenant, UserId};
 pub use memory::{Cursor, MemoryLog, MemoryPage, MemoryQuery, MemoryStore, MemoryType, NewMemoryLog, UserStore};
 pub use ratelimit::{RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter, Window, WindowStatus};
-pub use session::{NewSession, Session, SessionStore};
+pub use session::{NewSession, OnLimit, Session, SessionLimits, SessionStore};
 pub use validate::{MAX_JSON_BYTES, MAX_JSON_DEPTH};
 pub use vector::{
     Chunk, ChunkPayload, ChunkRecord, Distance, Field, Filter, IndexSpec, MatchValue, ScoredChunk, SearchRequest,

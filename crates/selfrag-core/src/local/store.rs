@@ -9,16 +9,19 @@ use crate::clock::{to_micros, Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::ids::{MemoryLogId, SessionId, UserId};
 use crate::memory::{validate_batch, MemoryLog, MemoryPage, MemoryQuery, MemoryStore, NewMemoryLog, UserStore};
-use crate::session::{validate_data, NewSession, Session, SessionStore};
+use crate::session::{validate_data, validate_list_limit, NewSession, OnLimit, Session, SessionLimits, SessionStore};
 
 /// Users, memory logs and sessions in memory: implements [`UserStore`],
 /// [`MemoryStore`] and [`SessionStore`] over one shared state, so deleting a
 /// user deletes its logs and sessions, as the Postgres backend does.
 ///
-/// Clones share the same data.
+/// Clones share the same data, as do stores made from it with
+/// [`LocalStore::with_session_limits`].
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     inner: Arc<Inner>,
+    /// Outside `inner`: stores with other limits share the data.
+    limits: SessionLimits,
 }
 
 #[derive(Debug)]
@@ -59,7 +62,19 @@ impl LocalStore {
 
     /// An empty store reading time from `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self { inner: Arc::new(Inner { clock, state: Mutex::new(State::default()) }) }
+        Self { inner: Arc::new(Inner { clock, state: Mutex::new(State::default()) }), limits: SessionLimits::default() }
+    }
+
+    /// This store (same data) with `limits` on each user's live sessions
+    /// (default [`SessionLimits::default`]: 100, evicting the oldest).
+    pub fn with_session_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits on each user's live sessions.
+    pub fn session_limits(&self) -> SessionLimits {
+        self.limits
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -189,6 +204,37 @@ impl MemoryStore for LocalStore {
     }
 }
 
+/// Sessions `revoke_all` deletes per lock acquisition, so that other calls
+/// get the lock in between (as the server backends delete in batches).
+const REVOKE_BATCH: usize = 1_000;
+
+impl State {
+    /// Drops `user`'s expired sessions: they never count against the cap,
+    /// and this keeps a user's map as small as the cap plus what expired
+    /// since the last create.
+    fn purge_expired(&mut self, user: UserId, now: OffsetDateTime) {
+        let Some(data) = self.users.get_mut(&user) else { return };
+        let expired: Vec<SessionId> = data.sessions.values().filter(|s| s.is_expired_at(now)).map(|s| s.id).collect();
+        for id in expired {
+            data.sessions.remove(&id);
+            self.session_owner.remove(&id);
+        }
+    }
+
+    /// Ends the `n` live sessions of `user` that expire soonest (ties: the
+    /// smallest id).
+    fn evict_soonest(&mut self, user: UserId, n: usize) {
+        let Some(data) = self.users.get_mut(&user) else { return };
+        let mut by_expiry: Vec<(OffsetDateTime, SessionId)> =
+            data.sessions.values().map(|s| (s.expires_at, s.id)).collect();
+        by_expiry.sort_unstable();
+        for (_, id) in by_expiry.into_iter().take(n) {
+            data.sessions.remove(&id);
+            self.session_owner.remove(&id);
+        }
+    }
+}
+
 #[async_trait]
 impl SessionStore for LocalStore {
     async fn create(&self, user: UserId, session: NewSession) -> Result<Session> {
@@ -197,10 +243,40 @@ impl SessionStore for LocalStore {
         if !state.users.contains_key(&user) {
             return Err(Error::user_not_found(user));
         }
-        let mut id = SessionId::generate();
-        while state.session_owner.contains_key(&id) {
-            id = SessionId::generate();
+        // A chosen id that is live is this very create retried (return what
+        // is stored, evict nothing) or a conflict. An expired one is gone
+        // (`live_session` drops it), so the id is free again.
+        if let Some(id) = session.id() {
+            if let Some(owner) = state.session_owner.get(&id).copied() {
+                if let Some(stored) = state.live_session(owner, id, now) {
+                    return if session.is_created_as(user, stored) {
+                        Ok(stored.clone())
+                    } else {
+                        Err(NewSession::id_taken(id))
+                    };
+                }
+            }
         }
+        state.purge_expired(user, now);
+        let live = state.user_mut(user)?.sessions.len() as u64;
+        let evict = match self.limits.on_limit() {
+            OnLimit::Refuse if live >= u64::from(self.limits.max_per_user()) => return Err(self.limits.reached(user)),
+            OnLimit::Refuse => 0,
+            OnLimit::EvictOldest => self.limits.evictions_for(live),
+        };
+        if evict > 0 {
+            state.evict_soonest(user, usize::try_from(evict).unwrap_or(usize::MAX));
+        }
+        let id = match session.id() {
+            Some(id) => id,
+            None => {
+                let mut id = SessionId::generate();
+                while state.session_owner.contains_key(&id) {
+                    id = SessionId::generate();
+                }
+                id
+            }
+        };
         let session = session.into_session(id, user, now);
         state.session_owner.insert(id, user);
         state.user_mut(user)?.sessions.insert(id, session.clone());
@@ -231,16 +307,23 @@ impl SessionStore for LocalStore {
         }))
     }
 
-    async fn list(&self, user: UserId) -> Result<Vec<Session>> {
+    async fn list_recent(&self, user: UserId, limit: u32) -> Result<Vec<Session>> {
+        validate_list_limit(limit)?;
+        let limit = limit as usize;
         let now = self.now();
         let state = self.state();
-        let mut live: Vec<Session> = state
-            .users
-            .get(&user)
-            .map(|d| d.sessions.values().filter(|s| !s.is_expired_at(now)).cloned().collect())
-            .unwrap_or_default();
-        live.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
-        Ok(live)
+        let Some(data) = state.users.get(&user) else {
+            return Ok(Vec::new());
+        };
+        let newest_first = |s: &&Session| std::cmp::Reverse((s.created_at, s.id));
+        let mut live: Vec<&Session> = data.sessions.values().filter(|s| !s.is_expired_at(now)).collect();
+        // Only the `limit` newest need sorting.
+        if live.len() > limit {
+            live.select_nth_unstable_by_key(limit, newest_first);
+            live.truncate(limit);
+        }
+        live.sort_unstable_by_key(newest_first);
+        Ok(live.into_iter().cloned().collect())
     }
 
     async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
@@ -255,16 +338,29 @@ impl SessionStore for LocalStore {
     }
 
     async fn revoke_all(&self, user: UserId) -> Result<u64> {
-        let now = self.now();
-        let mut state = self.state();
-        let Some(data) = state.users.get_mut(&user) else {
-            return Ok(0);
-        };
-        let sessions = std::mem::take(&mut data.sessions);
-        let live = sessions.values().filter(|s| !s.is_expired_at(now)).count() as u64;
-        for id in sessions.keys() {
-            state.session_owner.remove(id);
+        let mut live = 0;
+        // Bounded: sessions created while this runs may be left (see the
+        // trait), so creates racing it cannot keep it going for ever.
+        let mut rounds_left: Option<usize> = None;
+        loop {
+            let now = self.now();
+            let mut state = self.state();
+            let Some(data) = state.users.get_mut(&user) else {
+                return Ok(live);
+            };
+            let rounds = rounds_left.get_or_insert(data.sessions.len() / REVOKE_BATCH + 2);
+            let batch: Vec<Session> = {
+                let ids: Vec<SessionId> = data.sessions.keys().take(REVOKE_BATCH).copied().collect();
+                ids.iter().filter_map(|id| data.sessions.remove(id)).collect()
+            };
+            live += batch.iter().filter(|s| !s.is_expired_at(now)).count() as u64;
+            for s in &batch {
+                state.session_owner.remove(&s.id);
+            }
+            *rounds -= 1;
+            if batch.len() < REVOKE_BATCH || *rounds == 0 {
+                return Ok(live);
+            }
         }
-        Ok(live)
     }
 }
