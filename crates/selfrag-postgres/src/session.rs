@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
-use selfrag_core::session::validate_data;
-use selfrag_core::{NewSession, Result, Session, SessionId, SessionStore, UserId};
+use selfrag_core::session::{validate_data, validate_list_limit, MAX_LIST_LIMIT};
+use selfrag_core::{Error, NewSession, OnLimit, Result, Session, SessionId, SessionLimits, SessionStore, UserId};
 use serde_json::{Map, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
-use tokio_postgres::Row;
+use tokio_postgres::{Error as PgError, Row};
 
 use crate::{error, explain};
 
@@ -21,9 +21,45 @@ use crate::{error, explain};
 
 const COLUMNS: &str = "id, user_id, created_at, last_activity, expires_at, ttl_ms, data";
 
+// `create` runs in one transaction that first locks the user's row, so that
+// creates of one user are serialized and the cap holds under concurrency: a
+// count in the same statement as the insert would read the snapshot taken
+// before waiting on the lock, and two creates could both see room for one.
+// `FOR NO KEY UPDATE` conflicts with itself and with deleting the user, but
+// not with the `FOR KEY SHARE` that foreign-key checks take, so memory log
+// appends of the same user are not held up. It also tells an unknown user.
+const LOCK_USER: &str = "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE";
+
+// The row under a chosen id, of any user: whether it is live, and whether it
+// is what this create would make (same user, TTL and data, jsonb equality).
+const FIND: &str = "SELECT id, user_id, created_at, last_activity, expires_at, ttl_ms, data,
+    expires_at > now(), user_id = $2 AND ttl_ms = $3 AND data = $4
+FROM user_sessions WHERE id = $1";
+
+// An expired row under a chosen id is garbage: dropped so the id is free.
+const DROP_EXPIRED: &str = "DELETE FROM user_sessions WHERE id = $1 AND expires_at <= now()";
+
 const INSERT: &str = "INSERT INTO user_sessions (id, user_id, created_at, last_activity, expires_at, ttl_ms, data)
 VALUES ($1, $2, now(), now(), now() + $3::bigint * interval '1 millisecond', $3::bigint, $4)
 RETURNING id, user_id, created_at, last_activity, expires_at, ttl_ms, data";
+
+// Inserts only while the user has fewer than $5 live sessions (counting at
+// most $5 of them). No row back means the user is at the cap.
+const INSERT_UNDER_CAP: &str =
+    "INSERT INTO user_sessions (id, user_id, created_at, last_activity, expires_at, ttl_ms, data)
+SELECT $1, $2, now(), now(), now() + $3::bigint * interval '1 millisecond', $3::bigint, $4
+WHERE (SELECT count(*) FROM (SELECT 1 FROM user_sessions WHERE user_id = $2 AND expires_at > now() LIMIT $5) live) < $5
+RETURNING id, user_id, created_at, last_activity, expires_at, ttl_ms, data";
+
+// The user's live sessions, counted up to $2.
+const COUNT_LIVE: &str = "SELECT count(*) FROM (
+    SELECT 1 FROM user_sessions WHERE user_id = $1 AND expires_at > now() LIMIT $2) live";
+
+// Ends the $2 live sessions that expire soonest (ties: smallest id), as
+// `OnLimit::EvictOldest` says.
+const EVICT: &str = "DELETE FROM user_sessions WHERE id IN (
+    SELECT id FROM user_sessions WHERE user_id = $1 AND expires_at > now()
+    ORDER BY expires_at, id LIMIT $2)";
 
 // Sliding expiry in one statement: no read-modify-write race with a
 // concurrent touch or revoke. `now()` is when this statement's transaction
@@ -43,8 +79,14 @@ RETURNING id, user_id, created_at, last_activity, expires_at, ttl_ms, data";
 // anyway) and reports whether it was live.
 const REVOKE: &str = "DELETE FROM user_sessions WHERE id = $1 AND user_id = $2 RETURNING expires_at > now()";
 
-const REVOKE_ALL: &str = "WITH gone AS (DELETE FROM user_sessions WHERE user_id = $1 RETURNING expires_at)
-SELECT count(*) FILTER (WHERE expires_at > now()) FROM gone";
+// One batch of `revoke_all`: deletes up to $2 rows of the user (live or
+// not) in its own short transaction, so a user with many sessions never
+// holds many row locks or one long transaction. Returns how many rows were
+// picked (fewer than $2: none is left) and how many of the deleted were live.
+const REVOKE_BATCH: &str = "WITH picked AS (SELECT id FROM user_sessions WHERE user_id = $1 LIMIT $2),
+gone AS (DELETE FROM user_sessions s USING picked WHERE s.id = picked.id RETURNING s.expires_at)
+SELECT (SELECT count(*) FROM picked), (SELECT count(*) FROM gone WHERE expires_at > now())";
+const REVOKE_BATCH_ROWS: i64 = 1_000;
 
 // Batched so that a large backlog never holds many row locks in one
 // transaction; SKIP LOCKED lets several sweepers run at once.
@@ -52,10 +94,15 @@ const SWEEP: &str = "DELETE FROM user_sessions WHERE id IN (
     SELECT id FROM user_sessions WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)";
 const SWEEP_BATCH: i64 = 5_000;
 
+/// How many times `create` runs its transaction when an insert meets a
+/// unique violation: a fresh random id colliding (never, in practice), or a
+/// chosen id inserted by a concurrent create, which the next attempt reads.
+const CREATE_ATTEMPTS: usize = 4;
+
 fn list_sql() -> String {
     format!(
         "SELECT {COLUMNS} FROM user_sessions WHERE user_id = $1 AND expires_at > now() \
-         ORDER BY created_at DESC, id DESC"
+         ORDER BY created_at DESC, id DESC LIMIT $2"
     )
 }
 
@@ -67,16 +114,42 @@ fn list_sql() -> String {
 /// deleting the user, or [`PostgresSessionStore::sweep_expired`], which a
 /// service should call periodically (e.g. every few minutes).
 ///
+/// Each user holds at most [`SessionLimits::max_per_user`] live sessions
+/// (default 100, evicting the soonest to expire; see
+/// [`PostgresSessionStore::with_limits`]). `create` runs in one transaction
+/// that locks the user's row (`FOR NO KEY UPDATE`), so concurrent creates of
+/// one user are serialized and the cap holds exactly; creates of different
+/// users do not wait on each other. `revoke_all` deletes in batches of
+/// 1,000 rows, each its own transaction.
+///
+/// Session ids are global (the primary key): a chosen id
+/// ([`NewSession::with_id`]) held by another user's live session is
+/// [`Error::Conflict`](selfrag_core::Error::Conflict).
+///
 /// Clones share the pool.
 #[derive(Debug, Clone)]
 pub struct PostgresSessionStore {
     pool: Pool,
+    limits: SessionLimits,
 }
 
 impl PostgresSessionStore {
-    /// A store on `pool` (see [`crate::PostgresMemoryStore::new`]).
+    /// A store on `pool` (see [`crate::PostgresMemoryStore::new`]), with the
+    /// default [`SessionLimits`].
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self { pool, limits: SessionLimits::default() }
+    }
+
+    /// This store with `limits` on each user's live sessions (checked when
+    /// built: see [`SessionLimits::new`]).
+    pub fn with_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits on each user's live sessions.
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
     }
 
     /// The pool.
@@ -114,7 +187,7 @@ impl PostgresSessionStore {
     /// Backend errors.
     pub async fn explain_list(&self, user: UserId, analyze: bool) -> Result<String> {
         let conn = self.conn().await?;
-        explain(&conn, &list_sql(), &[user.as_uuid()], analyze).await
+        explain(&conn, &list_sql(), &[user.as_uuid(), &i64::from(MAX_LIST_LIMIT)], analyze).await
     }
 
     async fn one(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Option<Session>> {
@@ -123,6 +196,70 @@ impl PostgresSessionStore {
         let row = conn.query_opt(&stmt, params).await.map_err(error::pg)?;
         row.as_ref().map(to_session).transpose()
     }
+
+    /// One attempt of `create`, in one transaction on `conn`.
+    async fn create_once(
+        &self,
+        conn: &mut Object,
+        user: UserId,
+        id: SessionId,
+        session: &NewSession,
+        ttl_ms: i64,
+    ) -> std::result::Result<Created, PgError> {
+        let tx = conn.transaction().await?;
+        let lock = tx.prepare_cached(LOCK_USER).await?;
+        if tx.query_opt(&lock, &[user.as_uuid()]).await?.is_none() {
+            return Ok(Created::NoUser);
+        }
+        let data = Json(session.data());
+        if session.id().is_some() {
+            let find = tx.prepare_cached(FIND).await?;
+            if let Some(row) = tx.query_opt(&find, &[id.as_uuid(), user.as_uuid(), &ttl_ms, &data]).await? {
+                let (live, same): (bool, bool) = (row.try_get(7)?, row.try_get(8)?);
+                if live {
+                    // A retry of this very create (commit nothing new, evict
+                    // nothing), or another session under the id.
+                    return Ok(if same { Created::Existing(row) } else { Created::Taken });
+                }
+                let drop = tx.prepare_cached(DROP_EXPIRED).await?;
+                tx.execute(&drop, &[id.as_uuid()]).await?;
+            }
+        }
+        let max = i64::from(self.limits.max_per_user());
+        let insert = tx.prepare_cached(INSERT_UNDER_CAP).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [id.as_uuid(), user.as_uuid(), &ttl_ms, &data, &max];
+        let mut row = tx.query_opt(&insert, &params).await?;
+        if row.is_none() {
+            let count = tx.prepare_cached(COUNT_LIVE).await?;
+            // Counting past the cap only as far as evictions can go.
+            let upto = max + i64::from(SessionLimits::MAX_EVICTIONS_PER_CREATE);
+            let live: i64 = tx.query_one(&count, &[user.as_uuid(), &upto]).await?.try_get(0)?;
+            let evict = match self.limits.on_limit() {
+                OnLimit::Refuse => return Ok(Created::Full),
+                OnLimit::EvictOldest => self.limits.evictions_for(live.unsigned_abs()),
+            };
+            let evict_stmt = tx.prepare_cached(EVICT).await?;
+            let n = i64::try_from(evict).unwrap_or(i64::MAX);
+            tx.execute(&evict_stmt, &[user.as_uuid(), &n]).await?;
+            // Unconditionally: a cap lowered below what the user holds may
+            // leave more than one create evicts; later creates evict further.
+            let plain = tx.prepare_cached(INSERT).await?;
+            row = Some(tx.query_one(&plain, &params[..4]).await?);
+        }
+        let row = row.expect("inserted above");
+        tx.commit().await?;
+        Ok(Created::New(row))
+    }
+}
+
+/// What one attempt of `create` found or did.
+enum Created {
+    New(Row),
+    Existing(Row),
+    Taken,
+    Full,
+    NoUser,
 }
 
 fn to_session(row: &Row) -> Result<Session> {
@@ -148,19 +285,23 @@ impl SessionStore for PostgresSessionStore {
     async fn create(&self, user: UserId, session: NewSession) -> Result<Session> {
         // `NewSession` checked the TTL (at most a year) and the data.
         let ttl_ms = i64::try_from(session.ttl().as_millis()).expect("NewSession bounds the TTL to a year");
-        let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(INSERT).await.map_err(error::pg)?;
-        loop {
-            let id = SessionId::generate();
-            let result = conn.query_one(&stmt, &[id.as_uuid(), user.as_uuid(), &ttl_ms, &Json(session.data())]).await;
-            match result {
-                Ok(row) => return to_session(&row),
-                // 122 random bits never collide in practice; if they do, the
-                // existing session is kept and another id is drawn.
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue,
+        let mut conn = self.conn().await?;
+        let mut last = None;
+        for _ in 0..CREATE_ATTEMPTS {
+            let id = session.id().unwrap_or_else(SessionId::generate);
+            match self.create_once(&mut conn, user, id, &session, ttl_ms).await {
+                Ok(Created::New(row) | Created::Existing(row)) => return to_session(&row),
+                Ok(Created::Taken) => return Err(NewSession::id_taken(id)),
+                Ok(Created::Full) => return Err(self.limits.reached(user)),
+                Ok(Created::NoUser) => return Err(Error::user_not_found(user)),
+                // A random id that collided (122 random bits: never in
+                // practice) is drawn again; a chosen id that a concurrent
+                // create inserted is read by the next attempt.
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => last = Some(e),
                 Err(e) => return Err(error::write(e, user, "session")),
             }
         }
+        Err(error::write(last.expect("an attempt failed"), user, "session"))
     }
 
     async fn get(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
@@ -177,10 +318,11 @@ impl SessionStore for PostgresSessionStore {
         self.one(SET_DATA, &[id.as_uuid(), user.as_uuid(), &Json(&data)]).await
     }
 
-    async fn list(&self, user: UserId) -> Result<Vec<Session>> {
+    async fn list_recent(&self, user: UserId, limit: u32) -> Result<Vec<Session>> {
+        validate_list_limit(limit)?;
         let conn = self.conn().await?;
         let stmt = conn.prepare_cached(&list_sql()).await.map_err(error::pg)?;
-        let rows = conn.query(&stmt, &[user.as_uuid()]).await.map_err(error::pg)?;
+        let rows = conn.query(&stmt, &[user.as_uuid(), &i64::from(limit)]).await.map_err(error::pg)?;
         rows.iter().map(to_session).collect()
     }
 
@@ -193,8 +335,17 @@ impl SessionStore for PostgresSessionStore {
 
     async fn revoke_all(&self, user: UserId) -> Result<u64> {
         let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(REVOKE_ALL).await.map_err(error::pg)?;
-        let live: i64 = conn.query_one(&stmt, &[user.as_uuid()]).await.map_err(error::pg)?.get(0);
-        Ok(live.unsigned_abs())
+        let stmt = conn.prepare_cached(REVOKE_BATCH).await.map_err(error::pg)?;
+        let mut live = 0;
+        loop {
+            let row = conn.query_one(&stmt, &[user.as_uuid(), &REVOKE_BATCH_ROWS]).await.map_err(error::pg)?;
+            let (picked, gone_live): (i64, i64) = (row.get(0), row.get(1));
+            live += gone_live.unsigned_abs();
+            // Fewer picked than asked: no row of the user was left when the
+            // batch ran (sessions created since may remain; see the trait).
+            if picked < REVOKE_BATCH_ROWS {
+                return Ok(live);
+            }
+        }
     }
 }

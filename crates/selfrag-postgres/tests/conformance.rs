@@ -19,8 +19,13 @@ async fn session_fixture() -> Option<SessionFixture> {
     let db = common::fresh_db().await?;
     let store = Arc::new(PostgresSessionStore::new(db.pool.clone()));
     let users = Arc::new(PostgresUserStore::new(db.pool.clone()));
+    let pool = db.pool.clone();
     // Expiry runs on the database clock, which only real time moves.
-    Some(SessionFixture::new(store, Some(users), Arc::new(RealClock)).with_guard(db))
+    Some(
+        SessionFixture::new(store, Some(users), Arc::new(RealClock))
+            .with_limits(move |limits| Arc::new(PostgresSessionStore::new(pool.clone()).with_limits(limits)))
+            .with_guard(db),
+    )
 }
 
 selfrag_testkit::memory_store_tests!(memory_fixture);
