@@ -98,6 +98,7 @@ pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
                 let mut inv = script.prepare_invoke();
                 inv.key(format!("{PREFIX}{{u:{user}}}:s:{id}"))
                     .key(format!("{PREFIX}{{u:{user}}}:sessions"))
+                    .key(format!("{PREFIX}{{u:{user}}}:sessions:created"))
                     .arg(id.to_string());
                 let f: Option<Vec<String>> = inv.invoke_async(&mut conn).await?;
                 let f = f.ok_or("session vanished")?;

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis;
-use selfrag_core::session::validate_data;
-use selfrag_core::{Error, NewSession, Result, Session, SessionId, SessionStore, UserId};
+use selfrag_core::session::{validate_data, validate_list_limit};
+use selfrag_core::{Error, NewSession, OnLimit, Result, Session, SessionId, SessionLimits, SessionStore, UserId};
 use serde_json::{Map, Value as Json};
 use time::OffsetDateTime;
 
@@ -21,23 +21,49 @@ use crate::BACKEND;
 /// can never overwrite a session.
 const CREATE_ATTEMPTS: usize = 4;
 
+/// Dead index members (sessions gone without their index entries being
+/// removed: expired past the bounded prune, or evicted under memory
+/// pressure) one `list_recent` script call steps over before it returns and
+/// is called again.
+const LIST_DEAD_BUDGET: u32 = 500;
+
 /// A [`SessionStore`] in Redis. See the crate docs for the key layout and the
 /// guarantees.
 ///
 /// Redis does not track users: `create` accepts any [`UserId`] (it never
 /// returns [`Error::NotFound`]); delete a user's sessions with
 /// [`SessionStore::revoke_all`] when the user goes away.
+///
+/// Each user holds at most [`SessionLimits::max_per_user`] live sessions
+/// (default 100, evicting the soonest to expire; see
+/// [`RedisSessionStore::with_limits`]), enforced inside the create script,
+/// so concurrent creates cannot overshoot it. `list_recent` reads at most
+/// `limit` sessions per script call and `revoke_all` deletes
+/// [`RedisSessionStore::REVOKE_ALL_BATCH`] per call, so no call holds the server for long.
+///
+/// Session ids are scoped to their user (every key carries the user's hash
+/// tag, and Redis Cluster cannot check a global registry in the same atomic
+/// script): a chosen id ([`NewSession::with_id`]) that another user also
+/// holds makes an independent session of this user, never a
+/// [`Error::Conflict`]. Every read is by (user, id), so it can never reach
+/// the other user's session.
 #[derive(Debug, Clone)]
 pub struct RedisSessionStore {
     handle: Handle,
+    limits: SessionLimits,
 }
 
 impl RedisSessionStore {
+    /// Sessions one `revoke_all` script call deletes. At about 8 µs of
+    /// server time per session (read, delete, two index removals), a batch
+    /// holds Redis for a few milliseconds, whatever the user's total.
+    pub const REVOKE_ALL_BATCH: u32 = 500;
+
     /// A store over `pool`, with the default key prefix (`selfrag:`) and
     /// response timeout (2 s). `pool` is a [`RedisPool`] or a
     /// `deadpool_redis::Pool`.
     pub fn new(pool: impl Into<RedisPool>) -> Self {
-        Self { handle: Handle::new(pool.into()) }
+        Self { handle: Handle::new(pool.into()), limits: SessionLimits::default() }
     }
 
     /// A store over `pool` with the prefix and timeouts of `config` (its URL
@@ -46,7 +72,7 @@ impl RedisSessionStore {
     /// # Errors
     /// [`Error::InvalidInput`] as [`RedisConfig::validate`].
     pub fn with_config(pool: impl Into<RedisPool>, config: &RedisConfig) -> Result<Self> {
-        Ok(Self { handle: Handle::with_config(pool.into(), config)? })
+        Ok(Self { handle: Handle::with_config(pool.into(), config)?, limits: SessionLimits::default() })
     }
 
     /// A store with its own pool built from `config`. Connects lazily.
@@ -62,12 +88,26 @@ impl RedisSessionStore {
     /// # Errors
     /// [`Error::InvalidInput`] (`key_prefix`).
     pub fn with_key_prefix(self, prefix: &str) -> Result<Self> {
-        Ok(Self { handle: self.handle.with_prefix(prefix)? })
+        Ok(Self { handle: self.handle.with_prefix(prefix)?, limits: self.limits })
     }
 
     /// Fails calls whose reply takes longer than `timeout`.
     pub fn with_response_timeout(self, timeout: Duration) -> Self {
-        Self { handle: self.handle.with_response_timeout(timeout) }
+        Self { handle: self.handle.with_response_timeout(timeout), limits: self.limits }
+    }
+
+    /// This store (same connection and keys) with `limits` on each user's
+    /// live sessions (default [`SessionLimits::default`]: 100, evicting the
+    /// soonest to expire). [`SessionLimits::from_env`] reads them from
+    /// `SELFRAG_SESSIONS_MAX_PER_USER` and `SELFRAG_SESSIONS_ON_LIMIT`.
+    pub fn with_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits on each user's live sessions.
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
     }
 
     /// The key prefix.
@@ -94,6 +134,14 @@ impl RedisSessionStore {
         self.handle.user_key(user, &[":sessions"])
     }
 
+    /// The key of `user`'s created-at index:
+    /// `<prefix>{u:<user>}:sessions:created`, a sorted set of the same
+    /// session ids scored by creation time (ms since the epoch), which
+    /// `list_recent` reads newest first.
+    pub fn created_index_key(&self, user: UserId) -> String {
+        self.handle.user_key(user, &[":sessions:created"])
+    }
+
     fn session_key_stem(&self, user: UserId) -> String {
         self.handle.user_key(user, &[":s:"])
     }
@@ -105,13 +153,42 @@ impl SessionStore for RedisSessionStore {
         let data = serde_json::to_string(session.data())
             .map_err(|e| Error::backend(BACKEND, "encode session data", false, e))?;
         let ttl_ms = millis(session.ttl());
+        let policy = match self.limits.on_limit() {
+            OnLimit::EvictOldest => "evict",
+            OnLimit::Refuse => "refuse",
+        };
         for _ in 0..CREATE_ATTEMPTS {
-            let id = SessionId::generate();
+            let id = session.id().unwrap_or_else(SessionId::generate);
             let mut inv = SESSION_CREATE.prepare_invoke();
-            inv.key(self.session_key(user, id)).key(self.index_key(user)).arg(id.to_string()).arg(ttl_ms).arg(&data);
-            let created: Option<i64> = self.handle.invoke(&inv, "create session").await?;
-            if let Some(now_ms) = created {
-                return Ok(session.into_session(id, user, from_millis(now_ms)?));
+            inv.key(self.session_key(user, id))
+                .key(self.index_key(user))
+                .key(self.created_index_key(user))
+                .arg(id.to_string())
+                .arg(ttl_ms)
+                .arg(&data)
+                .arg(self.limits.max_per_user())
+                .arg(policy)
+                .arg(SessionLimits::MAX_EVICTIONS_PER_CREATE);
+            let reply: Vec<String> = self.handle.invoke(&inv, "create session").await?;
+            match reply.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                ["created", now_ms, _evicted] => {
+                    return Ok(session.into_session(id, user, from_millis(parse_ms("created", now_ms)?)?));
+                }
+                ["exists", c, l, t, d] => {
+                    // Never overwritten. A chosen id: this create retried
+                    // (return what is stored) or a clash. A drawn id that
+                    // collided (never, in practice): draw again.
+                    if session.id().is_some() {
+                        let stored = decode(id, user, c, l, t, d)?;
+                        return if session.is_created_as(user, &stored) {
+                            Ok(stored)
+                        } else {
+                            Err(NewSession::id_taken(id))
+                        };
+                    }
+                }
+                ["full", _live] => return Err(self.limits.reached(user)),
+                _ => return Err(bad_reply("create session", format!("{reply:?}"))),
             }
         }
         Err(Error::Conflict { what: "session", id: format!("{CREATE_ATTEMPTS} random ids in a row were taken") })
@@ -132,7 +209,10 @@ impl SessionStore for RedisSessionStore {
 
     async fn touch(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
         let mut inv = SESSION_TOUCH.prepare_invoke();
-        inv.key(self.session_key(user, id)).key(self.index_key(user)).arg(id.to_string());
+        inv.key(self.session_key(user, id))
+            .key(self.index_key(user))
+            .key(self.created_index_key(user))
+            .arg(id.to_string());
         let fields: Option<Vec<String>> = self.handle.invoke(&inv, "touch session").await?;
         match fields.as_deref() {
             None => Ok(None),
@@ -159,36 +239,77 @@ impl SessionStore for RedisSessionStore {
         }
     }
 
-    async fn list(&self, user: UserId) -> Result<Vec<Session>> {
+    async fn list_recent(&self, user: UserId, limit: u32) -> Result<Vec<Session>> {
+        validate_list_limit(limit)?;
         let mut inv = SESSION_LIST.prepare_invoke();
-        inv.key(self.index_key(user)).arg(self.session_key_stem(user));
-        let flat: Vec<String> = self.handle.invoke(&inv, "list sessions").await?;
-        if flat.len() % 5 != 0 {
-            return Err(bad_reply("list sessions", format!("{} fields", flat.len())));
+        inv.key(self.index_key(user))
+            .key(self.created_index_key(user))
+            .arg(self.session_key_stem(user))
+            .arg(limit)
+            .arg(LIST_DEAD_BUDGET);
+        // Each incomplete call dropped LIST_DEAD_BUDGET dead members, and
+        // an index holds at most the cap plus what expired lately, so this
+        // ends; the bound only guards against a script bug.
+        for _ in 0..=(SessionLimits::MAX_PER_USER / LIST_DEAD_BUDGET + 1) {
+            let flat: Vec<String> = self.handle.invoke(&inv, "list sessions").await?;
+            let Some((complete, fields)) = flat.split_first() else {
+                return Err(bad_reply("list sessions", "empty reply"));
+            };
+            if fields.len() % 5 != 0 {
+                return Err(bad_reply("list sessions", format!("{} fields", fields.len())));
+            }
+            if complete != "1" {
+                continue;
+            }
+            // Already newest first: the created-at index orders by time,
+            // then by id (as text, which orders like the UUID's bytes).
+            return fields
+                .chunks_exact(5)
+                .map(|f| {
+                    let id = SessionId::parse(&f[0]).map_err(|e| bad_reply("list sessions", e))?;
+                    decode(id, user, &f[1], &f[2], &f[3], &f[4])
+                })
+                .collect();
         }
-        let mut sessions = flat
-            .chunks_exact(5)
-            .map(|f| {
-                let id = SessionId::parse(&f[0]).map_err(|e| bad_reply("list sessions", e))?;
-                decode(id, user, &f[1], &f[2], &f[3], &f[4])
-            })
-            .collect::<Result<Vec<_>>>()?;
-        sessions.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
-        Ok(sessions)
+        Err(bad_reply("list sessions", "the index did not shrink"))
     }
 
     async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
         let mut inv = SESSION_REVOKE.prepare_invoke();
-        inv.key(self.session_key(user, id)).key(self.index_key(user)).arg(id.to_string());
+        inv.key(self.session_key(user, id))
+            .key(self.index_key(user))
+            .key(self.created_index_key(user))
+            .arg(id.to_string());
         let live: i64 = self.handle.invoke(&inv, "revoke session").await?;
         Ok(live == 1)
     }
 
     async fn revoke_all(&self, user: UserId) -> Result<u64> {
         let mut inv = SESSION_REVOKE_ALL.prepare_invoke();
-        inv.key(self.index_key(user)).arg(self.session_key_stem(user));
-        let live: i64 = self.handle.invoke(&inv, "revoke all sessions").await?;
-        u64::try_from(live).map_err(|e| bad_reply("revoke all sessions", e))
+        inv.key(self.index_key(user))
+            .key(self.created_index_key(user))
+            .arg(self.session_key_stem(user))
+            .arg(Self::REVOKE_ALL_BATCH);
+        let batch = u64::from(Self::REVOKE_ALL_BATCH);
+        let mut live = 0;
+        // Set from the first reply: enough calls for every session there
+        // was, plus one. Sessions created while this runs may be left (see
+        // the trait), so racing creates cannot keep it going for ever.
+        let mut calls_left: Option<u64> = None;
+        loop {
+            let reply: Vec<i64> = self.handle.invoke(&inv, "revoke all sessions").await?;
+            let [gone_live, deleted, left] = reply[..] else {
+                return Err(bad_reply("revoke all sessions", format!("{reply:?}")));
+            };
+            let count = |n: i64| u64::try_from(n).map_err(|e| bad_reply("revoke all sessions", e));
+            live += count(gone_live)?;
+            let left = count(left)?;
+            let calls = calls_left.get_or_insert(left.div_ceil(batch) + 1);
+            if left == 0 || count(deleted)? < batch || *calls == 0 {
+                return Ok(live);
+            }
+            *calls -= 1;
+        }
     }
 }
 

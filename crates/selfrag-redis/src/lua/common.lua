@@ -33,12 +33,30 @@ local function cdiv(a, b)
   return fdiv(a + b - 1, b)
 end
 
--- Records session `id` as expiring at `exp` in the user's index (a sorted set
--- scored by expiry), drops members that expired by `now`, and keeps the index
--- key alive exactly as long as its latest session.
-local function index_put(index, id, exp, now)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', int(now))
+-- A user's sessions are indexed twice, with the same members (session ids):
+-- `index` scored by expiry (which sessions are live, which ends soonest) and
+-- `created` scored by creation time (newest first for listing). Every script
+-- that adds or removes a session does both.
+
+-- Drops from both indexes up to 500 members that expired by `now` (Redis
+-- has already deleted their hashes). Bounded, so no call does work
+-- proportional to a backlog: members beyond it expired too and are dropped
+-- by later calls; counts of live sessions subtract them with ZCOUNT.
+local function index_prune(index, created, now)
+  local gone = redis.call('ZRANGEBYSCORE', index, '-inf', int(now), 'LIMIT', 0, 500)
+  if #gone > 0 then
+    redis.call('ZREM', index, unpack(gone))
+    redis.call('ZREM', created, unpack(gone))
+  end
+end
+
+-- Records session `id` as expiring at `exp` in the user's expiry index,
+-- prunes, and keeps both index keys alive exactly as long as the user's
+-- latest session.
+local function index_put(index, created, id, exp, now)
+  index_prune(index, created, now)
   redis.call('ZADD', index, int(exp), id)
   local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
   redis.call('PEXPIREAT', index, last[2])
+  redis.call('PEXPIREAT', created, last[2])
 end

@@ -1,4 +1,5 @@
--- KEYS[1] session hash, KEYS[2] the user's session index
+-- KEYS[1] session hash, KEYS[2] the user's expiry index, KEYS[3] its
+-- created-at index
 -- ARGV[1] session id
 -- Slides the expiry to now + ttl and returns {created_ms, last_ms, ttl_ms,
 -- data}, or nil when the session is absent or expired.
@@ -16,5 +17,5 @@ end
 local exp = now + ttl
 redis.call('HSET', KEYS[1], 'last_ms', int(now))
 redis.call('PEXPIREAT', KEYS[1], int(exp - 1))
-index_put(KEYS[2], ARGV[1], exp, now)
+index_put(KEYS[2], KEYS[3], ARGV[1], exp, now)
 return {f[1], int(now), f[3], f[4]}
