@@ -66,7 +66,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use selfrag_core::{
-    IndexSpec, ManualClock, MemoryStore, RateLimitPolicy, RateLimiter, SessionStore, UserStore, VectorIndex,
+    IndexSpec, ManualClock, MemoryStore, RateLimitPolicy, RateLimiter, SessionLimits, SessionStore, UserStore,
+    VectorIndex,
 };
 
 #[macro_use]
@@ -184,14 +185,31 @@ pub struct SessionFixture {
     pub users: Option<Arc<dyn UserStore>>,
     /// The backend's clock.
     pub clock: Arc<dyn TestClock>,
+    /// Makes a store on the same data (same users) as `store` with other
+    /// [`SessionLimits`], for the checks of the per-user cap. `None` fails
+    /// those checks: every backend must take limits.
+    pub limited: Option<MakeSessionStore>,
     /// Kept alive until the check ends.
     pub guard: Guard,
 }
 
+/// Makes a session store with the given limits (see
+/// [`SessionFixture::limited`]).
+pub type MakeSessionStore = Box<dyn Fn(SessionLimits) -> Arc<dyn SessionStore> + Send + Sync>;
+
 impl SessionFixture {
-    /// A fixture without a guard.
+    /// A fixture without a guard or limited stores.
     pub fn new(store: Arc<dyn SessionStore>, users: Option<Arc<dyn UserStore>>, clock: Arc<dyn TestClock>) -> Self {
-        Self { store, users, clock, guard: None }
+        Self { store, users, clock, limited: None, guard: None }
+    }
+
+    /// Sets [`SessionFixture::limited`].
+    pub fn with_limits(
+        mut self,
+        make: impl Fn(SessionLimits) -> Arc<dyn SessionStore> + Send + Sync + 'static,
+    ) -> Self {
+        self.limited = Some(Box::new(make));
+        self
     }
 
     /// Keeps `guard` alive with the fixture.
@@ -207,6 +225,7 @@ impl fmt::Debug for SessionFixture {
             .field("store", &self.store)
             .field("users", &self.users)
             .field("clock", &self.clock)
+            .field("limited", &self.limited.is_some())
             .field("guard", &GuardDebug(&self.guard))
             .finish()
     }

@@ -6,9 +6,12 @@
 //! 150 ms, and a check waits at most about four seconds of real time.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use selfrag_core::{ErrorKind, NewSession, Session, SessionId, UserId};
+use futures::{StreamExt, TryStreamExt};
+use selfrag_core::session::MAX_LIST_LIMIT;
+use selfrag_core::{Error, ErrorKind, NewSession, OnLimit, Session, SessionId, SessionLimits, SessionStore, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::util::{expect_invalid, expect_kind, Ctx};
@@ -45,6 +48,27 @@ async fn create(f: &SessionFixture, user: UserId, ttl: Duration) -> Result<Sessi
 
 fn ids(sessions: &[Session]) -> Vec<SessionId> {
     sessions.iter().map(|s| s.id).collect()
+}
+
+/// The ids, as a set: for sessions created in the same instant, whose list
+/// order falls back to their random ids.
+fn id_set(sessions: &[Session]) -> HashSet<SessionId> {
+    sessions.iter().map(|s| s.id).collect()
+}
+
+/// A store on the fixture's data with the given limits.
+fn limited(f: &SessionFixture, max_per_user: u32, on_limit: OnLimit) -> Result<Arc<dyn SessionStore>, String> {
+    let make = f.limited.as_ref().ok_or("the fixture makes no stores with limits (SessionFixture::with_limits)")?;
+    Ok(make(SessionLimits::new(max_per_user, on_limit).ctx("SessionLimits::new")?))
+}
+
+/// Expects [`Error::Conflict`] with `what`.
+fn expect_conflict<T: std::fmt::Debug>(r: selfrag_core::Result<T>, what: &str, call: &str) -> CheckResult {
+    match r {
+        Err(Error::Conflict { what: got, .. }) if got == what => Ok(()),
+        Err(e) => Err(format!("{call}: expected Conflict with what = {what:?}, got error {e} ({e:?})")),
+        Ok(v) => Err(format!("{call}: expected Conflict with what = {what:?}, got Ok({v:?})")),
+    }
 }
 
 /// A created session is returned whole (user, ttl, data, timestamps with
@@ -336,6 +360,216 @@ pub async fn delete_user_cascades_to_sessions(f: &SessionFixture) -> CheckResult
     Ok(())
 }
 
+/// At the cap with [`OnLimit::EvictOldest`], `create` ends the live session
+/// that would expire soonest (so a touch keeps a session), expired sessions
+/// do not count, and other users are untouched.
+pub async fn cap_evicts_the_session_expiring_soonest(f: &SessionFixture) -> CheckResult {
+    let store = limited(f, 3, OnLimit::EvictOldest)?;
+    let user = new_user(f).await?;
+    let other = new_user(f).await?;
+    let theirs = store.create(other, new_session(SHORT)).await.ctx("create")?;
+    // Expiries: a after 60 s, b after 120 s, c after 90 s.
+    let a = store.create(user, new_session(Duration::from_secs(60))).await.ctx("create")?;
+    let b = store.create(user, new_session(Duration::from_secs(120))).await.ctx("create")?;
+    let c = store.create(user, new_session(Duration::from_secs(90))).await.ctx("create")?;
+    let d = store.create(user, new_session(LONG)).await.ctx("create at the cap")?;
+    ensure_eq!(store.get(user, a.id).await.ctx("get")?, None, "the session expiring soonest after a create at the cap");
+    ensure_eq!(
+        id_set(&store.list(user).await.ctx("list")?),
+        HashSet::from([d.id, c.id, b.id]),
+        "sessions after evicting the soonest to expire"
+    );
+    ensure_eq!(store.get(other, theirs.id).await.ctx("get")?, Some(theirs), "another user's session");
+
+    // With one TTL for all, the soonest to expire is the least recently
+    // active: touching the oldest keeps it.
+    let user = new_user(f).await?;
+    let x = store.create(user, new_session(LONG)).await.ctx("create")?;
+    let y = store.create(user, new_session(LONG)).await.ctx("create")?;
+    let short = store.create(user, new_session(SHORT)).await.ctx("create")?;
+    f.clock.advance(ms(1200)).await;
+    // `short` expired: it does not count, so this create evicts nothing.
+    let z = store.create(user, new_session(LONG)).await.ctx("create after an expiry")?;
+    ensure_eq!(
+        id_set(&store.list(user).await.ctx("list")?),
+        HashSet::from([z.id, y.id, x.id]),
+        "sessions (expired ones do not count)"
+    );
+    ensure_eq!(store.get(user, short.id).await.ctx("get")?, None, "the expired session");
+    store.touch(user, x.id).await.ctx("touch")?.ok_or("touch of a live session: None")?;
+    let w = store.create(user, new_session(LONG)).await.ctx("create at the cap")?;
+    ensure_eq!(
+        store.get(user, y.id).await.ctx("get")?,
+        None,
+        "the least recently active session after a create at the cap"
+    );
+    ensure_eq!(
+        id_set(&store.list(user).await.ctx("list")?),
+        HashSet::from([w.id, z.id, x.id]),
+        "sessions after evicting"
+    );
+    Ok(())
+}
+
+/// At the cap with [`OnLimit::Refuse`], `create` is `Conflict` with
+/// `what = "session limit"` and writes nothing; a revoke or an expiry makes
+/// room again, and the cap is per user.
+pub async fn cap_refuses_when_full(f: &SessionFixture) -> CheckResult {
+    let store = limited(f, 2, OnLimit::Refuse)?;
+    let user = new_user(f).await?;
+    let short = store.create(user, new_session(SHORT)).await.ctx("create")?;
+    let long = store.create(user, new_session(LONG)).await.ctx("create")?;
+    let id = SessionId::generate();
+    let refused = store.create(user, new_session(LONG).with_id(id)).await;
+    ensure!(
+        refused.as_ref().is_err_and(|e| SessionLimits::is_reached(e) && !e.is_retryable()),
+        "create at the cap: expected a non-retryable Conflict with what = \"session limit\", got {refused:?}"
+    );
+    expect_conflict(refused, SessionLimits::REACHED, "create at the cap")?;
+    ensure_eq!(store.get(user, id).await.ctx("get")?, None, "the refused session");
+    ensure_eq!(
+        id_set(&store.list(user).await.ctx("list")?),
+        HashSet::from([long.id, short.id]),
+        "sessions after a refused create"
+    );
+    let other = new_user(f).await?;
+    store.create(other, new_session(LONG)).await.ctx("create for another user")?;
+
+    ensure_eq!(store.revoke(user, long.id).await.ctx("revoke")?, true, "revoke");
+    let again = store.create(user, new_session(LONG)).await.ctx("create after a revoke")?;
+    expect_conflict(store.create(user, new_session(LONG)).await, SessionLimits::REACHED, "create at the cap again")?;
+    f.clock.advance(ms(1200)).await;
+    let after = store.create(user, new_session(LONG)).await.ctx("create after an expiry")?;
+    ensure_eq!(
+        id_set(&store.list(user).await.ctx("list")?),
+        HashSet::from([after.id, again.id]),
+        "sessions after the expiry"
+    );
+    Ok(())
+}
+
+/// `list_recent(user, limit)` returns the `limit` newest live sessions,
+/// newest first; `limit` must be 1 to 1,000.
+pub async fn list_recent_returns_the_newest(f: &SessionFixture) -> CheckResult {
+    let user = new_user(f).await?;
+    let mut made = vec![create(f, user, SHORT).await?];
+    for _ in 0..4 {
+        f.clock.advance(ms(20)).await;
+        made.push(create(f, user, LONG).await?);
+    }
+    made.reverse();
+    ensure_eq!(f.store.list_recent(user, 3).await.ctx("list_recent")?, made[..3].to_vec(), "list_recent(3)");
+    ensure_eq!(f.store.list_recent(user, 1).await.ctx("list_recent")?, made[..1].to_vec(), "list_recent(1)");
+    ensure_eq!(f.store.list_recent(user, 5).await.ctx("list_recent")?, made, "list_recent(5)");
+    ensure_eq!(f.store.list_recent(user, MAX_LIST_LIMIT).await.ctx("list_recent")?, made, "list_recent(1000)");
+    expect_invalid(f.store.list_recent(user, 0).await, "list_recent(0)", "limit")?;
+    expect_invalid(f.store.list_recent(user, MAX_LIST_LIMIT + 1).await, "list_recent(1001)", "limit")?;
+    f.clock.advance(ms(1100)).await;
+    ensure_eq!(f.store.list_recent(user, 5).await.ctx("list_recent")?, made[..4].to_vec(), "list_recent after expiry");
+    ensure_eq!(f.store.list_recent(user, 4).await.ctx("list_recent")?, made[..4].to_vec(), "list_recent(4)");
+    let other = new_user(f).await?;
+    ensure_eq!(f.store.list_recent(other, 5).await.ctx("list_recent")?, vec![], "another user's list");
+    Ok(())
+}
+
+/// `revoke_all` ends more sessions than any backend deletes in one batch,
+/// counting only the live ones.
+pub async fn revoke_all_ends_many_sessions(f: &SessionFixture) -> CheckResult {
+    const N: usize = 1_200;
+    let store = limited(f, 5_000, OnLimit::EvictOldest)?;
+    let user = new_user(f).await?;
+    let other = new_user(f).await?;
+    let theirs = store.create(other, new_session(LONG)).await.ctx("create")?;
+    for _ in 0..3 {
+        store.create(user, new_session(SHORT)).await.ctx("create")?;
+    }
+    f.clock.advance(ms(1200)).await;
+    let made: Vec<Session> = futures::stream::iter(0..N)
+        .map(|_| store.create(user, new_session(LONG)))
+        .buffer_unordered(16)
+        .try_collect()
+        .await
+        .ctx("create")?;
+    ensure_eq!(store.list_recent(user, 1000).await.ctx("list_recent")?.len(), 1000, "sessions listed");
+    ensure_eq!(store.revoke_all(user).await.ctx("revoke_all")?, N as u64, "revoke_all of 1,200 live and 3 expired");
+    ensure_eq!(store.list(user).await.ctx("list")?, vec![], "list after revoke_all");
+    for s in made.iter().step_by(97) {
+        ensure_eq!(store.get(user, s.id).await.ctx("get")?, None, "a session after revoke_all");
+    }
+    ensure_eq!(store.revoke_all(user).await.ctx("revoke_all")?, 0, "second revoke_all");
+    ensure_eq!(store.get(other, theirs.id).await.ctx("get")?, Some(theirs), "another user's session");
+    Ok(())
+}
+
+/// `create` with a chosen id is retry-safe: repeating it returns the stored
+/// session (no second session, nothing evicted, even at a full cap); after
+/// a revoke it creates the session again.
+pub async fn retried_create_returns_the_stored_session(f: &SessionFixture) -> CheckResult {
+    let user = new_user(f).await?;
+    let id = SessionId::generate();
+    let new = new_session(LONG).with_data(json!({"cart": [1, 2], "x": 1.5})).ctx("with_data")?.with_id(id);
+    let first = f.store.create(user, new.clone()).await.ctx("create")?;
+    ensure_eq!(first.id, id, "id of a session created with a chosen id");
+    f.clock.advance(ms(50)).await;
+    ensure_eq!(f.store.create(user, new.clone()).await.ctx("retried create")?, first, "retried create");
+    ensure_eq!(ids(&f.store.list(user).await.ctx("list")?), vec![id], "sessions after a retried create");
+    let touched = f.store.touch(user, id).await.ctx("touch")?.ok_or("touch of a live session: None")?;
+    ensure_eq!(f.store.create(user, new.clone()).await.ctx("retried create")?, touched, "retry after a touch");
+
+    // A full cap neither refuses nor evicts a retry.
+    let refuse = limited(f, 1, OnLimit::Refuse)?;
+    ensure_eq!(refuse.create(user, new.clone()).await.ctx("retry at a full cap")?, touched, "retry, refusing cap");
+    let evict = limited(f, 1, OnLimit::EvictOldest)?;
+    ensure_eq!(evict.create(user, new.clone()).await.ctx("retry at a full cap")?, touched, "retry, evicting cap");
+    ensure_eq!(f.store.get(user, id).await.ctx("get")?, Some(touched.clone()), "the session after the retries");
+
+    ensure_eq!(f.store.revoke(user, id).await.ctx("revoke")?, true, "revoke");
+    let again = f.store.create(user, new).await.ctx("create after revoke")?;
+    ensure!(again.id == id && again.created_at >= first.created_at, "create after revoke made {again:?}");
+    Ok(())
+}
+
+/// A chosen id held by a different session of the same user (other TTL or
+/// data) is `Conflict` with `what = "session"`, and the stored session is
+/// unchanged; an expired session's id is free again.
+pub async fn conflicting_session_id_is_refused(f: &SessionFixture) -> CheckResult {
+    let user = new_user(f).await?;
+    let id = SessionId::generate();
+    let s = f
+        .store
+        .create(user, new_session(LONG).with_data(json!({"a": 1})).ctx("with_data")?.with_id(id))
+        .await
+        .ctx("create")?;
+    let other_data = new_session(LONG).with_data(json!({"a": 2})).ctx("with_data")?.with_id(id);
+    expect_conflict(f.store.create(user, other_data).await, "session", "create with the id and other data")?;
+    let other_ttl = new_session(SHORT).with_data(json!({"a": 1})).ctx("with_data")?.with_id(id);
+    expect_conflict(f.store.create(user, other_ttl).await, "session", "create with the id and another ttl")?;
+    ensure_eq!(f.store.get(user, id).await.ctx("get")?, Some(s), "the session after conflicting creates");
+    ensure_eq!(ids(&f.store.list(user).await.ctx("list")?), vec![id], "list after conflicting creates");
+
+    let short_id = SessionId::generate();
+    let gone = f.store.create(user, new_session(SHORT).with_id(short_id)).await.ctx("create")?;
+    f.clock.advance(ms(1200)).await;
+    let reborn = f.store.create(user, new_session(LONG).with_id(short_id)).await.ctx("create with an expired id")?;
+    ensure!(reborn.ttl == LONG && reborn.created_at > gone.created_at, "create with an expired id made {reborn:?}");
+    Ok(())
+}
+
+/// Where session ids are global (Postgres, local), a chosen id held by
+/// another user's session is `Conflict` with `what = "session"`, and that
+/// session is untouched. (Redis scopes ids to their user and skips this.)
+pub async fn session_id_of_another_user_is_refused(f: &SessionFixture) -> CheckResult {
+    let alice = new_user(f).await?;
+    let bob = new_user(f).await?;
+    let new = new_session(LONG).with_id(SessionId::generate());
+    let s = f.store.create(alice, new.clone()).await.ctx("create")?;
+    expect_conflict(f.store.create(bob, new).await, "session", "create with another user's session id")?;
+    ensure_eq!(f.store.get(alice, s.id).await.ctx("get")?, Some(s.clone()), "the first user's session");
+    ensure_eq!(f.store.get(bob, s.id).await.ctx("get")?, None, "the id for the second user");
+    ensure_eq!(f.store.list(bob).await.ctx("list")?, vec![], "the second user's list");
+    Ok(())
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __session_checks {
@@ -355,6 +589,13 @@ macro_rules! __session_checks {
             revoke_ends_one_session,
             revoke_all_counts_live_sessions,
             delete_user_cascades_to_sessions,
+            cap_evicts_the_session_expiring_soonest,
+            cap_refuses_when_full,
+            list_recent_returns_the_newest,
+            revoke_all_ends_many_sessions,
+            retried_create_returns_the_stored_session,
+            conflicting_session_id_is_refused,
+            session_id_of_another_user_is_refused,
         ] }
     };
 }

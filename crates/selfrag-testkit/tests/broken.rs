@@ -11,7 +11,7 @@ use selfrag_core::local::{LocalRateLimiter, LocalStore, LocalVectorIndex};
 use selfrag_core::{
     Chunk, ChunkId, ChunkRecord, Distance, Filter, IndexSpec, ManualClock, MemoryLog, MemoryLogId, MemoryPage,
     MemoryQuery, MemoryStore, NewMemoryLog, NewSession, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter,
-    Result, ScoredChunk, SearchRequest, Session, SessionId, SessionStore, Tenant, UserId, VectorIndex,
+    Result, ScoredChunk, SearchRequest, Session, SessionId, SessionLimits, SessionStore, Tenant, UserId, VectorIndex,
 };
 use selfrag_testkit::{
     memory, ratelimit, run_suite, session, vector, ManualTestClock, MemoryFixture, RateLimitFixture, SessionFixture,
@@ -193,14 +193,23 @@ enum SessionBug {
     TouchDoesNotSlide,
     /// `get` ignores the user: any user reads any live session by id.
     LeaksAcrossUsers,
+    /// `create` with a chosen id that the user's live session already holds
+    /// is `Conflict` even when it is the same session: a retry of a create
+    /// that committed looks like a clash (issue 12, item 3).
+    RetryIsConflict,
+    /// The stores made with limits ignore them (default: 100, evicting).
+    IgnoresLimits,
+    /// `revoke_all` ends only what one `list` returns (the newest 1,000).
+    RevokeAllOneList,
 }
 
 #[derive(Debug)]
 struct BrokenSessions {
     inner: LocalStore,
     bug: SessionBug,
-    /// Every session ever handed out and not revoked, as last seen.
-    seen: Mutex<HashMap<SessionId, Session>>,
+    /// Every session ever handed out and not revoked, as last seen (shared
+    /// by the stores of one fixture).
+    seen: Arc<Mutex<HashMap<SessionId, Session>>>,
 }
 
 impl BrokenSessions {
@@ -214,6 +223,11 @@ impl BrokenSessions {
 #[async_trait]
 impl SessionStore for BrokenSessions {
     async fn create(&self, user: UserId, session: NewSession) -> Result<Session> {
+        if let Some(id) = session.id().filter(|_| self.bug == SessionBug::RetryIsConflict) {
+            if SessionStore::get(&self.inner, user, id).await?.is_some() {
+                return Err(NewSession::id_taken(id));
+            }
+        }
         let s = self.inner.create(user, session).await?;
         self.remember(&Some(s.clone()));
         Ok(s)
@@ -235,7 +249,7 @@ impl SessionStore for BrokenSessions {
     async fn touch(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
         let s = match self.bug {
             SessionBug::TouchDoesNotSlide => SessionStore::get(&self.inner, user, id).await?,
-            SessionBug::ForgetsExpiry | SessionBug::LeaksAcrossUsers => self.inner.touch(user, id).await?,
+            _ => self.inner.touch(user, id).await?,
         };
         self.remember(&s);
         Ok(s)
@@ -247,8 +261,8 @@ impl SessionStore for BrokenSessions {
         Ok(s)
     }
 
-    async fn list(&self, user: UserId) -> Result<Vec<Session>> {
-        self.inner.list(user).await
+    async fn list_recent(&self, user: UserId, limit: u32) -> Result<Vec<Session>> {
+        self.inner.list_recent(user, limit).await
     }
 
     async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
@@ -261,6 +275,13 @@ impl SessionStore for BrokenSessions {
 
     async fn revoke_all(&self, user: UserId) -> Result<u64> {
         self.seen.lock().unwrap().retain(|_, s| s.user_id != user);
+        if self.bug == SessionBug::RevokeAllOneList {
+            let mut live = 0;
+            for s in self.inner.list(user).await? {
+                live += u64::from(self.inner.revoke(user, s.id).await?);
+            }
+            return Ok(live);
+        }
         self.inner.revoke_all(user).await
     }
 }
@@ -269,8 +290,16 @@ async fn session_report(bug: SessionBug) -> SuiteReport {
     run_suite(session::checks(), || async move {
         let clock = ManualClock::starting_now();
         let inner = LocalStore::with_clock(Arc::new(clock.clone()));
-        let store = BrokenSessions { inner: inner.clone(), bug, seen: Mutex::default() };
-        Some(SessionFixture::new(Arc::new(store), Some(Arc::new(inner)), Arc::new(ManualTestClock(clock))))
+        let seen = Arc::new(Mutex::default());
+        let store = BrokenSessions { inner: inner.clone(), bug, seen: seen.clone() };
+        let users = Arc::new(inner.clone());
+        Some(SessionFixture::new(Arc::new(store), Some(users), Arc::new(ManualTestClock(clock))).with_limits(
+            move |limits| {
+                let limits = if bug == SessionBug::IgnoresLimits { SessionLimits::default() } else { limits };
+                let inner = inner.clone().with_session_limits(limits);
+                Arc::new(BrokenSessions { inner, bug, seen: seen.clone() })
+            },
+        ))
     })
     .await
 }
@@ -289,6 +318,28 @@ async fn session_store_forgetting_expiry_is_caught() {
 async fn session_store_leaking_across_users_is_caught() {
     let report = session_report(SessionBug::LeaksAcrossUsers).await;
     assert_caught("session get ignores the user", &report, &["user_isolation"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_retry_answered_with_conflict_is_caught() {
+    let report = session_report(SessionBug::RetryIsConflict).await;
+    assert_caught("a retried create is a conflict", &report, &["retried_create_returns_the_stored_session"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_store_ignoring_its_limits_is_caught() {
+    let report = session_report(SessionBug::IgnoresLimits).await;
+    assert_caught(
+        "the per-user cap is not kept",
+        &report,
+        &["cap_evicts_the_session_expiring_soonest", "cap_refuses_when_full"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_all_bounded_by_one_list_is_caught() {
+    let report = session_report(SessionBug::RevokeAllOneList).await;
+    assert_caught("revoke_all ends only one list's worth", &report, &["revoke_all_ends_many_sessions"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,11 @@ async fn memory() -> Option<MemoryFixture> {
 async fn sessions() -> Option<SessionFixture> {
     let clock = ManualClock::starting_now();
     let store = Arc::new(LocalStore::with_clock(Arc::new(clock.clone())));
-    Some(SessionFixture::new(store.clone(), Some(store), Arc::new(ManualTestClock(clock))))
+    let shared = (*store).clone();
+    Some(
+        SessionFixture::new(store.clone(), Some(store), Arc::new(ManualTestClock(clock)))
+            .with_limits(move |limits| Arc::new(shared.clone().with_session_limits(limits))),
+    )
 }
 
 async fn rate_limits() -> Option<RateLimitFixture> {
@@ -53,7 +57,8 @@ mod without_users {
     #[derive(Debug)]
     struct AnyUser {
         inner: LocalStore,
-        known: Mutex<HashSet<UserId>>,
+        /// Shared by the stores of one fixture (they share the data).
+        known: Arc<Mutex<HashSet<UserId>>>,
     }
 
     impl AnyUser {
@@ -80,8 +85,8 @@ mod without_users {
         async fn set_data(&self, user: UserId, id: SessionId, data: Map<String, Value>) -> Result<Option<Session>> {
             self.inner.set_data(user, id, data).await
         }
-        async fn list(&self, user: UserId) -> Result<Vec<Session>> {
-            self.inner.list(user).await
+        async fn list_recent(&self, user: UserId, limit: u32) -> Result<Vec<Session>> {
+            self.inner.list_recent(user, limit).await
         }
         async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
             self.inner.revoke(user, id).await
@@ -94,8 +99,11 @@ mod without_users {
     async fn sessions() -> Option<SessionFixture> {
         let clock = ManualClock::starting_now();
         let inner = LocalStore::with_clock(Arc::new(clock.clone()));
-        let store = AnyUser { inner, known: Mutex::default() };
-        Some(SessionFixture::new(Arc::new(store), None, Arc::new(ManualTestClock(clock))))
+        let known = Arc::new(Mutex::default());
+        let store = AnyUser { inner: inner.clone(), known: known.clone() };
+        Some(SessionFixture::new(Arc::new(store), None, Arc::new(ManualTestClock(clock))).with_limits(move |limits| {
+            Arc::new(AnyUser { inner: inner.clone().with_session_limits(limits), known: known.clone() })
+        }))
     }
 
     selfrag_testkit::session_store_tests!(sessions);

@@ -9,7 +9,11 @@ use selfrag_testkit::{RateLimitFixture, RealClock, SessionFixture};
 
 async fn sessions() -> Option<SessionFixture> {
     let store = Arc::new(LocalStore::new());
-    Some(SessionFixture::new(store.clone(), Some(store), Arc::new(RealClock)))
+    let shared = (*store).clone();
+    Some(
+        SessionFixture::new(store.clone(), Some(store), Arc::new(RealClock))
+            .with_limits(move |limits| Arc::new(shared.clone().with_session_limits(limits))),
+    )
 }
 
 async fn rate_limits() -> Option<RateLimitFixture> {
