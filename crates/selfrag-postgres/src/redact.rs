@@ -9,11 +9,8 @@ use selfrag_core::{Error, Result};
 use tokio_postgres::config::Host;
 use tokio_postgres::Config;
 
-/// What [`redact_url`] prints for a string the driver cannot parse.
+/// What [`redact_url`] prints for a string [`parse_url`] refuses.
 const UNPARSEABLE: &str = "<redacted: not a valid Postgres URL or connection string>";
-/// What [`redact_url`] prints for a URL whose userinfo ends unclearly.
-const AMBIGUOUS: &str =
-    "<redacted: Postgres URL with several `@`, or an `@` after a `/` or `?` (percent-encode it as %40)>";
 
 /// The URL prefixes the driver reads as URLs (anything else is a
 /// `key=value` string to it).
@@ -30,28 +27,15 @@ const URL_PREFIXES: [&str; 2] = ["postgres://", "postgresql://"];
 /// (`postgres://app:***@db:5432/app`), a `key=value` string stays one
 /// (`host=db port=5432 user=app password=*** dbname=app`).
 ///
-/// A string the driver cannot parse gives a fixed placeholder. So does a
-/// URL with more than one `@`, or an `@` after a `/` or `?`: the driver
-/// ends the userinfo at the first `@` while a password may hold more
-/// (`postgres://u:p@ss@host/db` reaches host `ss@host` with password `p`),
-/// so which parts are secret is not clear.
+/// A string [`parse_url`] refuses gives a fixed placeholder: one the driver
+/// cannot parse, and the URLs it would misread so that part of a password
+/// lands in the user, host or database name (see [`parse_url`]).
 pub fn redact_url(url: &str) -> String {
-    let Ok(config) = Config::from_str(url) else {
+    let Ok(config) = parse_url(url) else {
         return UNPARSEABLE.to_owned();
     };
     match URL_PREFIXES.iter().find(|p| url.starts_with(*p)) {
-        Some(prefix) => {
-            let rest = &url[prefix.len()..];
-            let ambiguous = match rest.find('@') {
-                None => false,
-                Some(at) => rest[at + 1..].contains('@') || rest[..at].contains(['/', '?']),
-            };
-            if ambiguous {
-                AMBIGUOUS.to_owned()
-            } else {
-                url_form(prefix, &config)
-            }
-        }
+        Some(prefix) => url_form(prefix, &config),
         None => key_value_form(&config),
     }
 }
@@ -183,18 +167,53 @@ fn quote(value: &str) -> String {
 }
 
 /// Parses a Postgres URL or `key=value` connection string, as
-/// `tokio_postgres::Config` does.
+/// `tokio_postgres::Config` does, refusing the URLs the driver would
+/// misread with part of a password outside the password:
+///
+/// - an `@` after the first one and before the query
+///   (`postgres://u:p@ss@host/db`): the driver ends the userinfo at the
+///   first `@`, so it would connect to host `ss@host`, a name that cannot
+///   resolve, and print it;
+/// - a user name holding a `/` or `?` (`postgres://host/db?password=a@b`):
+///   the driver takes everything up to the `@` as the userinfo.
+///
+/// Neither could ever connect as meant; percent-encoding the `@` (`%40`)
+/// fixes both. An `@` in a query value (`?application_name=a@b`) and a
+/// password holding an unencoded `/` or `?` (which the driver reads right)
+/// are accepted.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] (`url`) when it does not parse. The message says
-/// what is wrong without quoting the string: the driver's own message can
-/// hold a piece of a password (for `password=a b c=d`, whose unquoted space
-/// makes `c` an "unknown option"), so an option name is named only when it
-/// is one libpq knows.
+/// [`Error::InvalidInput`] (`url`) when it does not parse or is refused as
+/// above. The message says what is wrong without quoting the string: the
+/// driver's own message can hold a piece of a password (for
+/// `password=a b c=d`, whose unquoted space makes `c` an "unknown option"),
+/// so an option name is named only when it is one libpq knows.
 pub fn parse_url(url: &str) -> Result<Config> {
-    Config::from_str(url).map_err(|e| {
+    let config = Config::from_str(url).map_err(|e| {
         Error::invalid("url", format!("not a Postgres URL or connection string: {}", safe_parse_error(&e)))
-    })
+    })?;
+    if let Some(prefix) = URL_PREFIXES.iter().find(|p| url.starts_with(*p)) {
+        let rest = &url[prefix.len()..];
+        if let Some(at) = rest.find('@') {
+            let after = &rest[at + 1..];
+            if after[..after.find('?').unwrap_or(after.len())].contains('@') {
+                return Err(Error::invalid(
+                    "url",
+                    "holds an `@` after the user and password and before the query: percent-encode an `@` \
+                     in the password as %40",
+                ));
+            }
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            if user.contains(['/', '?']) {
+                return Err(Error::invalid(
+                    "url",
+                    "its user name would hold a `/` or `?`: an `@` in the path or query must be \
+                     percent-encoded as %40",
+                ));
+            }
+        }
+    }
+    Ok(config)
 }
 
 /// The connection keywords libpq documents: an "unknown option" error may
@@ -292,15 +311,34 @@ mod tests {
     }
 
     #[test]
-    fn unclear_or_unparseable_strings_give_a_placeholder() {
-        for s in
-            ["postgres://u:p@ss@h/d", "postgres://u:pa/ss@h/d", "postgres://h/d?password=a@b", "postgres://u:p?x@h/d"]
-        {
-            assert_eq!(redact_url(s), AMBIGUOUS, "{s}");
-        }
-        for s in ["password=abc def=ghi", "postgres://u:pw@h:notaport/d", "password='unterminated", "sslpassword=x"] {
+    fn misread_or_unparseable_strings_give_a_placeholder() {
+        for s in [
+            "postgres://u:p@ss@h/d",
+            "postgres://u:p@ss@h",
+            "postgres://u:p@ss/x@h/d",
+            "postgres://h/d?password=a@b",
+            "postgres://h/d?password=a:x@b",
+            "password=abc def=ghi",
+            "postgres://u:pw@h:notaport/d",
+            "password='unterminated",
+            "sslpassword=x",
+        ] {
             assert_eq!(redact_url(s), UNPARSEABLE, "{s}");
+            assert_eq!(parse_url(s).unwrap_err().field(), Some("url"), "{s}");
         }
+    }
+
+    /// What the driver reads right stays accepted.
+    #[test]
+    fn urls_the_driver_reads_right_are_accepted() {
+        let pw = |s: &str| parse_url(s).unwrap().get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+        assert_eq!(pw("postgres://u:p%40ss@h/d").as_deref(), Some("p@ss"));
+        assert_eq!(pw("postgres://u:pa/ss@h/d").as_deref(), Some("pa/ss"));
+        assert_eq!(pw("postgres://u:pa?ss@h/d").as_deref(), Some("pa?ss"));
+        assert_eq!(redact_url("postgres://u:pa/ss@h/d"), "postgres://u:***@h:5432/d");
+        let c = parse_url("postgres://u:pw@h/d?application_name=me@corp").unwrap();
+        assert_eq!((c.get_application_name(), c.get_dbname()), (Some("me@corp"), Some("d")));
+        assert_eq!(redact_url("postgres://u:pw@h/d?application_name=me@corp"), "postgres://u:***@h:5432/d");
     }
 
     #[test]
