@@ -18,7 +18,8 @@ use serde_json::json;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = PostgresConfig::from_env()?;
-    println!("connecting with {config:?}");
+    // `redact_url` (like the config's `Debug`) never shows the password.
+    println!("connecting to {}", selfrag::postgres::redact_url(&config.url));
     let pool = config.build()?;
 
     let report = selfrag::postgres::migrate(&pool).await?;

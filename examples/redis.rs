@@ -19,7 +19,8 @@ async fn main() -> Result<(), selfrag::Error> {
     if std::env::var_os("SELFRAG_REDIS_PREFIX").is_none() {
         config.key_prefix = "selfrag-example:".into();
     }
-    println!("Redis at {}, keys under {:?}", config.url, config.key_prefix);
+    // `redacted_url` (like the config's `Debug`) never shows the password.
+    println!("Redis at {}, keys under {:?}", config.redacted_url(), config.key_prefix);
     // One pool, shared by both stores: each takes one connection out of it
     // and multiplexes all its calls over it (two connections in all).
     let pool = config.create_pool()?;
