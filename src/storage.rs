@@ -8,7 +8,8 @@ use selfrag_core::local::{LocalRateLimiter, LocalStore, LocalVectorIndex};
 
 use crate::composed::{CascadingUsers, UserCheckedSessions};
 use selfrag_core::{
-    Distance, Error, IndexSpec, MemoryStore, RateLimitPolicy, RateLimiter, Result, SessionStore, UserStore, VectorIndex,
+    Distance, Error, IndexSpec, MemoryStore, RateLimitPolicy, RateLimiter, Result, SessionLimits, SessionStore,
+    UserStore, VectorIndex,
 };
 
 /// The backends of one service, as trait objects.
@@ -79,6 +80,11 @@ pub struct StorageOptions {
     /// returns [`Error::Timeout`] instead of waiting on an unreachable
     /// server.
     pub startup_timeout: std::time::Duration,
+    /// Bound on each user's live sessions, for every session backend
+    /// (default: [`SessionLimits::default`], 100 evicting the oldest);
+    /// `SELFRAG_SESSIONS_MAX_PER_USER` and `SELFRAG_SESSIONS_ON_LIMIT`
+    /// override its fields in [`Storage::from_env`].
+    pub session_limits: SessionLimits,
 }
 
 impl Default for StorageOptions {
@@ -89,6 +95,7 @@ impl Default for StorageOptions {
             collection: "selfrag_chunks".into(),
             migrate: true,
             startup_timeout: std::time::Duration::from_secs(60),
+            session_limits: SessionLimits::default(),
         }
     }
 }
@@ -98,7 +105,7 @@ impl Storage {
     /// sessions, [`LocalRateLimiter`], [`LocalVectorIndex`]. Nothing outlives
     /// the process.
     pub fn local(options: &StorageOptions) -> Self {
-        let store = Arc::new(LocalStore::new());
+        let store = Arc::new(LocalStore::new().with_session_limits(options.session_limits));
         Self {
             users: store.clone(),
             memory: store.clone(),
@@ -118,6 +125,7 @@ impl Storage {
     /// | `REDIS_URL` (+ `SELFRAG_REDIS_*`) | `redis` | sessions and rate limits |
     /// | `QDRANT_URL` (+ `QDRANT_API_KEY`, `SELFRAG_QDRANT_COLLECTION`) | `qdrant` | vectors (the collection is ensured) |
     /// | `SELFRAG_EDGE_PATH` | `edge` | vectors, embedded, in that directory (when `QDRANT_URL` is unset) |
+    /// | `SELFRAG_SESSIONS_MAX_PER_USER`, `SELFRAG_SESSIONS_ON_LIMIT` | | [`StorageOptions::session_limits`] of whichever backend serves sessions |
     ///
     /// # Errors
     /// [`Error::Incompatible`] when a variable names a backend this build
@@ -145,6 +153,8 @@ impl Storage {
     }
 
     async fn compose(options: &StorageOptions, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let options =
+            &StorageOptions { session_limits: options.session_limits.overridden_by(&lookup)?, ..options.clone() };
         let mut storage = Self::local(options);
         if let Some(url) = lookup("DATABASE_URL") {
             postgres(&mut storage, options, url, lookup("SELFRAG_POSTGRES_SCHEMA")).await?;
@@ -199,7 +209,7 @@ async fn postgres(storage: &mut Storage, options: &StorageOptions, url: String, 
     }
     storage.users = Arc::new(PostgresUserStore::with_config(pool.clone(), &config));
     storage.memory = Arc::new(PostgresMemoryStore::with_config(pool.clone(), &config));
-    storage.sessions = Arc::new(PostgresSessionStore::new(pool));
+    storage.sessions = Arc::new(PostgresSessionStore::new(pool).with_limits(options.session_limits));
     storage.backends.memory = "postgres";
     storage.backends.sessions = "postgres";
     Ok(())
@@ -215,7 +225,8 @@ fn redis(storage: &mut Storage, options: &StorageOptions, lookup: &impl Fn(&str)
     use selfrag_redis::{RedisConfig, RedisRateLimiter, RedisSessionStore};
     let config = RedisConfig::from_lookup(lookup)?;
     let pool = config.create_pool()?;
-    storage.sessions = Arc::new(RedisSessionStore::with_config(pool.clone(), &config)?);
+    storage.sessions =
+        Arc::new(RedisSessionStore::with_config(pool.clone(), &config)?.with_limits(options.session_limits));
     storage.rate_limiter = Arc::new(RedisRateLimiter::with_config(pool, &config, options.policy.clone())?);
     storage.backends.sessions = "redis";
     storage.backends.rate_limiter = "redis";

@@ -175,3 +175,32 @@ async fn start_up_ends_at_its_deadline() {
     assert!(took < std::time::Duration::from_secs(3), "start-up gave up after {took:?}");
     drop(silent);
 }
+
+/// The session cap of `StorageOptions::session_limits`, with the fields the
+/// environment sets replaced, reaches whichever backend serves sessions.
+#[tokio::test]
+async fn session_limits_come_from_the_options_and_the_environment() {
+    use selfrag::{OnLimit, SessionLimits};
+    let new = || NewSession::new(std::time::Duration::from_secs(60)).unwrap();
+    let options = StorageOptions { session_limits: SessionLimits::new(1, OnLimit::EvictOldest).unwrap(), ..Default::default() };
+    let mut cases = vec![vec![("SELFRAG_SESSIONS_ON_LIMIT", "refuse".to_owned())]];
+    #[cfg(feature = "redis")]
+    if let Some(server) = selfrag_testkit::servers::redis().await {
+        cases.push(vec![
+            ("SELFRAG_SESSIONS_ON_LIMIT", "refuse".to_owned()),
+            ("REDIS_URL", server.url.clone()),
+            ("SELFRAG_REDIS_PREFIX", format!("facade-limits-{}:", uuid::Uuid::new_v4().simple())),
+        ]);
+    }
+    for vars in cases {
+        let storage = Storage::from_lookup(&options, lookup(&vars)).await.unwrap();
+        let user = storage.users.create_user().await.unwrap();
+        let first = storage.sessions.create(user, new()).await.unwrap();
+        let err = storage.sessions.create(user, new()).await.unwrap_err();
+        assert!(SessionLimits::is_reached(&err), "{}: {err:?}", storage.backends);
+        storage.sessions.revoke(user, first.id).await.unwrap();
+    }
+    let bad = lookup(&[("SELFRAG_SESSIONS_MAX_PER_USER", "0".to_owned())]);
+    let err = Storage::from_lookup(&options, bad).await.unwrap_err();
+    assert_eq!(err.field(), Some("max_per_user"));
+}

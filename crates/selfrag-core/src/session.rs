@@ -265,16 +265,25 @@ impl SessionLimits {
     /// # Errors
     /// As [`SessionLimits::from_env`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        Self::default().overridden_by(lookup)
+    }
+
+    /// These limits with the fields whose variable `lookup` finds (see
+    /// [`SessionLimits::from_env`]) replaced; for configuration that
+    /// starts from the application's own limits.
+    ///
+    /// # Errors
+    /// As [`SessionLimits::from_env`].
+    pub fn overridden_by(self, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         const MAX: &str = "SELFRAG_SESSIONS_MAX_PER_USER";
         const ON: &str = "SELFRAG_SESSIONS_ON_LIMIT";
-        let defaults = Self::default();
         let max_per_user = match lookup(MAX).filter(|v| !v.trim().is_empty()) {
             Some(v) => v.trim().parse().map_err(|e| Error::invalid(MAX, format!("{v:?} is not a number: {e}")))?,
-            None => defaults.max_per_user,
+            None => self.max_per_user,
         };
         let on_limit = match lookup(ON).filter(|v| !v.trim().is_empty()) {
             Some(v) => v.parse().map_err(|e: Error| Error::invalid(ON, e.to_string()))?,
-            None => defaults.on_limit,
+            None => self.on_limit,
         };
         Self::new(max_per_user, on_limit)
     }
@@ -492,6 +501,10 @@ mod tests {
         let bad = env(&[("SELFRAG_SESSIONS_ON_LIMIT", "drop")]).unwrap_err();
         assert_eq!(bad.field(), Some("SELFRAG_SESSIONS_ON_LIMIT"));
         assert_eq!(env(&[("SELFRAG_SESSIONS_MAX_PER_USER", "0")]).unwrap_err().field(), Some("max_per_user"));
+        let base = SessionLimits::new(7, OnLimit::Refuse).unwrap();
+        let only_policy = [("SELFRAG_SESSIONS_ON_LIMIT", "evict_oldest")];
+        let merged = base.overridden_by(|k| only_policy.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()));
+        assert_eq!(merged.unwrap(), SessionLimits::new(7, OnLimit::EvictOldest).unwrap(), "unset fields are kept");
         for p in [OnLimit::EvictOldest, OnLimit::Refuse] {
             assert_eq!(p.as_str().parse::<OnLimit>().unwrap(), p);
         }
