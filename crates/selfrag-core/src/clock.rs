@@ -71,24 +71,18 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 }
 
 /// Truncates a timestamp to whole microseconds, the precision of Postgres
-/// `timestamptz`, so that every backend returns the same value it was given.
+/// `timestamptz`: the one rule every backend applies to every timestamp it
+/// takes (stored log timestamps, query bounds, cursors), so that a value
+/// and the bound built from the same instant always compare as equal.
+///
+/// The sub-microsecond part is dropped, which moves the instant towards the
+/// past, before 1970 as after it (`OffsetDateTime` keeps a non-negative
+/// nanosecond within its second). Backends must truncate with this before
+/// handing a timestamp to a driver: tokio-postgres, for one, truncates
+/// towards 2000-01-01, which rounds earlier instants *up*.
 pub fn to_micros(t: OffsetDateTime) -> OffsetDateTime {
     let micros = t.microsecond();
     t.replace_microsecond(micros).unwrap_or(t)
-}
-
-/// Rounds a timestamp up to whole microseconds. Stored timestamps are whole
-/// microseconds, so `stored >= t` holds exactly when
-/// `stored >= ceil_micros(t)` (and likewise for `<`): backends that bind
-/// query bounds at microsecond precision round them up with this to keep the
-/// reference semantics.
-pub fn ceil_micros(t: OffsetDateTime) -> OffsetDateTime {
-    let truncated = to_micros(t);
-    if truncated == t {
-        t
-    } else {
-        truncated + time::Duration::MICROSECOND
-    }
 }
 
 /// First year of the timestamps every backend can store.
@@ -127,11 +121,8 @@ mod tests {
     }
 
     #[test]
-    fn micros_ceiling_and_range() {
-        let t = time::macros::datetime!(2026-01-01 00:00:00.123456001 UTC);
-        assert_eq!(ceil_micros(t), time::macros::datetime!(2026-01-01 00:00:00.123457 UTC));
+    fn timestamp_range() {
         let exact = time::macros::datetime!(2026-01-01 00:00:00.123456 UTC);
-        assert_eq!(ceil_micros(exact), exact);
         assert!(check_timestamp("t", exact).is_ok());
         let ancient = time::macros::datetime!(-5000-01-01 00:00:00 UTC);
         assert_eq!(check_timestamp("since", ancient).unwrap_err().field(), Some("since"));
@@ -141,5 +132,15 @@ mod tests {
     fn micros_truncation() {
         let t = time::macros::datetime!(2026-01-01 00:00:00.123456789 UTC);
         assert_eq!(to_micros(t), time::macros::datetime!(2026-01-01 00:00:00.123456 UTC));
+        let exact = time::macros::datetime!(2026-01-01 00:00:00.123456 UTC);
+        assert_eq!(to_micros(exact), exact);
+        // Before 1970 (and before 2000, the Postgres epoch) truncation still
+        // goes towards the past: one nanosecond before the epoch is the
+        // microsecond that ends there.
+        let before_epoch = time::macros::datetime!(1969-12-31 23:59:59.999999999 UTC);
+        assert_eq!(to_micros(before_epoch), time::macros::datetime!(1969-12-31 23:59:59.999999 UTC));
+        assert_eq!(to_micros(before_epoch).unix_timestamp_nanos(), -1_000);
+        let offset = time::macros::datetime!(1999-06-01 12:00:00.000000001 +05:30);
+        assert_eq!(to_micros(offset), time::macros::datetime!(1999-06-01 06:30:00 UTC));
     }
 }

@@ -5,10 +5,10 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 use time::OffsetDateTime;
 
-use crate::clock::{ceil_micros, check_timestamp, to_micros};
+use crate::clock::{check_timestamp, to_micros};
 use crate::error::{Error, Result};
 use crate::ids::{MemoryLogId, UserId};
 use crate::validate;
@@ -134,8 +134,8 @@ impl fmt::Debug for MemoryType {
 ///
 /// Rules: `content` is 1 byte to [`NewMemoryLog::MAX_CONTENT_BYTES`] with no
 /// NUL byte; `metadata` is a JSON object of at most 64 KiB with no NUL byte
-/// in any key or string; the timestamp (default: now) is kept to the
-/// microsecond, the precision of Postgres.
+/// in any key or string; the timestamp (default: now) is truncated to the
+/// microsecond, the precision of Postgres (see [`NewMemoryLog::at`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawNewMemoryLog")]
 pub struct NewMemoryLog {
@@ -218,9 +218,15 @@ impl NewMemoryLog {
         Ok(self)
     }
 
-    /// Sets the timestamp (truncated to microseconds). Use it to import
-    /// history; by default a log is stamped when it is built. Stores refuse
-    /// timestamps outside the years 1..=9999 (see [`validate_batch`]).
+    /// Sets the timestamp. Use it to import history; by default a log is
+    /// stamped when it is built. Stores refuse timestamps outside the years
+    /// 1..=9999 (see [`validate_batch`]).
+    ///
+    /// The timestamp is truncated to whole microseconds (towards the past,
+    /// [`to_micros`]), the same rule every store
+    /// applies to [`MemoryQuery::since`], [`MemoryQuery::until`] and cursors:
+    /// so a log appended `.at(t)` is always found by `.since(t)` and always
+    /// left out by `.until(t)`, whatever nanoseconds `t` carries.
     pub fn at(mut self, timestamp: OffsetDateTime) -> Self {
         self.timestamp = to_micros(timestamp.to_offset(time::UtcOffset::UTC));
         self
@@ -331,16 +337,23 @@ impl FromStr for Cursor {
 ///
 /// Build it with the methods below; a store checks it with
 /// [`MemoryQuery::validate`] before running it.
+///
+/// Timestamps: every store truncates `since`, `until` and the cursor's
+/// timestamp to whole microseconds ([`to_micros`]),
+/// exactly as [`NewMemoryLog::at`] truncates a log's timestamp, and compares
+/// after that. The builder methods truncate at once; values set on the
+/// fields directly are truncated when the query runs.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MemoryQuery {
-    /// Only logs at or after this time.
+    /// Only logs at or after this time (truncated to the microsecond).
     pub since: Option<OffsetDateTime>,
-    /// Only logs strictly before this time.
+    /// Only logs strictly before this time (truncated to the microsecond).
     pub until: Option<OffsetDateTime>,
     /// Only logs of one of these types (empty: any type).
     pub types: Vec<MemoryType>,
     /// Only logs whose metadata contains this JSON object (Postgres `@>`
-    /// semantics: every key of the filter is present with a containing value).
+    /// semantics: every key of the filter is present with a containing value;
+    /// numbers are equal when their decimal values are, see [`json_contains`]).
     pub metadata_contains: Option<Map<String, Value>>,
     /// Continue after this cursor (from [`MemoryPage::next`]).
     pub after: Option<Cursor>,
@@ -360,15 +373,19 @@ impl MemoryQuery {
         Self::default()
     }
 
-    /// Only logs at or after `t`.
+    /// Only logs at or after `t`, truncated to whole microseconds as
+    /// [`NewMemoryLog::at`] truncates: a log appended `.at(t)` is always
+    /// found by `.since(t)`.
     pub fn since(mut self, t: OffsetDateTime) -> Self {
-        self.since = Some(t);
+        self.since = Some(to_micros(t));
         self
     }
 
-    /// Only logs strictly before `t`.
+    /// Only logs strictly before `t`, truncated to whole microseconds as
+    /// [`NewMemoryLog::at`] truncates: a log appended `.at(t)` is always left
+    /// out by `.until(t)` (and found by `.until(t + 1µs)`).
     pub fn until(mut self, t: OffsetDateTime) -> Self {
-        self.until = Some(t);
+        self.until = Some(to_micros(t));
         self
     }
 
@@ -384,9 +401,10 @@ impl MemoryQuery {
         self
     }
 
-    /// Continue after `cursor`.
+    /// Continue after `cursor` (its timestamp truncated to whole
+    /// microseconds; a cursor from [`MemoryPage::next`] already is).
     pub fn after(mut self, cursor: Cursor) -> Self {
-        self.after = Some(cursor);
+        self.after = Some(Cursor { timestamp: to_micros(cursor.timestamp), ..cursor });
         self
     }
 
@@ -405,8 +423,9 @@ impl MemoryQuery {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming `limit` (0 or above the maximum),
-    /// `until` (not after `since`), `types` (more than 64), or
-    /// `metadata_contains` (NUL bytes, too large).
+    /// `since`, `until` or `cursor` (outside the years 1..=9999), `until`
+    /// (not after `since` once both are truncated to the microsecond),
+    /// `types` (more than 64), or `metadata_contains` (NUL bytes, too large).
     pub fn validate(&self) -> Result<()> {
         let limit = self.effective_limit();
         if limit == 0 || limit > Self::MAX_LIMIT {
@@ -422,8 +441,10 @@ impl MemoryQuery {
             check_timestamp("cursor", after.timestamp)?;
         }
         if let (Some(since), Some(until)) = (self.since, self.until) {
-            if until <= since {
-                return Err(Error::invalid("until", "must be after `since`"));
+            // Compared as the stores compare them: a range that truncation
+            // leaves empty is refused like any other empty range.
+            if to_micros(until) <= to_micros(since) {
+                return Err(Error::invalid("until", "must be after `since` (at microsecond precision)"));
             }
         }
         if self.types.len() > 64 {
@@ -438,12 +459,13 @@ impl MemoryQuery {
     /// Whether `log` passes the query's filters (time range, types, metadata,
     /// cursor). The reference semantics every backend implements.
     pub fn matches(&self, log: &MemoryLog) -> bool {
-        // Stored timestamps are whole microseconds; bounds are compared at
-        // that precision, as Postgres does.
-        if self.since.is_some_and(|s| log.timestamp < ceil_micros(s)) {
+        // One rule for every timestamp: stored ones were truncated to whole
+        // microseconds by `NewMemoryLog::at`, and bounds are truncated the
+        // same way, so `at(t)` is inside `since(t)` and outside `until(t)`.
+        if self.since.is_some_and(|s| log.timestamp < to_micros(s)) {
             return false;
         }
-        if self.until.is_some_and(|u| log.timestamp >= ceil_micros(u)) {
+        if self.until.is_some_and(|u| log.timestamp >= to_micros(u)) {
             return false;
         }
         if !self.types.is_empty() && !self.types.contains(&log.kind) {
@@ -456,7 +478,7 @@ impl MemoryQuery {
         }
         if let Some(after) = &self.after {
             // Newest first: the next page holds strictly older positions.
-            if (log.timestamp, log.id) >= (after.timestamp, after.id) {
+            if (log.timestamp, log.id) >= (to_micros(after.timestamp), after.id) {
                 return false;
             }
         }
@@ -465,14 +487,127 @@ impl MemoryQuery {
 }
 
 /// Postgres `jsonb @>` semantics on values.
+///
+/// Numbers compare as Postgres compares them: stores send metadata as
+/// serde_json's text, which Postgres reads as exact `numeric` values, and
+/// `numeric` equality ignores scale. So two numbers match when the decimal
+/// values of their serde_json texts are equal: `1` matches `1.0` and `-0.0`
+/// matches `0`, but `u64::MAX` does not match `u64::MAX - 1`, nor
+/// `u64::MAX as f64` (written `1.8446744073709552e+19`), and `2^53 + 1` does
+/// not match `2^53` as a float, although each pair is one `f64`.
 pub fn json_contains(haystack: &Value, needle: &Value) -> bool {
     match (haystack, needle) {
         (Value::Object(h), Value::Object(n)) => json_contains_map(h, n),
         (Value::Array(h), Value::Array(n)) => n.iter().all(|nv| h.iter().any(|hv| json_contains(hv, nv))),
         // Postgres lets a top-level array contain a bare primitive; here the
         // top level is always an object, so nested values must match in kind.
-        (Value::Number(h), Value::Number(n)) => h.as_f64() == n.as_f64(),
+        (Value::Number(h), Value::Number(n)) => numbers_equal(h, n),
         (h, n) => h == n,
+    }
+}
+
+/// Whether two JSON numbers have the same decimal value, as Postgres
+/// `numeric` equality decides for the text serde_json writes for them.
+fn numbers_equal(a: &Number, b: &Number) -> bool {
+    // Integers are exact in both representations: no text needed.
+    let int = |n: &Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+    if let (Some(x), Some(y)) = (int(a), int(b)) {
+        return x == y;
+    }
+    // Otherwise compare the texts Postgres would receive. Comparing as `f64`
+    // is not the same: distinct integers above 2^53 (and an integer and a
+    // float that merely round to the same `f64`) would match. The text is
+    // also right when serde_json's `arbitrary_precision` feature keeps the
+    // number's original digits.
+    let (ta, tb) = (a.to_string(), b.to_string());
+    match (Decimal::parse(&ta), Decimal::parse(&tb)) {
+        (Some(x), Some(y)) => x == y,
+        // Not JSON number syntax: serde_json never writes that; compare the
+        // texts rather than guess.
+        _ => ta == tb,
+    }
+}
+
+/// A decimal number in canonical form: `(-1)^negative × 0.digits × 10^exponent`
+/// with no leading or trailing zero in `digits`. Zero is `(false, "", 0)`, so
+/// `-0.0`, `0` and `0e5` are one value, as in Postgres `numeric`.
+#[derive(Debug, PartialEq, Eq)]
+struct Decimal<'a> {
+    negative: bool,
+    digits: DigitRun<'a>,
+    exponent: i64,
+}
+
+/// The significant digits of a decimal, which may straddle its decimal point:
+/// the digits of `int` then those of `frac`, as written.
+#[derive(Debug, Clone, Copy)]
+struct DigitRun<'a> {
+    int: &'a str,
+    frac: &'a str,
+}
+
+impl DigitRun<'_> {
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.int.bytes().chain(self.frac.bytes())
+    }
+}
+
+impl PartialEq for DigitRun<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes().eq(other.bytes())
+    }
+}
+
+impl Eq for DigitRun<'_> {}
+
+impl<'a> Decimal<'a> {
+    /// Parses JSON number syntax (`-?digits(.digits)?([eE][+-]?digits)?`);
+    /// `None` for anything else, or an exponent beyond `i64`.
+    fn parse(text: &'a str) -> Option<Self> {
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (mantissa, exp) = match rest.find(['e', 'E']) {
+            Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+            None => (rest, None),
+        };
+        let exp: i64 = match exp {
+            Some(e) => {
+                let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                e.strip_prefix('+').unwrap_or(e).parse().ok()?
+            }
+            None => 0,
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if int.is_empty() || !all_digits(int) || !all_digits(frac) || (mantissa.contains('.') && frac.is_empty()) {
+            return None;
+        }
+        // 0.d1d2... × 10^point is the value of `int.frac`; every leading
+        // zero dropped moves the point one place left.
+        let mut point = i64::try_from(int.len()).ok()?;
+        let int_sig = int.trim_start_matches('0');
+        point -= i64::try_from(int.len() - int_sig.len()).ok()?;
+        let frac_sig = if int_sig.is_empty() {
+            let trimmed = frac.trim_start_matches('0');
+            point -= i64::try_from(frac.len() - trimmed.len()).ok()?;
+            trimmed
+        } else {
+            frac
+        };
+        let (int_sig, frac_sig) = if frac_sig.trim_end_matches('0').is_empty() {
+            (int_sig.trim_end_matches('0'), "")
+        } else {
+            (int_sig, frac_sig.trim_end_matches('0'))
+        };
+        if int_sig.is_empty() && frac_sig.is_empty() {
+            return Some(Decimal { negative: false, digits: DigitRun { int: "", frac: "" }, exponent: 0 });
+        }
+        Some(Decimal { negative, digits: DigitRun { int: int_sig, frac: frac_sig }, exponent: point.checked_add(exp)? })
     }
 }
 
@@ -667,6 +802,99 @@ mod tests {
         assert!(!json_contains(&doc, &json!({"tags": ["z"]})));
         assert!(!json_contains(&doc, &json!({"missing": null})));
         assert!(!json_contains(&doc, &json!({"tags": "x"})));
+    }
+
+    #[test]
+    fn containment_compares_numbers_by_exact_decimal_value() {
+        // Each row was checked against Postgres 15:
+        // `select '{"n": <stored>}'::jsonb @> '{"n": <filter>}'`, with the
+        // text serde_json writes for each value.
+        let two53 = 1u64 << 53;
+        let cases: Vec<(Value, Value, bool)> = vec![
+            (json!(u64::MAX), json!(u64::MAX), true),
+            (json!(u64::MAX), json!(u64::MAX - 1), false),
+            (json!(u64::MAX), json!(u64::MAX as f64), false),
+            (json!(i64::MIN), json!(i64::MIN), true),
+            (json!(i64::MIN), json!(i64::MIN + 1), false),
+            (json!(i64::MIN), json!(i64::MIN as f64), false),
+            (json!(1), json!(1.0), true),
+            (json!(1.0), json!(1), true),
+            (json!(0), json!(-0.0), true),
+            (json!(two53), json!(two53 as f64), true),
+            (json!(two53 + 1), json!(two53 as f64), false),
+            (json!(two53 + 1), json!(two53), false),
+            (json!(1e30), json!(1e30), true),
+            (json!(0.1), json!(0.1), true),
+            (json!(0.1), json!(0.10000000000000002), false),
+            (json!(1e-7), json!(1e-7), true),
+            (json!(10_000_000_000_000_000_000u64), json!(1e19), true),
+            (json!(100), json!(1e2), true),
+            (json!([1, 2.5]), json!([1.0]), true),
+            (json!([u64::MAX]), json!([u64::MAX - 1]), false),
+        ];
+        for (stored, filter, want) in cases {
+            let (doc, needle) = (json!({ "n": stored }), json!({ "n": filter }));
+            assert_eq!(json_contains(&doc, &needle), want, "{doc} @> {needle}");
+        }
+    }
+
+    #[test]
+    fn decimal_canonical_form() {
+        let canon = |s: &str| {
+            let d = Decimal::parse(s).unwrap_or_else(|| panic!("{s} does not parse"));
+            (d.negative, d.digits.bytes().map(char::from).collect::<String>(), d.exponent)
+        };
+        for zero in ["0", "-0", "0.0", "-0.0", "0e5", "0.000E-3", "000"] {
+            assert_eq!(canon(zero), (false, String::new(), 0), "{zero}");
+        }
+        assert_eq!(canon("1"), (false, "1".into(), 1));
+        assert_eq!(canon("100.000"), (false, "1".into(), 3));
+        assert_eq!(canon("1e+30"), canon("1000000000000000000000000000000"));
+        assert_eq!(canon("-0.00120"), (true, "12".into(), -2));
+        assert_eq!(canon("1.2e-2"), canon("0.012"));
+        assert_eq!(canon("12.5E1"), canon("125"));
+        assert_eq!(canon("1.8446744073709552e+19"), canon("18446744073709552000"));
+        assert_ne!(canon("1.8446744073709552e+19"), canon("18446744073709551615"));
+        assert_ne!(canon("12"), canon("1.2"));
+        assert_ne!(canon("-1"), canon("1"));
+        for bad in ["", "-", "1.", ".5", "1e", "1e+", "e5", "1x", "1.2.3", "1e5.5", "NaN", "1e99999999999999999999"] {
+            assert!(Decimal::parse(bad).is_none(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn at_then_since_and_until_agree_whatever_the_nanoseconds() {
+        use time::macros::datetime;
+        let user = UserId::new();
+        for t in [
+            datetime!(2026-03-01 12:00:00.000000999 UTC),
+            datetime!(2026-03-01 12:00:00.000000001 UTC),
+            datetime!(2026-03-01 12:00:00.123456789 UTC),
+            datetime!(1999-12-31 23:59:59.999999999 UTC),
+            datetime!(1969-12-31 23:59:59.999999999 UTC),
+            datetime!(1950-06-15 08:30:00.000000500 +02:00),
+        ] {
+            let log = NewMemoryLog::new("fact", "x").unwrap().at(t).into_log(user);
+            assert!(MemoryQuery::new().since(t).matches(&log), "since({t}) misses at({t})");
+            assert!(!MemoryQuery::new().until(t).matches(&log), "until({t}) holds at({t})");
+            // The same through fields set directly, without the builders.
+            let direct = MemoryQuery { since: Some(t), ..MemoryQuery::new() };
+            assert!(direct.matches(&log), "a direct since({t}) misses at({t})");
+            let direct = MemoryQuery { until: Some(t), ..MemoryQuery::new() };
+            assert!(!direct.matches(&log), "a direct until({t}) holds at({t})");
+            let next = t + time::Duration::MICROSECOND;
+            assert!(MemoryQuery::new().since(t).until(next).matches(&log));
+            assert!(!MemoryQuery::new().since(next).matches(&log));
+            // A cursor at the log's own position excludes it, finer
+            // nanoseconds or not.
+            let cursor = Cursor { timestamp: t, id: log.id };
+            assert!(!MemoryQuery::new().after(cursor).matches(&log));
+            assert!(!MemoryQuery { after: Some(cursor), ..MemoryQuery::new() }.matches(&log));
+        }
+        // Bounds that truncate to one microsecond leave no range.
+        let t = datetime!(2026-03-01 12:00:00.000000001 UTC);
+        let q = MemoryQuery { since: Some(t), until: Some(t + time::Duration::nanoseconds(998)), ..MemoryQuery::new() };
+        assert_eq!(q.validate().unwrap_err().field(), Some("until"));
     }
 
     #[test]

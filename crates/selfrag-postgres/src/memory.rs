@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
-use selfrag_core::clock::ceil_micros;
+use selfrag_core::clock::to_micros;
 use selfrag_core::memory::validate_batch;
 use selfrag_core::{
     Cursor, Error, MemoryLog, MemoryLogId, MemoryPage, MemoryQuery, MemoryStore, MemoryType, NewMemoryLog, Result,
@@ -226,12 +226,12 @@ impl BuiltQuery {
         Self {
             sql,
             user: *user.as_uuid(),
-            // Stored timestamps are whole microseconds, and the driver drops
-            // any finer part of a bound: rounding the bounds up first keeps
-            // `stored >= since` and `stored < until` exact (as in
-            // `MemoryQuery::matches`).
-            since: query.since.map(ceil_micros),
-            until: query.until.map(ceil_micros),
+            // One rule for every timestamp (`MemoryQuery::matches`): bounds
+            // are truncated to the microsecond like stored timestamps. Done
+            // here because the driver truncates towards 2000-01-01, which
+            // would round earlier bounds up.
+            since: query.since.map(to_micros),
+            until: query.until.map(to_micros),
             types: query.types.iter().map(|t| t.as_str().to_owned()).collect(),
             metadata: query.metadata_contains.clone().map(Value::Object),
             after: query.after.map(cursor_bound),
@@ -264,18 +264,11 @@ impl BuiltQuery {
     }
 }
 
-/// The `(timestamp, id)` bound for a cursor. A cursor from a page is whole
-/// microseconds and is bound as is. One with a finer timestamp `t` must let
-/// through every stored row at or before `t`'s microsecond whatever its id,
-/// and nothing later: `(ceil_micros(t), nil)` is exactly that bound, as no
-/// uuid sorts below the nil one.
+/// The `(timestamp, id)` bound for a cursor: its timestamp truncated to the
+/// microsecond like every other timestamp (a cursor from a page already is),
+/// as `MemoryQuery::matches` compares it.
 fn cursor_bound(c: Cursor) -> (OffsetDateTime, Uuid) {
-    let ceil = ceil_micros(c.timestamp);
-    if ceil == c.timestamp {
-        (ceil, *c.id.as_uuid())
-    } else {
-        (ceil, Uuid::nil())
-    }
+    (to_micros(c.timestamp), *c.id.as_uuid())
 }
 
 fn to_log(row: &Row) -> Result<MemoryLog> {

@@ -582,6 +582,150 @@ pub async fn user_store_lifecycle(f: &MemoryFixture) -> CheckResult {
     Ok(())
 }
 
+/// Metadata numbers match as Postgres `jsonb @>` matches them: by the exact
+/// decimal value of the text serde_json writes (`numeric` equality, which
+/// ignores scale), not as `f64`. So `1` matches `1.0` and `0` matches
+/// `-0.0`, while integers above 2^53 that share one `f64` do not match each
+/// other, nor the float they round to. The expected sets were read from
+/// Postgres 15; the reference [`MemoryQuery::matches`] must agree.
+pub async fn metadata_numbers_compare_exactly(f: &MemoryFixture) -> CheckResult {
+    let user = f.users.create_user().await.ctx("create_user")?;
+    let two53 = 1u64 << 53;
+    // (content, stored `n`), one log each.
+    #[allow(clippy::cast_precision_loss)] // the rounded floats are the point
+    let corpus: Vec<(&str, Value)> = vec![
+        ("u64max", json!(u64::MAX)),
+        ("u64max-1", json!(u64::MAX - 1)),
+        ("u64max-f", json!(u64::MAX as f64)),
+        ("i64min", json!(i64::MIN)),
+        ("i64min-f", json!(i64::MIN as f64)),
+        ("one", json!(1)),
+        ("one-f", json!(1.0)),
+        ("zero", json!(0)),
+        ("neg-zero-f", json!(-0.0)),
+        ("2^53", json!(two53)),
+        ("2^53+1", json!(two53 + 1)),
+        ("2^53-f", json!(two53 as f64)),
+        ("tenth-f", json!(0.1)),
+        ("1e30-f", json!(1e30)),
+        ("1e-7-f", json!(1e-7)),
+        ("list", json!([1, 2.5, u64::MAX])),
+    ];
+    let batch: Vec<NewMemoryLog> = corpus
+        .iter()
+        .enumerate()
+        .map(|(i, (name, n))| {
+            log("fact", name, base_time() + Duration::from_secs(i as u64)).with_metadata(json!({ "n": n }))
+        })
+        .collect::<Result<_, _>>()
+        .ctx("metadata")?;
+    let mut all = f.store.append_batch(user, batch).await.ctx("append_batch")?;
+    // The numbers also come back as given.
+    for stored in &all {
+        let got = f.store.get(user, stored.id).await.ctx("get")?;
+        ensure_eq!(got.as_ref(), Some(stored), "log {} read back", stored.content);
+    }
+    newest_first(&mut all);
+    #[allow(clippy::cast_precision_loss)]
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (json!(u64::MAX), vec!["u64max"]),
+        (json!(u64::MAX - 1), vec!["u64max-1"]),
+        (json!(u64::MAX as f64), vec!["u64max-f"]),
+        (json!(i64::MIN), vec!["i64min"]),
+        (json!(i64::MIN + 1), vec![]),
+        (json!(i64::MIN as f64), vec!["i64min-f"]),
+        (json!(1), vec!["one-f", "one"]),
+        (json!(1.0), vec!["one-f", "one"]),
+        (json!(0), vec!["neg-zero-f", "zero"]),
+        (json!(-0.0), vec!["neg-zero-f", "zero"]),
+        (json!(two53), vec!["2^53-f", "2^53"]),
+        (json!(two53 + 1), vec!["2^53+1"]),
+        (json!(two53 as f64), vec!["2^53-f", "2^53"]),
+        (json!(0.1), vec!["tenth-f"]),
+        (json!(0.1 + 0.2), vec![]),
+        (json!(1e30), vec!["1e30-f"]),
+        (json!(1e-7), vec!["1e-7-f"]),
+        (json!([1.0]), vec!["list"]),
+        (json!([2.5, u64::MAX]), vec!["list"]),
+        (json!([u64::MAX - 1]), vec![]),
+    ];
+    for (n, want) in cases {
+        let q = MemoryQuery::new().metadata_contains(obj(json!({ "n": n })));
+        let got = all_pages(f, user, &q).await?;
+        let names: Vec<&str> = got.iter().map(|l| l.content.as_str()).collect();
+        ensure_eq!(names, want, "logs whose metadata contains {{\"n\": {n}}}");
+        let reference: Vec<_> = all.iter().filter(|l| q.matches(l)).map(|l| l.id).collect();
+        ensure_eq!(ids(&got), reference, "the reference model for {{\"n\": {n}}}");
+    }
+    Ok(())
+}
+
+/// One rule for every timestamp: logs, `since`/`until` bounds and cursors
+/// are all truncated to whole microseconds. So a log appended `.at(t)` is
+/// found by `.since(t)` and left out by `.until(t)` whatever nanoseconds `t`
+/// carries, before 1970 and 2000 as after, through the builder methods and
+/// through fields set directly; and a cursor at the log's position (finer
+/// nanoseconds or not) continues strictly after it.
+pub async fn sub_microsecond_bounds_find_their_logs(f: &MemoryFixture) -> CheckResult {
+    use time::macros::datetime;
+    let user = f.users.create_user().await.ctx("create_user")?;
+    let base = base_time();
+    let times = [
+        base + Duration::from_nanos(999),
+        base + Duration::from_secs(10) + Duration::from_nanos(1),
+        base + Duration::from_secs(20) + Duration::from_nanos(123_456_789),
+        base + Duration::from_secs(30) + Duration::from_nanos(999_999_999),
+        datetime!(1999-12-31 23:59:59.999999999 UTC),
+        datetime!(1969-12-31 23:59:59.999999999 UTC),
+        datetime!(1950-06-15 08:30:00.000000500 +02:00),
+        // Near both ends of the range stores keep, leaving room for t ± 1us.
+        datetime!(0001-01-01 00:00:00.000001999 UTC),
+        datetime!(9999-12-31 23:59:59.999998999 UTC),
+    ];
+    let batch: Vec<NewMemoryLog> = times.iter().enumerate().map(|(i, &t)| log("fact", &format!("t{i}"), t)).collect();
+    let stamps: Vec<OffsetDateTime> = batch.iter().map(NewMemoryLog::timestamp).collect();
+    let mut all = f.store.append_batch(user, batch).await.ctx("append_batch")?;
+    for (stored, want) in all.iter().zip(&stamps) {
+        ensure_eq!(stored.timestamp, *want, "stored timestamp of {}", stored.content);
+        ensure_eq!(stored.timestamp.nanosecond() % 1000, 0, "{} is whole microseconds", stored.content);
+    }
+    newest_first(&mut all);
+    let micro = Duration::from_micros(1);
+    for (i, &t) in times.iter().enumerate() {
+        let name = format!("t{i}");
+        let contents = |logs: &[MemoryLog]| logs.iter().map(|l| l.content.clone()).collect::<Vec<_>>();
+        let has = |logs: &[MemoryLog]| logs.iter().any(|l| l.content == name);
+        let direct = MemoryQuery::new().limit(3);
+        let cases = [
+            ("since(t)", MemoryQuery::new().since(t), true),
+            ("since: Some(t)", MemoryQuery { since: Some(t), ..direct.clone() }, true),
+            ("until(t)", MemoryQuery::new().until(t), false),
+            ("until: Some(t)", MemoryQuery { until: Some(t), ..direct.clone() }, false),
+            ("until(t + 1us)", MemoryQuery::new().until(t + micro), true),
+            ("since(t + 1us)", MemoryQuery::new().since(t + micro), false),
+            ("since(t - 1us)", MemoryQuery::new().since(t - micro), true),
+        ];
+        for (what, q, want) in cases {
+            let got = all_pages(f, user, &q.clone().limit(3)).await?;
+            ensure_eq!(has(&got), want, "{what} with t = {t}: is at(t) among {:?}", contents(&got));
+            let reference: Vec<_> = all.iter().filter(|l| q.matches(l)).map(|l| l.id).collect();
+            ensure_eq!(ids(&got), reference, "{what} with t = {t}: the reference model");
+        }
+        // Exactly one log in [t, t + 1us), also with the fields set directly.
+        let q = MemoryQuery { since: Some(t), until: Some(t + micro), ..MemoryQuery::new() };
+        let got = all_pages(f, user, &q).await?;
+        ensure_eq!(contents(&got), vec![name.clone()], "since: Some(t), until: Some(t + 1us) with t = {t}");
+        // A cursor at the log's own position, with t's nanoseconds: the
+        // next page starts strictly after the log.
+        let at = all.iter().position(|l| l.content == name).ok_or("the log is missing")?;
+        let cursor = selfrag_core::Cursor { timestamp: t, id: all[at].id };
+        let q = MemoryQuery { after: Some(cursor), ..MemoryQuery::new().limit(4) };
+        let got = all_pages(f, user, &q).await?;
+        ensure_eq!(ids(&got), ids(&all[at + 1..]), "after a cursor at at({t}) with its nanoseconds");
+    }
+    Ok(())
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __memory_checks {
@@ -607,6 +751,8 @@ macro_rules! __memory_checks {
             delete_removes_one_log,
             delete_user_cascades,
             user_store_lifecycle,
+            metadata_numbers_compare_exactly,
+            sub_microsecond_bounds_find_their_logs,
         ] }
     };
 }
