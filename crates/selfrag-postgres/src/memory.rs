@@ -7,16 +7,18 @@ use deadpool_postgres::{Object, Pool};
 use selfrag_core::clock::to_micros;
 use selfrag_core::memory::validate_batch;
 use selfrag_core::{
-    Cursor, Error, MemoryLog, MemoryLogId, MemoryPage, MemoryQuery, MemoryStore, MemoryType, NewMemoryLog, Result,
+    BoxError, Cursor, Error, MemoryLog, MemoryLogId, MemoryPage, MemoryQuery, MemoryStore, MemoryType, NewMemoryLog, Result,
     UserId,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Error as PgError, Row};
 use uuid::Uuid;
 
+use crate::conn::Db;
 use crate::{error, explain, users};
 
 /// The stored columns, in the order every statement here lists them.
@@ -59,26 +61,49 @@ const COPY_THRESHOLD: usize = 32;
 /// Memory logs in Postgres (`memory_logs`).
 ///
 /// Clones share the pool. Every statement is prepared once per pooled
-/// connection and cached (deadpool's statement cache).
+/// connection and cached (deadpool's statement cache). Every call runs under
+/// the operation timeout (see [`PostgresConfig::operation_timeout`]).
+///
+/// # Retries
+/// Appends are retry-safe by log id: appending a log whose id is already
+/// stored, for the same user with the same type, content, metadata and
+/// timestamp, returns the stored log instead of failing; so after an
+/// ambiguous failure ([`Error::is_ambiguous`]) the same call can be
+/// repeated. A different record under a taken id stays [`Error::Conflict`].
+/// In a batch, rows already stored identically are skipped and the others
+/// written, all in one transaction.
+///
+/// [`PostgresConfig::operation_timeout`]: crate::PostgresConfig::operation_timeout
 #[derive(Debug, Clone)]
 pub struct PostgresMemoryStore {
-    pool: Pool,
+    db: Db,
 }
 
 impl PostgresMemoryStore {
     /// A store on `pool`, whose connections must see the migrated tables
-    /// (see [`crate::migrate`]).
+    /// (see [`crate::migrate`]), with the default operation timeout
+    /// ([`PostgresConfig::DEFAULT_OPERATION_TIMEOUT`](crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT)).
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self { db: Db::new(pool, crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT) }
+    }
+
+    /// A store on `pool` with the operation timeout of `config`.
+    pub fn with_config(pool: Pool, config: &crate::PostgresConfig) -> Self {
+        Self::new(pool).operation_timeout(config.operation_timeout)
+    }
+
+    /// Sets the deadline of every call: getting a connection and every
+    /// statement the call sends. Past it the call fails with
+    /// [`Error::Timeout`], its statement is cancelled and its connection
+    /// closed.
+    pub fn operation_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.db = self.db.with_timeout(timeout);
+        self
     }
 
     /// The pool.
     pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    async fn conn(&self) -> Result<Object> {
-        self.pool.get().await.map_err(error::pool)
+        self.db.pool()
     }
 
     /// The plan Postgres picks for the statement [`MemoryStore::query`] runs
@@ -91,8 +116,9 @@ impl PostgresMemoryStore {
     pub async fn explain_query(&self, user: UserId, query: &MemoryQuery, analyze: bool) -> Result<String> {
         query.validate()?;
         let built = BuiltQuery::new(user, query);
-        let conn = self.conn().await?;
-        explain(&conn, built.sql, &built.params(), analyze).await
+        let op = self.db.op("explain memory query");
+        let conn = op.conn().await?;
+        op.run(explain(&conn, built.sql, &built.params(), analyze)).await
     }
 
     /// The SQL statement [`MemoryStore::query`] prepares for `query`. Only
@@ -110,37 +136,111 @@ impl PostgresMemoryStore {
     }
 
     /// Validates `logs` and writes them in one statement (one round trip
-    /// for up to [`COPY_THRESHOLD`] rows; all rows or none).
+    /// for up to [`COPY_THRESHOLD`] rows; all rows or none). A taken id is
+    /// reconciled by [`reconcile`].
     async fn insert_batch(&self, user: UserId, logs: &[NewMemoryLog]) -> Result<()> {
         // Everything is checked before anything is sent.
         validate_batch(logs)?;
-        let conn = self.conn().await?;
-        let written = match logs {
-            [log] => {
-                let stmt = conn.prepare_cached(INSERT_ONE).await.map_err(error::pg)?;
-                let (id, ts, meta) = (*log.id().as_uuid(), log.timestamp(), Json(log.metadata()));
-                conn.execute(&stmt, &[&id, user.as_uuid(), &ts, &log.kind().as_str(), &log.content(), &meta]).await
-            }
-            _ if logs.len() > COPY_THRESHOLD => copy_batch(&conn, user, logs).await,
-            _ => {
-                let mut ids = Vec::with_capacity(logs.len());
-                let mut timestamps = Vec::with_capacity(logs.len());
-                let mut types = Vec::with_capacity(logs.len());
-                let mut contents = Vec::with_capacity(logs.len());
-                let mut metas = Vec::with_capacity(logs.len());
-                for log in logs {
-                    ids.push(*log.id().as_uuid());
-                    timestamps.push(log.timestamp());
-                    types.push(log.kind().as_str());
-                    contents.push(log.content());
-                    metas.push(Json(log.metadata()));
-                }
-                let stmt = conn.prepare_cached(INSERT_BATCH).await.map_err(error::pg)?;
-                conn.execute(&stmt, &[user.as_uuid(), &ids, &timestamps, &types, &contents, &metas]).await
-            }
-        };
-        written.map(|_| ()).map_err(|e| error::write(e, user, "memory log"))
+        let op = self.db.op("append memory logs");
+        let mut conn = op.conn().await?;
+        let written = op.run(async { Ok(insert(&conn, user, logs).await) }).await?;
+        match written {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => op.run(reconcile(&mut conn, user, logs)).await,
+            Err(e) => Err(error::write(e, user, "memory log")),
+        }
     }
+}
+
+/// Writes `logs` in one statement.
+async fn insert(conn: &Object, user: UserId, logs: &[NewMemoryLog]) -> std::result::Result<u64, PgError> {
+    match logs {
+        [log] => {
+            let stmt = conn.prepare_cached(INSERT_ONE).await?;
+            let (id, ts, meta) = (*log.id().as_uuid(), log.timestamp(), Json(log.metadata()));
+            conn.execute(&stmt, &[&id, user.as_uuid(), &ts, &log.kind().as_str(), &log.content(), &meta]).await
+        }
+        _ if logs.len() > COPY_THRESHOLD => copy_batch(conn, user, logs).await,
+        _ => {
+            let columns = BatchColumns::new(user, logs);
+            let stmt = conn.prepare_cached(INSERT_BATCH).await?;
+            conn.execute(&stmt, &columns.params()).await
+        }
+    }
+}
+
+/// The columns of a batch as parallel arrays, for the `unnest` statements.
+struct BatchColumns<'a> {
+    user: Uuid,
+    ids: Vec<Uuid>,
+    timestamps: Vec<OffsetDateTime>,
+    types: Vec<&'a str>,
+    contents: Vec<&'a str>,
+    metas: Vec<Json<&'a serde_json::Map<String, Value>>>,
+}
+
+impl<'a> BatchColumns<'a> {
+    fn new(user: UserId, logs: &'a [NewMemoryLog]) -> Self {
+        let mut c = Self {
+            user: *user.as_uuid(),
+            ids: Vec::with_capacity(logs.len()),
+            timestamps: Vec::with_capacity(logs.len()),
+            types: Vec::with_capacity(logs.len()),
+            contents: Vec::with_capacity(logs.len()),
+            metas: Vec::with_capacity(logs.len()),
+        };
+        for log in logs {
+            c.ids.push(*log.id().as_uuid());
+            c.timestamps.push(log.timestamp());
+            c.types.push(log.kind().as_str());
+            c.contents.push(log.content());
+            c.metas.push(Json(log.metadata()));
+        }
+        c
+    }
+
+    /// `$1` the user, then the five arrays.
+    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [&self.user, &self.ids, &self.timestamps, &self.types, &self.contents, &self.metas]
+    }
+}
+
+// A retried append: rows whose id is free are inserted, and every row whose
+// id is taken is compared with what is stored (in SQL, so that `jsonb` and
+// `timestamptz` compare as Postgres stores them). One transaction: if any
+// stored row differs, nothing is written.
+const RECONCILE_INSERT: &str = concat!(
+    "INSERT INTO memory_logs (",
+    columns!(),
+    r#")
+SELECT b.id, $1, b.ts, b.type, b.content, b.meta
+FROM unnest($2::uuid[], $3::timestamptz[], $4::varchar[], $5::text[], $6::jsonb[]) AS b(id, ts, type, content, meta)
+ON CONFLICT (id) DO NOTHING"#
+);
+
+const RECONCILE_CHECK: &str = r#"SELECT b.id
+FROM unnest($2::uuid[], $3::timestamptz[], $4::varchar[], $5::text[], $6::jsonb[]) AS b(id, ts, type, content, meta)
+JOIN memory_logs m ON m.id = b.id
+WHERE NOT (m.user_id = $1 AND m."timestamp" = b.ts AND m.type = b.type AND m.content = b.content AND m.meta_data = b.meta)
+LIMIT 1"#;
+
+/// Finishes an append whose first attempt met a taken id: succeeds when
+/// every taken id holds exactly the row the caller asked for (a retry of a
+/// write that did commit), writing the rows not yet stored; otherwise
+/// [`Error::Conflict`] naming the first differing id, with nothing written.
+async fn reconcile(conn: &mut Object, user: UserId, logs: &[NewMemoryLog]) -> Result<()> {
+    let columns = BatchColumns::new(user, logs);
+    let params = columns.params();
+    let tx = conn.transaction().await.map_err(error::pg)?;
+    let insert = tx.prepare_cached(RECONCILE_INSERT).await.map_err(error::pg)?;
+    tx.execute(&insert, &params).await.map_err(|e| error::write(e, user, "memory log"))?;
+    let check = tx.prepare_cached(RECONCILE_CHECK).await.map_err(error::pg)?;
+    if let Some(row) = tx.query_opt(&check, &params).await.map_err(error::pg)? {
+        let id: Uuid = row.get(0);
+        // Dropping the transaction rolls it back.
+        return Err(Error::Conflict { what: "memory log", id: id.to_string() });
+    }
+    tx.commit().await.map_err(error::pg)
 }
 
 /// Streams `logs` through [`COPY_IN`]. Any error, whether raised while
@@ -271,20 +371,38 @@ fn cursor_bound(c: Cursor) -> (OffsetDateTime, Uuid) {
     (to_micros(c.timestamp), *c.id.as_uuid())
 }
 
+/// Decodes a row. A row that does not hold what the schema promises
+/// (written by other SQL: say, `meta_data` nested deeper than the JSON
+/// decoder allows, or not an object) is an error naming the row's id and
+/// the column.
 fn to_log(row: &Row) -> Result<MemoryLog> {
-    let kind: String = row.try_get(3).map_err(error::pg)?;
-    let metadata = match row.try_get::<_, Value>(5).map_err(error::pg)? {
+    let id: Uuid = row.try_get(0).map_err(error::pg)?;
+    let bad = |column: &str, e: BoxError| error::bad_row(&format!("`{column}` in memory log {id}"), e);
+    let kind: String = row.try_get(3).map_err(|e| bad("type", e.into()))?;
+    let metadata = match row.try_get::<_, Value>(5).map_err(|e| bad("meta_data", e.into()))? {
         Value::Object(map) => map,
-        other => return Err(error::bad_row("meta_data", format!("expected a JSON object, got {other}"))),
+        other => return Err(bad("meta_data", format!("expected a JSON object, got {}", json_kind(&other)).into())),
     };
     Ok(MemoryLog {
-        id: MemoryLogId::from_uuid(row.try_get(0).map_err(error::pg)?),
-        user_id: UserId::from_uuid(row.try_get(1).map_err(error::pg)?),
-        timestamp: row.try_get(2).map_err(error::pg)?,
-        kind: MemoryType::new(kind).map_err(|e| error::bad_row("type", e))?,
-        content: row.try_get(4).map_err(error::pg)?,
+        id: MemoryLogId::from_uuid(id),
+        user_id: UserId::from_uuid(row.try_get(1).map_err(|e| bad("user_id", e.into()))?),
+        timestamp: row.try_get(2).map_err(|e| bad("timestamp", e.into()))?,
+        kind: MemoryType::new(kind).map_err(|e| bad("type", e.into()))?,
+        content: row.try_get(4).map_err(|e| bad("content", e.into()))?,
         metadata,
     })
+}
+
+/// The JSON type of `v`, for messages that must not echo stored content.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 #[async_trait]
@@ -299,36 +417,61 @@ impl MemoryStore for PostgresMemoryStore {
         if logs.is_empty() {
             // Nothing to write, but an unknown user is still an error, as for
             // any write.
-            let conn = self.conn().await?;
-            return if users::exists(&conn, user).await? { Ok(Vec::new()) } else { Err(Error::user_not_found(user)) };
+            let op = self.db.op("append memory logs");
+            let conn = op.conn().await?;
+            let exists = op.run(users::exists(&conn, user)).await?;
+            return if exists { Ok(Vec::new()) } else { Err(Error::user_not_found(user)) };
         }
         self.insert_batch(user, &logs).await?;
         Ok(logs.into_iter().map(|l| l.into_log(user)).collect())
     }
 
     async fn get(&self, user: UserId, id: MemoryLogId) -> Result<Option<MemoryLog>> {
-        let conn = self.conn().await?;
-        let sql = format!("SELECT {COLUMNS} FROM memory_logs WHERE id = $1 AND user_id = $2");
-        let stmt = conn.prepare_cached(&sql).await.map_err(error::pg)?;
-        let row = conn.query_opt(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)?;
+        let op = self.db.op("get memory log");
+        let conn = op.conn().await?;
+        let row = op
+            .run(async {
+                let sql = concat!("SELECT ", columns!(), " FROM memory_logs WHERE id = $1 AND user_id = $2");
+                let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
+                conn.query_opt(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)
+            })
+            .await?;
         row.as_ref().map(to_log).transpose()
     }
 
     async fn query(&self, user: UserId, query: &MemoryQuery) -> Result<MemoryPage> {
         query.validate()?;
         let built = BuiltQuery::new(user, query);
-        let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(built.sql).await.map_err(error::pg)?;
-        let rows = conn.query(&stmt, &built.params()).await.map_err(error::pg)?;
+        let op = self.db.op("query memory logs");
+        let conn = op.conn().await?;
+        let mut rows = op
+            .run(async {
+                let stmt = conn.prepare_cached(built.sql).await.map_err(error::pg)?;
+                conn.query(&stmt, &built.params()).await.map_err(error::pg)
+            })
+            .await?;
+        drop(conn);
+        // The extra row only says that another page follows: it is not
+        // decoded, so a row this code cannot read fails only the page that
+        // returns it.
+        let limit = query.effective_limit() as usize;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
         let logs = rows.iter().map(to_log).collect::<Result<Vec<_>>>()?;
-        Ok(MemoryPage::from_overfetch(logs, query.effective_limit()))
+        let next = if more { logs.last().map(MemoryLog::cursor) } else { None };
+        Ok(MemoryPage { logs, next })
     }
 
     async fn delete(&self, user: UserId, id: MemoryLogId) -> Result<bool> {
-        let conn = self.conn().await?;
-        let stmt =
-            conn.prepare_cached("DELETE FROM memory_logs WHERE id = $1 AND user_id = $2").await.map_err(error::pg)?;
-        let n = conn.execute(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)?;
+        let op = self.db.op("delete memory log");
+        let conn = op.conn().await?;
+        let n = op
+            .run(async {
+                let sql = "DELETE FROM memory_logs WHERE id = $1 AND user_id = $2";
+                let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
+                conn.execute(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)
+            })
+            .await?;
         Ok(n == 1)
     }
 }
@@ -427,10 +570,11 @@ mod tests {
             assert_eq!(store.get(user, log.id).await.expect("get").as_ref(), Some(log));
         }
 
-        // One taken id in the middle: Conflict naming it, nothing written.
+        // One taken id in the middle, holding another record: Conflict
+        // naming it, nothing written.
         let mut again = batch(n);
         let taken = stored[n / 2].id;
-        again[n / 2] = again.remove(n / 2).with_id(taken);
+        again[n / 2] = NewMemoryLog::new("fact", "another record").expect("log").with_id(taken);
         match store.append_batch(user, again).await {
             Err(Error::Conflict { what, id }) => {
                 assert_eq!((what, id), ("memory log", taken.to_string()));
@@ -438,6 +582,19 @@ mod tests {
             other => panic!("expected a conflict, got {other:?}"),
         }
         assert_eq!(count().await, i64::try_from(n).expect("small"));
+
+        // A retried COPY batch (every row already stored identically)
+        // succeeds and writes nothing new; with new rows added, only those
+        // are written.
+        let first = batch(n);
+        store.append_batch(user, first.clone()).await.expect("copy batch");
+        let before = count().await;
+        assert_eq!(store.append_batch(user, first.clone()).await.expect("retried copy batch").len(), n);
+        assert_eq!(count().await, before);
+        let mut grown = first;
+        grown.extend(batch(2));
+        store.append_batch(user, grown).await.expect("retried batch with new rows");
+        assert_eq!(count().await, before + 2);
 
         // The connection is usable after a failed copy.
         store.append_batch(user, batch(n)).await.expect("copy after a failure");

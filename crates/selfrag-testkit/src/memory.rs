@@ -726,6 +726,58 @@ pub async fn sub_microsecond_bounds_find_their_logs(f: &MemoryFixture) -> CheckR
     Ok(())
 }
 
+/// Appends are retry-safe by id: appending again a log that is stored (same
+/// id, user, type, content, metadata and timestamp) returns it and writes
+/// nothing new, alone or inside a batch with new logs; the same id with any
+/// difference, or for another user, stays a `Conflict` that writes nothing.
+pub async fn retried_appends_return_the_stored_log(f: &MemoryFixture) -> CheckResult {
+    let alice = f.users.create_user().await.ctx("create_user")?;
+    let bob = f.users.create_user().await.ctx("create_user")?;
+    let meta = json!({"n": 1.5, "big": u64::MAX, "tags": ["a", "b"], "nested": {"k": null}});
+    let first = log("fact", "said once", base_time()).with_metadata(meta.clone()).expect("metadata");
+    let stored = f.store.append(alice, first.clone()).await.ctx("append")?;
+    let again = f.store.append(alice, first.clone()).await.ctx("retried append of a stored log")?;
+    ensure_eq!(again, stored, "a retried append returns the stored log");
+    ensure_eq!(count_all(f, alice).await?, 1, "logs after a retried append");
+
+    expect_kind(f.store.append(bob, first.clone()).await, ErrorKind::Conflict, "the same log for another user")?;
+    let differs = [
+        ("content", log("fact", "said twice", base_time()).with_metadata(meta.clone()).expect("metadata")),
+        ("type", log("event", "said once", base_time()).with_metadata(meta.clone()).expect("metadata")),
+        ("metadata", log("fact", "said once", base_time()).with_metadata(json!({"n": 1.25})).expect("metadata")),
+        (
+            "timestamp",
+            log("fact", "said once", base_time() + Duration::from_millis(1))
+                .with_metadata(meta.clone())
+                .expect("metadata"),
+        ),
+    ];
+    for (what, other) in differs {
+        let other = other.with_id(stored.id);
+        expect_kind(f.store.append(alice, other).await, ErrorKind::Conflict, &format!("same id, other {what}"))?;
+    }
+    ensure_eq!(f.store.get(alice, stored.id).await.ctx("get")?, Some(stored.clone()), "the stored log after conflicts");
+
+    // A batch that repeats a stored log writes only the new ones, once.
+    let fresh = log("fact", "new in the batch", base_time() + Duration::from_secs(1));
+    let batch = vec![first.clone(), fresh.clone()];
+    let out = f.store.append_batch(alice, batch.clone()).await.ctx("batch with a stored log")?;
+    ensure_eq!(out.len(), 2, "logs returned by the batch");
+    ensure_eq!(out[0], stored, "the stored log, returned by the batch");
+    let out = f.store.append_batch(alice, batch).await.ctx("the same batch retried")?;
+    ensure_eq!(out.len(), 2, "logs returned by the retried batch");
+    ensure_eq!(count_all(f, alice).await?, 2, "logs after the retried batch");
+
+    // A batch with a new log and a clash writes nothing.
+    let unseen = log("fact", "must not be written", base_time() + Duration::from_secs(2));
+    let clash = log("fact", "clash", base_time()).with_id(stored.id);
+    expect_kind(f.store.append_batch(alice, vec![unseen.clone(), clash]).await, ErrorKind::Conflict, "batch clash")?;
+    ensure_eq!(f.store.get(alice, unseen.id()).await.ctx("get")?, None, "the new log of a clashing batch");
+    ensure_eq!(count_all(f, alice).await?, 2, "logs after the clashing batch");
+    ensure_eq!(count_all(f, bob).await?, 0, "bob's logs");
+    Ok(())
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __memory_checks {
@@ -753,6 +805,7 @@ macro_rules! __memory_checks {
             user_store_lifecycle,
             metadata_numbers_compare_exactly,
             sub_microsecond_bounds_find_their_logs,
+            retried_appends_return_the_stored_log,
         ] }
     };
 }

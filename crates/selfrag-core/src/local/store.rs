@@ -104,6 +104,32 @@ impl State {
     }
 }
 
+/// Whether `a` and `b` are the same record, as Postgres compares the
+/// columns: JSON numbers by value (`1` equals `1.0`), everything else
+/// exactly.
+fn same_log(a: &MemoryLog, b: &MemoryLog) -> bool {
+    a.id == b.id
+        && a.user_id == b.user_id
+        && a.timestamp == b.timestamp
+        && a.kind == b.kind
+        && a.content == b.content
+        && a.metadata.len() == b.metadata.len()
+        && a.metadata.iter().all(|(k, v)| b.metadata.get(k).is_some_and(|w| json_equal(v, w)))
+}
+
+/// `jsonb` equality: numbers by exact value, arrays in order, objects by
+/// key.
+fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(_), Value::Number(_)) => crate::memory::json_contains(a, b),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| json_equal(v, w)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 #[async_trait]
 impl UserStore for LocalStore {
     async fn create_user(&self) -> Result<UserId> {
@@ -154,15 +180,26 @@ impl MemoryStore for LocalStore {
         if !state.users.contains_key(&user) {
             return Err(Error::user_not_found(user));
         }
-        if let Some(taken) = logs.iter().find(|l| state.log_owner.contains_key(&l.id())) {
-            return Err(Error::Conflict { what: "memory log", id: taken.id().to_string() });
-        }
+        // A taken id is a retry of this very write (the same record for the
+        // same user: skipped) or a conflict (nothing written).
         let stored: Vec<MemoryLog> = logs.into_iter().map(|l| l.into_log(user)).collect();
+        let mut fresh = Vec::with_capacity(stored.len());
         for log in &stored {
+            match state.log_owner.get(&log.id) {
+                None => fresh.push(log),
+                Some(&(owner, ts)) => {
+                    let existing = state.users.get(&owner).and_then(|d| d.logs.get(&(ts, log.id)));
+                    if owner != user || !existing.is_some_and(|e| same_log(e, log)) {
+                        return Err(Error::Conflict { what: "memory log", id: log.id.to_string() });
+                    }
+                }
+            }
+        }
+        for log in &fresh {
             state.log_owner.insert(log.id, (user, log.timestamp));
         }
         let data = state.user_mut(user)?;
-        for log in &stored {
+        for log in fresh {
             data.logs.insert((log.timestamp, log.id), log.clone());
         }
         Ok(stored)
