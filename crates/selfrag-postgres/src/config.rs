@@ -37,9 +37,28 @@ pub struct PostgresConfig {
     pub max_connections: usize,
     /// Longest wait for a new connection to be established. Default: 5 s.
     pub connect_timeout: Duration,
-    /// Longest wait for a free pooled connection when all are busy; past it a
-    /// call fails with a retryable [`Error::Unavailable`]. Default: 5 s.
+    /// Longest wait for a pooled connection, all of it: waiting for a free
+    /// slot when all are busy *and* establishing a new connection. Past it a
+    /// call fails with a retryable [`Error::Unavailable`] (nothing was
+    /// sent). Default: 5 s.
     pub acquire_timeout: Duration,
+    /// The deadline of every store call, from its start: getting a
+    /// connection and every statement the call sends. Past it the call
+    /// returns [`Error::Timeout`] (within a few milliseconds), a cancel
+    /// request is sent for its statement, and its connection is closed
+    /// rather than returned to the pool. Used by the stores' `with_config`
+    /// (their `new` takes the default). Default: 10 s.
+    pub operation_timeout: Duration,
+    /// TCP keepalive idle time of every connection: a peer that vanished
+    /// (crashed host, dropped NAT entry) is found by the kernel after about
+    /// this plus 3 probes 10 s apart, even on an idle pooled connection.
+    /// Default: 30 s.
+    pub keepalive_idle: Duration,
+    /// `TCP_USER_TIMEOUT` (Linux): a connection whose sent data stays
+    /// unacknowledged this long is closed by the kernel, so a partitioned
+    /// connection fails instead of hanging for the kernel's default of about
+    /// 15 minutes. `None` keeps the system default. Default: 30 s.
+    pub tcp_user_timeout: Option<Duration>,
     /// `statement_timeout` of every connection, so a runaway statement
     /// cannot hold a connection forever (`None`: the server's setting).
     /// Default: 30 s. Migrations lift it while they run.
@@ -59,6 +78,9 @@ impl fmt::Debug for PostgresConfig {
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("keepalive_idle", &self.keepalive_idle)
+            .field("tcp_user_timeout", &self.tcp_user_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .field("schema", &self.schema)
             .field("application_name", &self.application_name)
@@ -79,6 +101,12 @@ impl PostgresConfig {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Default [`PostgresConfig::statement_timeout`].
     pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default [`PostgresConfig::operation_timeout`].
+    pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default [`PostgresConfig::keepalive_idle`].
+    pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+    /// Default [`PostgresConfig::tcp_user_timeout`].
+    pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// The settings for `url`, with the defaults above.
     pub fn with_url(url: impl Into<String>) -> Self {
@@ -87,6 +115,9 @@ impl PostgresConfig {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             connect_timeout: Self::DEFAULT_TIMEOUT,
             acquire_timeout: Self::DEFAULT_TIMEOUT,
+            operation_timeout: Self::DEFAULT_OPERATION_TIMEOUT,
+            keepalive_idle: Self::DEFAULT_KEEPALIVE_IDLE,
+            tcp_user_timeout: Some(Self::DEFAULT_TCP_USER_TIMEOUT),
             statement_timeout: Some(Self::DEFAULT_STATEMENT_TIMEOUT),
             schema: None,
             application_name: "selfrag".to_owned(),
@@ -126,6 +157,24 @@ impl PostgresConfig {
         self
     }
 
+    /// Sets [`PostgresConfig::operation_timeout`].
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PostgresConfig::keepalive_idle`].
+    pub fn keepalive_idle(mut self, idle: Duration) -> Self {
+        self.keepalive_idle = idle;
+        self
+    }
+
+    /// Sets [`PostgresConfig::tcp_user_timeout`].
+    pub fn tcp_user_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.tcp_user_timeout = timeout;
+        self
+    }
+
     /// Sets [`PostgresConfig::statement_timeout`].
     pub fn statement_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.statement_timeout = timeout;
@@ -161,7 +210,29 @@ impl PostgresConfig {
         if self.application_name.chars().any(|c| c.is_control()) {
             return Err(Error::invalid("application_name", "must not contain control characters"));
         }
-        pg.connect_timeout(self.connect_timeout);
+        for (field, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("acquire_timeout", self.acquire_timeout),
+            ("operation_timeout", self.operation_timeout),
+            ("keepalive_idle", self.keepalive_idle),
+        ] {
+            if value.is_zero() {
+                return Err(Error::invalid(field, "must be positive"));
+            }
+        }
+        if self.tcp_user_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid("tcp_user_timeout", "must be positive (or None for the system default)"));
+        }
+        // Connecting must end within the acquire timeout, which bounds the
+        // whole wait for a connection.
+        pg.connect_timeout(self.connect_timeout.min(self.acquire_timeout));
+        pg.keepalives(true);
+        pg.keepalives_idle(self.keepalive_idle);
+        pg.keepalives_interval(Duration::from_secs(10));
+        pg.keepalives_retries(3);
+        if let Some(timeout) = self.tcp_user_timeout {
+            pg.tcp_user_timeout(timeout);
+        }
         pg.application_name(&self.application_name);
         // Session settings go in the startup packet's `options`, so every
         // pooled connection has them from its first statement, with no extra
@@ -189,9 +260,12 @@ impl PostgresConfig {
         let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         Pool::builder(manager)
             .max_size(self.max_connections)
+            // The stores bound the whole wait (slot + connect) by
+            // `acquire_timeout` themselves (see `conn.rs`); these keep the
+            // pool's own steps within it for other users of the pool.
             .wait_timeout(Some(self.acquire_timeout))
-            .create_timeout(Some(self.connect_timeout))
-            .recycle_timeout(Some(self.connect_timeout))
+            .create_timeout(Some(self.connect_timeout.min(self.acquire_timeout)))
+            .recycle_timeout(Some(self.connect_timeout.min(self.acquire_timeout)))
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| Error::backend(BACKEND, "cannot build the connection pool", false, e))
