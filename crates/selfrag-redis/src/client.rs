@@ -143,8 +143,21 @@ impl Handle {
     }
 
     /// A new connection from the pool, which forgets it.
+    ///
+    /// The whole wait (a free slot, then connecting) is bounded by the
+    /// pool's wait timeout (`connect_timeout`): deadpool bounds each step on
+    /// its own, which could add up to twice that.
     async fn connect(&self) -> Result<MultiplexedConnection> {
-        Ok(Connection::take(self.inner.pool.get().await.map_err(pool_error)?))
+        let limit = self.inner.pool.timeouts().wait.unwrap_or(RedisConfig::DEFAULT_TIMEOUT);
+        match tokio::time::timeout(limit, self.inner.pool.get()).await {
+            Ok(conn) => Ok(Connection::take(conn.map_err(pool_error)?)),
+            Err(_) => Err(Error::Unavailable {
+                backend: BACKEND,
+                message: format!("connect: no connection within the connect timeout ({limit:?})"),
+                maybe_applied: false,
+                source: None,
+            }),
+        }
     }
 
     fn configured(&self, conn: &MultiplexedConnection) -> MultiplexedConnection {
@@ -197,7 +210,14 @@ impl Handle {
 /// can fix.
 pub(crate) fn pool_error(err: PoolError) -> Error {
     match err {
-        PoolError::Backend(e) => redis_error(e, "connect"),
+        // Nothing of the caller's was sent on a connection that failed to
+        // open.
+        PoolError::Backend(e) => match redis_error(e, "connect") {
+            Error::Unavailable { backend, message, source, .. } => {
+                Error::Unavailable { backend, message, maybe_applied: false, source }
+            }
+            other => other,
+        },
         PoolError::Timeout(t) => Error::unavailable(BACKEND, format!("no connection within the timeout ({t:?})"), err),
         PoolError::Closed => Error::unavailable(BACKEND, "the connection pool is closed", err),
         PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
@@ -255,6 +275,9 @@ pub(crate) fn redis_error(err: RedisError, what: &str) -> Error {
         };
     }
     match unavailable(&err) {
+        // A connection that broke with the command in flight: it may have
+        // run. The other conditions are the server refusing the command.
+        Some(why) if err.is_io_error() => Error::connection_lost(BACKEND, format!("{what}: {why}"), err),
         Some(why) => Error::unavailable(BACKEND, format!("{what}: {why}"), err),
         None => Error::backend(BACKEND, format!("{what}: {}", err.category()), false, err),
     }
