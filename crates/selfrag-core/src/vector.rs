@@ -28,6 +28,31 @@
 //! | [`Distance::Manhattan`] | **negated** Manhattan distance, `≤ 0` |
 //!
 //! A `score_threshold` keeps hits with `score ≥ threshold` in these terms.
+//!
+//! ## Precision and thresholds
+//! Each backend computes scores with its own f32 arithmetic (an engine
+//! normalises cosine vectors on write and sums in f32, often with SIMD);
+//! [`Distance::score`], the reference, accumulates in f64. So scores agree
+//! with the reference up to rounding, not to the last bit (the conformance
+//! suite allows `1e-3` for vectors with components in `[-1, 1]`), and two
+//! backends may order near-ties differently. The threshold rule is therefore
+//! stated on the score the backend returns:
+//!
+//! - A search with `score_threshold` `t` keeps exactly the hits whose
+//!   returned `score`, as that backend computes it, is `>= t`: a hit whose
+//!   score equals `t` is always kept, one a single ulp below never. It
+//!   returns what the same search without a threshold returns, cut before
+//!   the first score below `t` (and at `limit`).
+//! - Consequently, measured against the reference (or another backend), a
+//!   chunk whose reference score is at least `t + tolerance` is kept, one
+//!   below `t - tolerance` is not, and one within the tolerance of `t` may
+//!   go either way: its fate is decided by the backend's own rounding. Two
+//!   chunks tying on one backend may not tie on another.
+//!
+//! Choose thresholds with this in mind: a threshold equal to a score the
+//! reference computed is not guaranteed to include that chunk on every
+//! backend; a threshold equal to a score a backend returned includes it on
+//! that backend.
 
 use std::fmt;
 
@@ -56,7 +81,9 @@ pub enum Distance {
 
 impl Distance {
     /// The score of `a` against `b` under the convention of this module
-    /// (higher is better), computed exactly. The reference for every backend.
+    /// (higher is better), accumulated in f64 and rounded once to f32. The
+    /// reference for every backend, which agree with it up to rounding (see
+    /// the module docs, "Precision and thresholds").
     // Accumulated in f64 so the reference is more exact than any backend;
     // narrowing the result back to the f32 of the API is intended.
     #[allow(clippy::cast_possible_truncation)]
@@ -815,7 +842,11 @@ pub struct SearchRequest {
     pub limit: usize,
     /// Only chunks passing this filter.
     pub filter: Option<Filter>,
-    /// Only hits with `score >= score_threshold` (see the module docs).
+    /// Only hits whose returned `score` is `>= score_threshold`: compared
+    /// with the score as the backend computes it (the one the hit carries),
+    /// so a hit scoring exactly the threshold is kept. Against the reference
+    /// [`Distance::score`], chunks within rounding of the threshold may go
+    /// either way (see the module docs, "Precision and thresholds").
     pub score_threshold: Option<f32>,
 }
 
@@ -834,7 +865,8 @@ impl SearchRequest {
         self
     }
 
-    /// Only hits scoring at least `threshold`.
+    /// Only hits scoring at least `threshold`, as the backend computes the
+    /// score (see the `score_threshold` field).
     pub fn score_threshold(mut self, threshold: f32) -> Self {
         self.score_threshold = Some(threshold);
         self

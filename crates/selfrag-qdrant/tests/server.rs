@@ -15,6 +15,7 @@ use selfrag_core::{Chunk, ChunkId, Distance, ErrorKind, Field, Filter, IndexSpec
 use selfrag_qdrant::qdrant_client::qdrant::DeleteFieldIndexCollectionBuilder;
 use selfrag_qdrant::qdrant_client::Qdrant;
 use selfrag_qdrant::{CollectionStatus, PayloadIndex, QdrantIndex, QdrantIndexConfig};
+use selfrag_testkit::vector::ThresholdProbe;
 use selfrag_testkit::{servers, Guard, VectorFixture};
 
 /// Deletes the collections it recorded when dropped, then lets the server
@@ -211,7 +212,7 @@ async fn scores_match_the_reference_for_every_distance() {
     for distance in [Distance::Cosine, Distance::Dot, Distance::Euclid, Distance::Manhattan] {
         let index = ready(&env, spec(2, distance), |c| c).await;
         let chunks: Vec<Chunk> = (0u32..).zip(vectors).map(|(i, v)| Chunk::new("d", i, "x", v.to_vec())).collect();
-        index.upsert(&t, chunks).await.unwrap();
+        index.upsert(&t, chunks.clone()).await.unwrap();
         let hits = index.search(&t, &SearchRequest::new(query.clone(), 10)).await.unwrap();
         assert_eq!(hits.len(), 4, "{distance}");
         for h in &hits {
@@ -220,10 +221,31 @@ async fn scores_match_the_reference_for_every_distance() {
             assert!((h.score - reference).abs() < 1e-4, "{distance}: got {} want {reference}", h.score);
         }
         assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "{distance}: best first");
-        // A threshold between the 2nd and 3rd best keeps exactly two hits.
+        // The threshold rule (selfrag_core::vector, "Precision and
+        // thresholds"): a threshold keeps exactly the hits whose score, as
+        // the server computes it, reaches it; against the reference, only
+        // chunks within the tolerance of the threshold may go either way.
+        // Probed at, an ulp above and between the server's scores and at the
+        // reference scores, with limits 10 and 1.
+        let refs: Vec<&Chunk> = chunks.iter().collect();
+        let probe = ThresholdProbe::new(distance, &query, &refs, &hits).unwrap_or_else(|e| panic!("{e}"));
+        for threshold in probe.thresholds() {
+            for limit in [10, 1] {
+                let req = SearchRequest::new(query.clone(), limit).score_threshold(threshold);
+                let kept = index.search(&t, &req).await.unwrap();
+                if let Err(e) = probe.check(&distance.to_string(), threshold, limit, &kept) {
+                    panic!("{e}\nwithout threshold: {hits:?}\nwith threshold {threshold}: {kept:?}");
+                }
+            }
+        }
+        // A threshold halfway between the 2nd and 3rd best keeps the hits
+        // scoring at least that: 2, or 3 under cosine, where [1, 0] and
+        // [0, 2] both score 1/sqrt(2) against [1, 1] (a tie, so the halfway
+        // point is that score; issue 19).
         let cut = (hits[1].score + hits[2].score) / 2.0;
         let kept = index.search(&t, &SearchRequest::new(query.clone(), 10).score_threshold(cut)).await.unwrap();
-        assert_eq!(kept.len(), 2, "{distance}: threshold {cut} kept {kept:?}");
+        let want = if distance == Distance::Cosine { 3 } else { 2 };
+        assert_eq!(kept.len(), want, "{distance}: threshold {cut} kept {kept:?}");
         assert!(kept.iter().all(|h| h.score >= cut));
     }
 }

@@ -5,7 +5,16 @@
 //! seeds, so an approximate (HNSW) backend is expected to return exact
 //! results; expected results come from the reference semantics
 //! ([`Distance::score`], [`Filter::matches`]). Scores may differ from the
-//! reference by 1e-3, and near-ties (within 1e-3) may come in either order.
+//! reference by [`SCORE_TOLERANCE`], and near-ties (within it) may come in
+//! either order.
+//!
+//! Thresholds are judged by the rule of `selfrag_core::vector` ("Precision
+//! and thresholds"), with [`ThresholdProbe`]: a search with a threshold keeps
+//! exactly the hits whose score, *as that backend computes it*, reaches the
+//! threshold (ties included, a hit an ulp below excluded); against the
+//! reference, only chunks within [`SCORE_TOLERANCE`] of the threshold may go
+//! either way. Backend tests with their own corpora (e.g. a server's) use
+//! the probe too.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,8 +28,12 @@ use serde_json::json;
 use crate::util::{expect_invalid, expect_invalid_where, Ctx, Rng};
 use crate::{CheckResult, VectorFixture};
 
-/// Allowed difference between a backend's score and the reference.
-const SCORE_TOLERANCE: f32 = 1e-3;
+/// Allowed difference between a backend's score and the reference
+/// [`Distance::score`], for vectors with components in `[-1, 1]` (what the
+/// suite generates) or small integers. Engines sum in f32 (and normalise
+/// cosine vectors in f32), the reference in f64: they agree to about 1e-6
+/// here, so this leaves a wide margin while still catching a wrong formula.
+pub const SCORE_TOLERANCE: f32 = 1e-3;
 
 fn tenant(label: &str) -> Tenant {
     Tenant::new(format!("{label}-{}", uuid::Uuid::new_v4().simple())).expect("valid tenant")
@@ -193,6 +206,182 @@ fn check_hits(
         }
     }
     Ok(())
+}
+
+/// The smallest f32 above `x` (`f32::next_up`, stable only since Rust
+/// 1.86, above this workspace's MSRV). `x` is finite.
+fn next_up(x: f32) -> f32 {
+    if x == 0.0 {
+        // Above both +0.0 and -0.0: the smallest positive subnormal.
+        return f32::from_bits(1);
+    }
+    let bits = x.to_bits();
+    // Positive: a larger magnitude; negative: a smaller one.
+    f32::from_bits(if x > 0.0 { bits + 1 } else { bits - 1 })
+}
+
+/// The ground for judging searches with a `score_threshold`: the hits of one
+/// search without a threshold that returned every chunk of a corpus (each
+/// chunk's score *as the backend computes it*), and the reference scores
+/// ([`Distance::score`]) of the same chunks.
+///
+/// The rule it checks (`selfrag_core::vector`, "Precision and thresholds"):
+///
+/// - a search with threshold `t` keeps exactly the chunks whose own score is
+///   `>= t`, best first, cut at `limit`: a chunk scoring exactly `t` is kept,
+///   one an ulp below is not;
+/// - against the reference: a chunk whose reference score is at least
+///   `t + SCORE_TOLERANCE` is kept, one below `t - SCORE_TOLERANCE` is not;
+///   in between, the backend's own score decides.
+///
+/// Probing the thresholds of [`ThresholdProbe::thresholds`] (at, just above
+/// and between the backend's scores, and at the reference scores) finds a
+/// backend that drops ties, keeps hits just below the threshold, or applies
+/// the threshold to another score than the one it returns.
+///
+/// Backends must score deterministically: the same query against the same
+/// stored vector gives the same score in every search.
+#[derive(Debug, Clone)]
+pub struct ThresholdProbe {
+    /// The backend's score of every chunk, best first.
+    own: Vec<(ChunkId, f32)>,
+    /// The reference score of every chunk.
+    reference: HashMap<ChunkId, f32>,
+}
+
+impl ThresholdProbe {
+    /// The probe for `query` over `corpus`, from `unthresholded`: the hits of
+    /// the backend's search for `query` without a threshold, with a limit of
+    /// at least `corpus.len()`.
+    ///
+    /// # Errors
+    /// A message when `unthresholded` does not hold every chunk of `corpus`
+    /// exactly once and nothing else, or holds a non-finite score.
+    pub fn new(
+        distance: Distance,
+        query: &[f32],
+        corpus: &[&Chunk],
+        unthresholded: &[ScoredChunk],
+    ) -> Result<Self, String> {
+        let reference: HashMap<ChunkId, f32> =
+            corpus.iter().map(|c| (c.id, distance.score(query, &c.vector))).collect();
+        let mut own = Vec::with_capacity(unthresholded.len());
+        let mut seen = BTreeSet::new();
+        for h in unthresholded {
+            ensure!(reference.contains_key(&h.id), "search without threshold: hit {} is not in the corpus", h.id);
+            ensure!(seen.insert(h.id), "search without threshold: chunk {} returned twice", h.id);
+            ensure!(h.score.is_finite(), "search without threshold: chunk {} scored {}", h.id, h.score);
+            own.push((h.id, h.score));
+        }
+        ensure_eq!(own.len(), reference.len(), "search without threshold: hits (it must return the whole corpus)");
+        own.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(Self { own, reference })
+    }
+
+    /// Thresholds worth probing, ascending: every score the backend returned
+    /// (its chunk, and any tying with it, must be kept), the next f32 above
+    /// each (that chunk must be left out), every reference score (the
+    /// backend may go either way on that chunk, but must agree with its own
+    /// score), and the midpoints between neighbouring distinct scores.
+    pub fn thresholds(&self) -> Vec<f32> {
+        let mut out: Vec<f32> = Vec::with_capacity(self.own.len() * 4);
+        for &(_, s) in &self.own {
+            out.push(s);
+            out.push(next_up(s));
+        }
+        out.extend(self.reference.values().copied());
+        for w in self.own.windows(2) {
+            if w[0].1 != w[1].1 {
+                // Halves first: no overflow, whatever the magnitudes.
+                out.push(w[0].1 / 2.0 + w[1].1 / 2.0);
+            }
+        }
+        out.retain(|t| t.is_finite());
+        out.sort_by(f32::total_cmp);
+        out.dedup_by(|a, b| a.to_bits() == b.to_bits());
+        out
+    }
+
+    /// The chunks a search with `threshold` keeps by the backend's own
+    /// scores, best first (before any limit).
+    pub fn expected(&self, threshold: f32) -> Vec<ChunkId> {
+        self.own.iter().filter(|(_, s)| *s >= threshold).map(|(id, _)| *id).collect()
+    }
+
+    /// Checks `hits`, the answer of the same search with `score_threshold`
+    /// = `threshold` and `limit`, against the rule (see the type docs).
+    ///
+    /// # Errors
+    /// A message saying which chunk broke which half of the rule.
+    pub fn check(&self, what: &str, threshold: f32, limit: usize, hits: &[ScoredChunk]) -> CheckResult {
+        let own: HashMap<ChunkId, f32> = self.own.iter().copied().collect();
+        let passing = self.expected(threshold);
+        let mut seen = BTreeSet::new();
+        for h in hits {
+            let Some(own_score) = own.get(&h.id) else {
+                return Err(format!("{what}: threshold {threshold} returned chunk {}, not in the corpus", h.id));
+            };
+            ensure!(seen.insert(h.id), "{what}: threshold {threshold} returned chunk {} twice", h.id);
+            ensure!(
+                h.score >= threshold,
+                "{what}: threshold {threshold} kept chunk {} with score {} (as this backend computes it; \
+                 {own_score} without a threshold): below the threshold",
+                h.id,
+                h.score
+            );
+        }
+        ensure_eq!(
+            hits.len(),
+            passing.len().min(limit),
+            "{what}: threshold {threshold}, limit {limit}: hits (the chunks this backend scores >= {threshold} \
+             without a threshold: {})",
+            passing.len()
+        );
+        let passing_set: BTreeSet<ChunkId> = passing.iter().copied().collect();
+        if let Some(h) = hits.iter().find(|h| !passing_set.contains(&h.id)) {
+            return Err(format!(
+                "{what}: threshold {threshold} kept chunk {} (score {}), which scored {} without a threshold",
+                h.id, h.score, own[&h.id]
+            ));
+        }
+        if passing.len() <= limit {
+            // Every chunk the backend scores at or above the threshold.
+            if let Some(id) = passing.iter().find(|id| !seen.contains(id)) {
+                return Err(format!(
+                    "{what}: threshold {threshold} left out chunk {id}, which this backend scores {} (>= the \
+                     threshold; reference {})",
+                    own[id], self.reference[id]
+                ));
+            }
+        } else {
+            // The best `limit` of them: none left out scores above a kept one.
+            let lowest_kept = hits.iter().map(|h| own[&h.id]).fold(f32::INFINITY, f32::min);
+            if let Some(id) = passing.iter().find(|id| !seen.contains(id) && own[id] > lowest_kept) {
+                return Err(format!(
+                    "{what}: threshold {threshold}, limit {limit} left out chunk {id} scoring {} but kept one \
+                     scoring {lowest_kept}",
+                    own[id]
+                ));
+            }
+        }
+        // Against the reference, outside the tolerance band.
+        for (id, &reference) in &self.reference {
+            if seen.contains(id) {
+                ensure!(
+                    reference >= threshold - SCORE_TOLERANCE,
+                    "{what}: threshold {threshold} kept chunk {id}, whose reference score {reference} is below it \
+                     by more than {SCORE_TOLERANCE}"
+                );
+            } else if passing.len() <= limit {
+                ensure!(
+                    reference < threshold + SCORE_TOLERANCE,
+                    "{what}: threshold {threshold} left out chunk {id}, whose reference score {reference} clears \
+                     it by more than {SCORE_TOLERANCE}"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Upserted chunks come back with their payloads intact (Unicode, tags,
@@ -554,7 +743,9 @@ pub async fn bad_document_ids_are_rejected(f: &VectorFixture) -> CheckResult {
 /// threshold `0.0` returns that chunk; a chunk at distance exactly 1 passes
 /// `-1.0`; under dot, small-integer vectors scoring exactly `k` pass
 /// threshold `k`; under cosine, an axis vector passes `1.0` with its own
-/// axis as the query. All these scores are exact in f32.
+/// axis as the query. All these scores are exact in f32, so every backend
+/// computes them bit for bit like the reference: the rule's "as the backend
+/// computes it" leaves no room, and a tie must be kept.
 pub async fn score_threshold_is_inclusive(f: &VectorFixture) -> CheckResult {
     let t = tenant("inclusive");
     let ids = |hits: &[ScoredChunk]| hits.iter().map(|h| h.id).collect::<Vec<_>>();
@@ -638,7 +829,13 @@ pub async fn scores_match_reference(f: &VectorFixture) -> CheckResult {
 }
 
 /// `score_threshold` keeps exactly the hits scoring at least the threshold
-/// (higher is better, also for the negated Euclid and Manhattan scores).
+/// (higher is better, also for the negated Euclid and Manhattan scores), by
+/// the rule of [`ThresholdProbe`]: thresholds at, an ulp above and between
+/// the backend's own scores and at the reference scores, over a corpus with
+/// ties (two copies of one vector) and, under cosine, a near-tie (a scaled
+/// copy: the same direction, which an engine normalising in f32 may score an
+/// ulp apart); with limits above and below the number of chunks passing.
+/// A threshold in a clear gap keeps exactly the chunks above it.
 pub async fn score_threshold_filters_hits(f: &VectorFixture) -> CheckResult {
     for (n, distance) in
         [Distance::Cosine, Distance::Dot, Distance::Euclid, Distance::Manhattan].into_iter().enumerate()
@@ -646,14 +843,31 @@ pub async fn score_threshold_filters_hits(f: &VectorFixture) -> CheckResult {
         let idx = index(f, spec(6, distance)).await?;
         let t = tenant("threshold");
         let mut rng = Rng::new(200 + n as u64);
-        let corpus: Vec<Chunk> =
+        let mut corpus: Vec<Chunk> =
             (0..40).map(|i| Chunk::new("d", i, format!("{i}"), random_vector(&mut rng, 6))).collect();
+        corpus.push(Chunk::new("d", 40, "copy of 5", corpus[5].vector.clone()));
+        corpus.push(Chunk::new("d", 41, "3 x 9", corpus[9].vector.iter().map(|x| x * 3.0).collect()));
         idx.upsert(&t, corpus.clone()).await.ctx("upsert")?;
         let query = random_vector(&mut rng, 6);
+        let refs: Vec<&Chunk> = corpus.iter().collect();
+        let all = idx.search(&t, &SearchRequest::new(query.clone(), 100)).await.ctx("search without threshold")?;
+        check_hits(&format!("{distance} without threshold"), distance, &query, &refs, refs.len(), &all)?;
+        let probe = ThresholdProbe::new(distance, &query, &refs, &all)?;
+        let thresholds = probe.thresholds();
+        for (i, &threshold) in thresholds.iter().enumerate() {
+            // Limit 100 (all that pass) always; limit 3 on a sample.
+            let limits: &[usize] = if i % 5 == 0 { &[100, 3] } else { &[100] };
+            for &limit in limits {
+                let req = SearchRequest::new(query.clone(), limit).score_threshold(threshold);
+                let hits = idx.search(&t, &req).await.ctx("search with threshold")?;
+                probe.check(&distance.to_string(), threshold, limit, &hits)?;
+            }
+        }
         let mut scores: Vec<f32> = corpus.iter().map(|c| distance.score(&query, &c.vector)).collect();
         scores.sort_by(|a, b| b.total_cmp(a));
-        // A threshold in a clear gap between two neighbouring scores, so
-        // that tolerance never decides membership.
+        // A threshold in a clear gap between two neighbouring reference
+        // scores, so that tolerance never decides membership: the count is
+        // known without asking the backend.
         let cut = (8..scores.len() - 1)
             .find(|&i| scores[i] - scores[i + 1] > 4.0 * SCORE_TOLERANCE)
             .ok_or("no gap in the generated scores")?;
@@ -662,7 +876,6 @@ pub async fn score_threshold_filters_hits(f: &VectorFixture) -> CheckResult {
         let hits = idx.search(&t, &req).await.ctx("search with threshold")?;
         ensure_eq!(hits.len(), cut + 1, "{distance}: hits scoring at least {threshold}");
         ensure!(hits.iter().all(|h| h.score >= threshold), "{distance}: a hit below the threshold {threshold}");
-        let refs: Vec<&Chunk> = corpus.iter().collect();
         check_hits(&format!("{distance} with threshold"), distance, &query, &refs, cut + 1, &hits)?;
         // Threshold and limit together: the limit wins when smaller.
         let req = SearchRequest::new(query.clone(), 3).score_threshold(threshold);
@@ -863,3 +1076,120 @@ macro_rules! __vector_checks {
     };
 }
 crate::__vector_checks!(__suite_list!(VectorFixture, "vector.rs", __vector_checks,));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(c: &Chunk, score: f32) -> ScoredChunk {
+        ScoredChunk { id: c.id, score, payload: c.payload.clone() }
+    }
+
+    /// The corpus of `selfrag-qdrant`'s server test, with the scores a
+    /// Qdrant 1.18 server returned for query `[1, 1]` under cosine.
+    fn server_case() -> (Vec<Chunk>, Vec<f32>, Vec<ScoredChunk>) {
+        let vectors = [[1.0f32, 0.0], [0.0, 2.0], [3.0, 4.0], [-1.0, -1.0]];
+        let corpus: Vec<Chunk> = (0u32..).zip(vectors).map(|(i, v)| Chunk::new("d", i, "x", v.to_vec())).collect();
+        let query = vec![1.0f32, 1.0];
+        let server = [0.707_106_77_f32, 0.707_106_77, 0.989_949_5, -1.0];
+        let mut hits: Vec<ScoredChunk> = corpus.iter().zip(server).map(|(c, s)| hit(c, s)).collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        (corpus, query, hits)
+    }
+
+    fn keep(hits: &[ScoredChunk], threshold: f32) -> Vec<ScoredChunk> {
+        hits.iter().filter(|h| h.score >= threshold).cloned().collect()
+    }
+
+    #[test]
+    fn next_up_is_the_next_float() {
+        for x in [0.0f32, -0.0, 1.0, -1.0, 0.707_106_77, -3.5, 1e-40, -1e-40] {
+            let up = next_up(x);
+            assert!(up > x, "{x}");
+            // Nothing between: the midpoint rounds to one end.
+            let mid = (f64::from(x) + f64::from(up)) / 2.0;
+            #[allow(clippy::cast_possible_truncation)]
+            let m = mid as f32;
+            assert!(m == x || m == up, "{x} {up}");
+        }
+    }
+
+    /// Issue 19: the 2nd and 3rd best tie (both 1/sqrt 2 on the server and
+    /// in the reference): a threshold halfway between them is that score,
+    /// and the server rightly kept both. The old test expected 2 hits.
+    #[test]
+    fn a_tie_at_the_threshold_is_kept() {
+        let (corpus, query, hits) = server_case();
+        let refs: Vec<&Chunk> = corpus.iter().collect();
+        let probe = ThresholdProbe::new(Distance::Cosine, &query, &refs, &hits).unwrap();
+        let cut = (hits[1].score + hits[2].score) / 2.0;
+        assert_eq!(cut, hits[1].score);
+        assert_eq!(probe.expected(cut).len(), 3);
+        probe.check("cosine", cut, 10, &keep(&hits, cut)).unwrap();
+        // Dropping either tied chunk (an exclusive or a stricter threshold)
+        // breaks the rule.
+        let err = probe.check("cosine", cut, 10, &hits[..2]).unwrap_err();
+        assert!(err.contains("hits"), "{err}");
+        for t in probe.thresholds() {
+            probe.check("cosine", t, 10, &keep(&hits, t)).unwrap();
+            probe.check("cosine", t, 1, &keep(&hits, t)[..probe.expected(t).len().min(1)]).unwrap();
+        }
+    }
+
+    /// Within the tolerance of the threshold the backend's own score
+    /// decides, either way; outside it the reference does.
+    #[test]
+    fn the_reference_decides_only_outside_the_tolerance() {
+        let corpus = [Chunk::new("d", 0, "x", vec![1.0, 0.0]), Chunk::new("d", 1, "y", vec![0.0, 1.0])];
+        let refs: Vec<&Chunk> = corpus.iter().collect();
+        let query = [1.0f32, 0.0];
+        // Reference scores 1 and 0; a backend a little off, inside the
+        // tolerance, in both directions.
+        for (a, b) in [(1.0 - SCORE_TOLERANCE / 2.0, SCORE_TOLERANCE / 2.0), (1.0, -SCORE_TOLERANCE / 2.0)] {
+            let hits = vec![hit(&corpus[0], a), hit(&corpus[1], b)];
+            let probe = ThresholdProbe::new(Distance::Dot, &query, &refs, &hits).unwrap();
+            for t in probe.thresholds().into_iter().chain([1.0, 0.0, 0.5]) {
+                probe.check("dot", t, 10, &keep(&hits, t)).unwrap();
+            }
+        }
+        // A backend whose scores are off by more than the tolerance is
+        // caught by the reference half even when it follows its own scores.
+        let hits = vec![hit(&corpus[0], 1.0), hit(&corpus[1], 0.1)];
+        let probe = ThresholdProbe::new(Distance::Dot, &query, &refs, &hits).unwrap();
+        let err = probe.check("dot", 0.05, 10, &keep(&hits, 0.05)).unwrap_err();
+        assert!(err.contains("reference score 0"), "{err}");
+    }
+
+    /// A hit an ulp below the threshold (as the backend scored it) is a
+    /// failure, and so is a hit whose returned score reaches the threshold
+    /// while the backend scored it below without one (a threshold applied
+    /// to another score than the one returned).
+    #[test]
+    fn hits_below_the_threshold_are_caught() {
+        let (corpus, query, hits) = server_case();
+        let refs: Vec<&Chunk> = corpus.iter().collect();
+        let probe = ThresholdProbe::new(Distance::Cosine, &query, &refs, &hits).unwrap();
+        let above = next_up(hits[0].score);
+        let err = probe.check("cosine", above, 10, &hits[..1]).unwrap_err();
+        assert!(err.contains("below the threshold"), "{err}");
+        let mut lifted = hits[..1].to_vec();
+        lifted[0].score = above;
+        let err = probe.check("cosine", above, 10, &lifted).unwrap_err();
+        assert!(err.contains("without a threshold"), "{err}");
+        // Leaving out a chunk that scores at the threshold, or keeping a
+        // worse one than a dropped one under a limit.
+        let t = hits[1].score;
+        assert!(probe.check("cosine", t, 10, &[hits[0].clone(), hits[2].clone()]).is_err());
+        assert!(probe.check("cosine", hits[3].score, 2, &[hits[0].clone(), hits[3].clone()]).is_err());
+    }
+
+    #[test]
+    fn the_probe_needs_the_whole_corpus() {
+        let (corpus, query, hits) = server_case();
+        let refs: Vec<&Chunk> = corpus.iter().collect();
+        assert!(ThresholdProbe::new(Distance::Cosine, &query, &refs, &hits[..3]).is_err());
+        let twice = [hits.clone(), hits[..1].to_vec()].concat();
+        assert!(ThresholdProbe::new(Distance::Cosine, &query, &refs, &twice).is_err());
+        assert!(ThresholdProbe::new(Distance::Cosine, &query, &refs[..3], &hits).is_err());
+    }
+}

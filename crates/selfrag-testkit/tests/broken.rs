@@ -13,6 +13,7 @@ use selfrag_core::{
     MemoryQuery, MemoryStore, NewMemoryLog, NewSession, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter,
     Result, ScoredChunk, SearchRequest, Session, SessionId, SessionLimits, SessionStore, Tenant, UserId, VectorIndex,
 };
+use selfrag_testkit::vector::SCORE_TOLERANCE;
 use selfrag_testkit::{
     memory, ratelimit, run_suite, session, vector, ManualTestClock, MemoryFixture, RateLimitFixture, SessionFixture,
     SuiteReport, VectorFixture,
@@ -502,6 +503,14 @@ enum VectorBug {
     RawDistances,
     /// `score_threshold` keeps `score > threshold` instead of `>=`.
     ExclusiveThreshold,
+    /// `score_threshold` is loosened by half the score tolerance (e.g. a
+    /// server's slack that is never filtered away): hits just below the
+    /// threshold come back.
+    LooseThreshold,
+    /// The threshold is applied to the exact score, but the hits carry a
+    /// score rounded down by 1e-4 (within the tolerance of the reference),
+    /// as when a backend filters on one score and returns another.
+    ThresholdOnAnotherScore,
 }
 
 #[derive(Debug)]
@@ -549,7 +558,13 @@ impl VectorIndex for BrokenIndex {
             let request = SearchRequest { filter: None, ..request.clone() };
             return self.inner.search(tenant, &request).await;
         }
-        let mut hits = self.inner.search(self.tenant(tenant), request).await?;
+        let mut hits = match (self.bug, request.score_threshold) {
+            (VectorBug::LooseThreshold, Some(t)) => {
+                let loose = SearchRequest { score_threshold: Some(t - SCORE_TOLERANCE / 2.0), ..request.clone() };
+                self.inner.search(self.tenant(tenant), &loose).await?
+            }
+            _ => self.inner.search(self.tenant(tenant), request).await?,
+        };
         match self.bug {
             VectorBug::RawDistances if matches!(self.spec().distance(), Distance::Euclid | Distance::Manhattan) => {
                 for h in &mut hits {
@@ -559,6 +574,11 @@ impl VectorIndex for BrokenIndex {
             VectorBug::ExclusiveThreshold => {
                 if let Some(t) = request.score_threshold {
                     hits.retain(|h| h.score > t);
+                }
+            }
+            VectorBug::ThresholdOnAnotherScore => {
+                for h in &mut hits {
+                    h.score -= 1e-4;
                 }
             }
             _ => {}
@@ -639,10 +659,29 @@ async fn vector_index_returning_raw_distances_is_caught() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vector_index_with_an_exclusive_threshold_is_caught() {
     let report = vector_report(VectorBug::ExclusiveThreshold).await;
-    assert_caught("vector threshold exclusive", &report, &["score_threshold_is_inclusive"]);
-    // The randomised threshold check puts its threshold in a gap between
-    // scores: only the exact-boundary check can see this bug.
-    assert!(!report.failed("score_threshold_filters_hits"), "{report}");
+    // At exact scores (the reference's and the backend's), and at the
+    // backend's own scores, ties included.
+    assert_caught(
+        "vector threshold exclusive",
+        &report,
+        &["score_threshold_is_inclusive", "score_threshold_filters_hits"],
+    );
+}
+
+/// Tolerance decides nothing about the backend's own scores: a threshold
+/// loosened by less than the score tolerance is still caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_index_with_a_loose_threshold_is_caught() {
+    let report = vector_report(VectorBug::LooseThreshold).await;
+    assert_caught("vector threshold loosened within the tolerance", &report, &["score_threshold_filters_hits"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_index_filtering_on_another_score_is_caught() {
+    let report = vector_report(VectorBug::ThresholdOnAnotherScore).await;
+    assert_caught("vector threshold applied to another score", &report, &["score_threshold_filters_hits"]);
+    // The scores themselves are within the tolerance of the reference.
+    assert!(!report.failed("scores_match_reference"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
