@@ -56,7 +56,9 @@
 //! - **Sessions** use the database clock; reads filter on
 //!   `expires_at > now()`, so an expired session is never returned, and a
 //!   touch slides the expiry in one `UPDATE`. Expired rows are reclaimed by
-//!   [`PostgresSessionStore::sweep_expired`].
+//!   [`PostgresSessionStore::sweep_expired`]. Each user's live sessions are
+//!   capped ([`PostgresSessionStore::with_limits`]) in a create transaction
+//!   that locks the user's row; `revoke_all` deletes in 1,000-row batches.
 //! - **Input** is checked before anything is sent: the core input types
 //!   refuse NUL bytes (which `text` and `jsonb` cannot hold), oversized
 //!   content and malformed metadata with [`Error::InvalidInput`].

@@ -48,6 +48,7 @@
 //! | --- | --- | --- | --- |
 //! | `<prefix>{u:<user>}:s:<session id>` | hash | `created_ms`, `last_ms`, `ttl_ms`, `data` (JSON text) | at `expires_at` (PEXPIREAT `expires_at − 1` ms) |
 //! | `<prefix>{u:<user>}:sessions` | sorted set | session ids scored by `expires_at` (ms) | with the user's latest session |
+//! | `<prefix>{u:<user>}:sessions:created` | sorted set | the same ids scored by `created_at` (ms) | with the user's latest session |
 //! | `<prefix>{u:<user>}:rl:<scope>:<window ms>:<bucket>` | string | the bucket's count | `2·W` after its last increment: 120 s / 7200 s / 172800 s for minute / hour / day |
 //!
 //! `<bucket>` is `floor(now_ms / window_ms)` on the Redis clock. The list and
@@ -68,11 +69,20 @@
 //!   compare with `TIME` for the sub-millisecond between the script's start
 //!   and its clock reading. `touch` slides the deadline to `now + ttl`.
 //! - **No overwrite.** `create` draws a [`SessionId`](selfrag_core::SessionId)
-//!   (122 bits from the OS RNG) and the script refuses an existing key; on
-//!   that (practically impossible) collision a new id is drawn.
-//! - **Listing stays correct as sessions expire.** The per-user index is
-//!   pruned by score (expiry) in every script that writes it and in `list`;
-//!   members whose session is gone (revoked, evicted) are dropped by `list`.
+//!   (122 bits from the OS RNG) or takes the caller's, and the script never
+//!   writes over a live session: a drawn id that collided is drawn again; a
+//!   chosen one returns the stored session when it is the same (a retried
+//!   create) and is `Conflict` otherwise. Ids are scoped to their user.
+//! - **Bounded per user.** The create script enforces the store's
+//!   [`SessionLimits`](selfrag_core::SessionLimits) atomically (evicting the
+//!   soonest to expire, or refusing); `list_recent` reads the newest members
+//!   of the created-at index only, and `revoke_all` deletes
+//!   [`RedisSessionStore::REVOKE_ALL_BATCH`] sessions per script call, so no
+//!   call holds the server long however many sessions a user has.
+//! - **Listing stays correct as sessions expire.** Both per-user indexes are
+//!   pruned (500 expired members per call at most) in every script that
+//!   writes them and in `list_recent`; members whose session is gone
+//!   (revoked, evicted) are dropped by `list_recent` as it meets them.
 //! - **Rate limits are atomic and all-or-nothing.** One script reads every
 //!   window's current and previous bucket, runs the arithmetic of
 //!   [`selfrag_core::ratelimit::evaluate`] in exact integers (all values stay
@@ -80,8 +90,9 @@
 //!   only when all allow. The decision carries per-window remaining budget and
 //!   a `retry_after`.
 //! - **One round trip** per session `get` (`HMGET`), `touch`, `create`,
-//!   `set_data`, `revoke`, `list`, `revoke_all` and rate-limit `check` (one
-//!   `EVALSHA` each), once the scripts are cached by the server: the first
+//!   `set_data`, `revoke`, `list_recent` and rate-limit `check` (one
+//!   `EVALSHA` each), and per 500 sessions of `revoke_all`, once the scripts
+//!   are cached by the server: the first
 //!   call of a script after a server restart or `SCRIPT FLUSH` gets
 //!   `NOSCRIPT`, loads the script and retries (three round trips, once).
 //!

@@ -1,4 +1,4 @@
-//! The [`SessionStore`](selfrag_core::SessionStore) suite.
+//! The [`SessionStore`] suite.
 //!
 //! Every check makes its own users (through [`SessionFixture::users`] when
 //! the backend tracks users, else fresh ids). Time moves through
