@@ -87,7 +87,7 @@ pub async fn backup_edge<'r>(run: &'r mut BackupRun, index_dir: &Path, name: Opt
     let src = index_dir.to_path_buf();
     let dest = run.dir().join(&name);
     let started = Instant::now();
-    let files = blocking(move || {
+    let (files, (disk_bytes, source_disk_bytes)) = blocking(move || {
         let _lock = EdgeDirLock::acquire(&src)?;
         let tmp = fsutil::temp_name(&dest);
         let result = (|| {
@@ -98,8 +98,9 @@ pub async fn backup_edge<'r>(run: &'r mut BackupRun, index_dir: &Path, name: Opt
             }
             fs::create_dir_all(&tmp).map_err(|e| io_err(format!("cannot create {}", tmp.display()), e))?;
             fsutil::fsync_tree(&tmp)?;
+            let sizes = (fsutil::disk_usage(&tmp)?, fsutil::disk_usage(&src)?);
             fsutil::commit(&tmp, &dest)?;
-            Ok(files)
+            Ok((files, sizes))
         })();
         if result.is_err() {
             let _ = fs::remove_dir_all(&tmp);
@@ -116,7 +117,11 @@ pub async fn backup_edge<'r>(run: &'r mut BackupRun, index_dir: &Path, name: Opt
         name,
         postgres: None,
         qdrant: None,
-        edge: Some(EdgeInfo { source: index_dir.display().to_string() }),
+        edge: Some(EdgeInfo {
+            source: index_dir.display().to_string(),
+            disk_bytes: Some(disk_bytes),
+            source_disk_bytes: Some(source_disk_bytes),
+        }),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
     Ok(run.push(entry))

@@ -1,7 +1,7 @@
 //! File helpers: checksums, atomic writes, directory copies.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -121,8 +121,18 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Aligned blocks of zeros this long (a file system block) are not written
+/// but skipped, leaving a hole in the copy.
+const HOLE_RUN: usize = 4096;
+
 /// Copies `from` to `to` (which must not exist), hashing on the way, and
 /// fsyncs the copy. Returns size and SHA-256.
+///
+/// Sparse: every aligned block of [`HOLE_RUN`] zero bytes is skipped
+/// rather than written, so the copy keeps the holes of a sparse source (the
+/// embedded engine preallocates its write-ahead log as large sparse files:
+/// copied in full, a few kilobytes of data would take hundreds of
+/// megabytes). The content, and so the checksum, is the same either way.
 pub(crate) fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String)> {
     let mut src = File::open(from).map_err(|e| io_err(format!("cannot open {}", from.display()), e))?;
     if let Some(parent) = to.parent() {
@@ -133,20 +143,69 @@ pub(crate) fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String)> {
         .create_new(true)
         .open(to)
         .map_err(|e| io_err(format!("cannot create {}", to.display()), e))?;
+    let write_err = |e| io_err(format!("cannot write {}", to.display()), e);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = src.read(&mut buf).map_err(|e| io_err(format!("cannot read {}", from.display()), e))?;
+        let n = read_full(&mut src, &mut buf).map_err(|e| io_err(format!("cannot read {}", from.display()), e))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n]).map_err(|e| io_err(format!("cannot write {}", to.display()), e))?;
+        for run in buf[..n].chunks(HOLE_RUN) {
+            if run.len() == HOLE_RUN && run.iter().all(|&b| b == 0) {
+                dst.seek(SeekFrom::Current(HOLE_RUN as i64)).map_err(write_err)?;
+            } else {
+                dst.write_all(run).map_err(write_err)?;
+            }
+        }
         size += n as u64;
     }
+    // A hole at the end is not a hole until the length says so.
+    dst.set_len(size).map_err(write_err)?;
     dst.sync_all().map_err(|e| io_err(format!("cannot fsync {}", to.display()), e))?;
     Ok((size, hex(&hasher.finalize())))
+}
+
+/// Reads until `buf` is full or the end of the file, so that runs stay
+/// aligned to file offsets whatever sizes `read` returns.
+fn read_full(src: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The bytes `path`'s files occupy on disk (allocated blocks: holes do not
+/// count), summed over the tree.
+pub(crate) fn disk_usage(path: &Path) -> Result<u64> {
+    #[cfg(unix)]
+    fn allocated(meta: &fs::Metadata) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        meta.blocks() * 512
+    }
+    #[cfg(not(unix))]
+    fn allocated(meta: &fs::Metadata) -> u64 {
+        meta.len()
+    }
+    let meta = fs::symlink_metadata(path).map_err(|e| io_err(format!("cannot stat {}", path.display()), e))?;
+    if !meta.is_dir() {
+        return Ok(allocated(&meta));
+    }
+    let mut total = 0;
+    let entries = fs::read_dir(path).map_err(|e| io_err(format!("cannot list {}", path.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err(format!("cannot list {}", path.display()), e))?;
+        total += disk_usage(&entry.path())?;
+    }
+    Ok(total)
 }
 
 /// Fsyncs every directory under and including `dir` (after a tree copy).
@@ -173,6 +232,37 @@ pub(crate) fn is_missing_or_empty(dir: &Path) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_keep_holes_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("sparse"), dir.path().join("copy"));
+        // 64 MiB with 4 KiB of data at the start and 10 bytes near the end,
+        // zeros (a hole) between.
+        let f = File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        let mut f = File::options().write(true).open(&src).unwrap();
+        f.write_all(&[7u8; 4096]).unwrap();
+        f.seek(SeekFrom::Start((64 << 20) - 100)).unwrap();
+        f.write_all(b"0123456789").unwrap();
+        drop(f);
+        let (size, sum) = copy_hashed(&src, &dst).unwrap();
+        assert_eq!(size, 64 << 20);
+        assert_eq!((size, sum), sha256_file(&src).unwrap(), "same content");
+        assert_eq!(fs::read(&src).unwrap(), fs::read(&dst).unwrap());
+        let used = disk_usage(&dst).unwrap();
+        assert!(used < 1 << 20, "the copy of a 64 MiB sparse file occupies {used} bytes");
+        // A file of data (no zero runs) is copied in full; a trailing hole
+        // keeps the length.
+        let (dense, tail) = (dir.path().join("dense"), dir.path().join("tail"));
+        fs::write(&dense, vec![1u8; 300_000]).unwrap();
+        copy_hashed(&dense, &dir.path().join("dense-copy")).unwrap();
+        assert_eq!(fs::read(&dense).unwrap(), fs::read(dir.path().join("dense-copy")).unwrap());
+        let f = File::create(&tail).unwrap();
+        f.set_len(1 << 20).unwrap();
+        let (size, _) = copy_hashed(&tail, &dir.path().join("tail-copy")).unwrap();
+        assert_eq!((size, fs::metadata(dir.path().join("tail-copy")).unwrap().len()), (1 << 20, 1 << 20));
+    }
 
     #[test]
     fn hex_and_hash() {

@@ -161,6 +161,14 @@ pub struct QdrantInfo {
 pub struct EdgeInfo {
     /// The directory copied (as given).
     pub source: String,
+    /// Bytes the copy occupies on disk (allocated blocks; the engine's
+    /// sparse files keep their holes in the copy). Absent in manifests
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// Bytes the source directory occupied on disk when it was copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_disk_bytes: Option<u64>,
 }
 
 impl Manifest {

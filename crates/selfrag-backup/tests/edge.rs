@@ -58,6 +58,23 @@ async fn assert_all_points(index: &EdgeIndex, tenants: &[Tenant]) {
     }
 }
 
+/// Allocated bytes of every file under `dir`.
+fn walk_disk(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                walk_disk(&e.path())
+            } else {
+                meta.blocks() * 512
+            }
+        })
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_round_trip_keeps_every_point() {
     let tmp = tempfile::tempdir().unwrap();
@@ -81,6 +98,14 @@ async fn edge_round_trip_keeps_every_point() {
     let entry = backup_edge(&mut run, &src, None).await.unwrap().clone();
     assert!(entry.files.iter().any(|f| f.path.starts_with("edge/segments/")), "{:?}", entry.files);
     assert!(entry.size() > 0);
+    // The engine's write-ahead log is preallocated sparse (tens of MiB of
+    // holes): the backup keeps the holes, so it occupies about what the
+    // index does on disk, not its apparent size.
+    let info = entry.edge.clone().expect("edge details");
+    let (disk, source_disk) = (info.disk_bytes.expect("disk size"), info.source_disk_bytes.expect("source size"));
+    eprintln!("edge backup: {} apparent bytes, {disk} on disk (source {source_disk} on disk)", entry.size());
+    assert!(entry.size() > 8 * disk, "apparent {} vs on disk {disk}: the holes were written", entry.size());
+    assert!(disk <= source_disk + (1 << 20), "the backup ({disk}) is larger on disk than its source ({source_disk})");
     let done = run.finish().unwrap();
     verify_run(&done.dir, &PgTools::new(), false).await.unwrap();
 
@@ -92,6 +117,8 @@ async fn edge_round_trip_keeps_every_point() {
     let err = restore_edge(&done.dir, None, &restored).await.unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err}");
 
+    let restored_disk: u64 = walk_disk(&restored);
+    assert!(restored_disk <= disk + (1 << 20), "the restored copy occupies {restored_disk} bytes");
     let index = EdgeIndex::open(&restored, spec, config()).await.unwrap();
     assert_all_points(&index, &tenants).await;
     // While it is open, a backup of the restored copy is refused too.
