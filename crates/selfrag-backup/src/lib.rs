@@ -95,8 +95,9 @@
 //! then uploads the snapshot to
 //! `POST /collections/{c}/snapshots/upload?priority=snapshot` (multipart,
 //! streamed, with the checksum), which creates (or, with `replace`,
-//! replaces) the collection. [`prune_qdrant_snapshots`]: server-side
-//! retention of kept snapshots.
+//! replaces) the collection, then deletes the copy of the upload the server
+//! keeps. [`prune_qdrant_snapshots`]: server-side retention of kept
+//! snapshots (and of uploads a restore could not delete).
 //!
 //! # Embedded index
 //! [`backup_edge`] copies a **closed** index directory, holding the

@@ -8,6 +8,16 @@
 //! (multipart field `snapshot`), which qdrant-client has no call for. The
 //! `snapshot` priority makes the uploaded data win over whatever the node
 //! has, which is what a restore onto a fresh node needs.
+//!
+//! Qdrant keeps an uploaded snapshot: it stores the upload in the
+//! collection's snapshot directory under the multipart file name and
+//! recovers from that file, which then stays there (a full copy of the
+//! collection on the server's disk, listed among the collection's
+//! snapshots). A restore therefore uploads under a name of its own
+//! ([`restore_upload_name`]) and deletes that snapshot
+//! (`DELETE /collections/{c}/snapshots/{s}`) once the server has answered;
+//! retention deletes any such upload a restore could not
+//! ([`snapshots_to_delete`]).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -235,6 +245,11 @@ pub fn snapshot_upload_url(rest_base: &str, collection: &str, sha256: Option<&st
     url
 }
 
+/// `DELETE` URL of a snapshot of `collection`, waiting for the deletion.
+pub fn snapshot_delete_url(rest_base: &str, collection: &str, snapshot: &str) -> String {
+    format!("{}?wait=true", snapshot_download_url(rest_base, collection, snapshot))
+}
+
 fn grpc_err(what: &str, e: qdrant_client::QdrantError) -> Error {
     Error::unavailable(QDRANT, format!("{what}: {e}"), e)
 }
@@ -266,7 +281,8 @@ async fn http_status(what: &str, resp: reqwest::Response) -> Result<reqwest::Res
 /// Creates a snapshot of the collection, downloads it into `run` as
 /// `<name>.snapshot` (default name `qdrant-<collection>`), checks it against
 /// the server's SHA-256 when the server gives one, and adds the entry (with
-/// the server's version). The snapshot stays on the server; see
+/// the server's version). The snapshot is then deleted from the server
+/// unless [`QdrantTarget::keep_snapshot`]; kept ones are pruned by
 /// [`prune_qdrant_snapshots`].
 ///
 /// # Errors
@@ -373,6 +389,10 @@ pub struct QdrantRestoreReport {
     pub bytes: u64,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
+    /// The snapshot the server kept from the upload when the restore could
+    /// not delete it (a warning was logged; retention deletes it after
+    /// [`RESTORE_UPLOAD_GRACE`]). `None`: deleted, or not kept.
+    pub leftover_snapshot: Option<String>,
 }
 
 /// Restores a Qdrant entry of the run in `run_dir` (`entry`: its name, or
@@ -384,7 +404,12 @@ pub struct QdrantRestoreReport {
 /// collection that already exists unless [`QdrantTarget::replace`] (the
 /// recovery would silently replace live data). Sends the checksum along so
 /// the server checks it too. The upload is streamed (multipart field
-/// `snapshot`).
+/// `snapshot`) under a fresh name ([`restore_upload_name`]); once the
+/// server has answered (recovered or refused), the copy it keeps of the
+/// upload is deleted, so a restore leaves no snapshot behind (see
+/// [`QdrantRestoreReport::leftover_snapshot`] when that fails). When the
+/// request itself fails (timeout, lost connection) the server may still be
+/// recovering from the file, so it is left to retention.
 ///
 /// # Errors
 /// [`Error::Incompatible`] for a damaged backup or a server older than the
@@ -427,9 +452,11 @@ pub async fn restore_qdrant(run_dir: &Path, entry: Option<&str>, target: &Qdrant
     }
     let path = run_dir.join(&file.path);
     let boundary = format!("selfrag-{}", uuid::Uuid::new_v4().simple());
-    let file_name = Path::new(&file.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // The server stores the upload under this name: a fresh one never
+    // replaces a snapshot it holds, and says what to delete afterwards.
+    let upload = restore_upload_name(uuid::Uuid::new_v4());
     let head = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"snapshot\"; filename=\"{file_name}\"\r\n\
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"snapshot\"; filename=\"{upload}\"\r\n\
          Content-Type: application/octet-stream\r\n\r\n"
     )
     .into_bytes();
@@ -449,13 +476,41 @@ pub async fn restore_qdrant(run_dir: &Path, entry: Option<&str>, target: &Qdrant
         .send()
         .await
         .map_err(|e| http_err("uploading the snapshot", e))?;
-    http_status(&format!("recovering collection {} from the snapshot", target.collection), resp).await?;
+    let recovered = http_status(&format!("recovering collection {} from the snapshot", target.collection), resp).await;
+    // The server answered: with `wait=true` it is done with the file, so
+    // the copy it kept can go, whether the recovery worked or not.
+    let leftover_snapshot = match delete_snapshot_rest(&http, target, &rest, &upload).await {
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(snapshot = %upload, error = %e, "could not delete the snapshot uploaded for the restore");
+            Some(upload)
+        }
+    };
+    recovered?;
     Ok(QdrantRestoreReport {
         entry: entry.name.clone(),
         collection: target.collection.clone(),
         bytes: file.size,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        leftover_snapshot,
     })
+}
+
+/// Deletes snapshot `name` of the collection over REST. `Ok(false)` when
+/// the server has no such snapshot (or no such collection, after a failed
+/// recovery onto a new one: nothing reachable to delete).
+async fn delete_snapshot_rest(http: &reqwest::Client, target: &QdrantTarget, rest: &str, name: &str) -> Result<bool> {
+    let url = snapshot_delete_url(rest, &target.collection, name);
+    let resp = target
+        .authorize(http.delete(&url))
+        .send()
+        .await
+        .map_err(|e| http_err(&format!("deleting snapshot {name}"), e))?;
+    match http_status(&format!("deleting snapshot {name}"), resp).await {
+        Ok(_) => Ok(true),
+        Err(Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// `1.12.4` (or `v1.12.4`, `1.13.0-rc1`) as numbers.
@@ -527,15 +582,55 @@ pub struct SnapshotPruneReport {
     pub kept: Vec<String>,
 }
 
-/// Which snapshots retention deletes: those created more than `keep_days`
-/// before `now`, never the newest one, never one without a creation time.
+/// Start of the names under which [`restore_qdrant`] uploads snapshots
+/// ([`restore_upload_name`]).
+pub const RESTORE_UPLOAD_PREFIX: &str = "selfrag-restore-";
+
+/// How long retention leaves a restore's upload on the server: 24 hours (a
+/// restore may still be recovering from it, as a `.partial` run may still
+/// be written).
+pub const RESTORE_UPLOAD_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// The name a restore uploads its snapshot under:
+/// `selfrag-restore-<uuid>.snapshot`. Qdrant keeps the upload under the
+/// multipart file name and would move it over a snapshot of the same name,
+/// so the name is fresh for every restore; its prefix tells retention that
+/// the snapshot is no backup (server snapshots are named
+/// `<collection>-<peer id>-<time>.snapshot`).
+pub fn restore_upload_name(id: uuid::Uuid) -> String {
+    format!("{RESTORE_UPLOAD_PREFIX}{}.snapshot", id.simple())
+}
+
+/// Whether a server snapshot is one a restore uploaded (see
+/// [`restore_upload_name`]) rather than a backup.
+pub fn is_restore_upload(name: &str) -> bool {
+    name.strip_prefix(RESTORE_UPLOAD_PREFIX)
+        .and_then(|rest| rest.strip_suffix(".snapshot"))
+        .is_some_and(|id| uuid::Uuid::try_parse(id).is_ok())
+}
+
+/// Which snapshots retention deletes: backups created more than
+/// `keep_days` before `now`, never the newest backup, never one without a
+/// creation time; and snapshots a restore uploaded and could not delete
+/// ([`is_restore_upload`]) once older than [`RESTORE_UPLOAD_GRACE`],
+/// whatever `keep_days` (the run they came from holds the same file). An
+/// upload is never taken for the newest backup.
 pub fn snapshots_to_delete(snapshots: &[ServerSnapshot], keep_days: u32, now: OffsetDateTime) -> SnapshotPruneReport {
     let cutoff = now - Duration::from_secs(u64::from(keep_days) * 86_400);
-    let newest = snapshots.iter().filter(|s| s.created_at.is_some()).max_by_key(|s| s.created_at).map(|s| &s.name);
+    let upload_cutoff = now - RESTORE_UPLOAD_GRACE;
+    let newest = snapshots
+        .iter()
+        .filter(|s| s.created_at.is_some() && !is_restore_upload(&s.name))
+        .max_by_key(|s| s.created_at)
+        .map(|s| &s.name);
     let mut report = SnapshotPruneReport::default();
     for s in snapshots {
-        let old = s.created_at.is_some_and(|t| t < cutoff);
-        if old && Some(&s.name) != newest {
+        let delete = if is_restore_upload(&s.name) {
+            s.created_at.is_some_and(|t| t < upload_cutoff)
+        } else {
+            s.created_at.is_some_and(|t| t < cutoff) && Some(&s.name) != newest
+        };
+        if delete {
             report.deleted.push(s.name.clone());
         } else {
             report.kept.push(s.name.clone());
@@ -571,7 +666,8 @@ pub async fn list_qdrant_snapshots(target: &QdrantTarget) -> Result<Vec<ServerSn
 }
 
 /// Server-side retention: deletes the collection's snapshots older than
-/// `keep_days` days, never the newest (see [`snapshots_to_delete`]).
+/// `keep_days` days, never the newest, and uploads restores left behind
+/// after [`RESTORE_UPLOAD_GRACE`] (see [`snapshots_to_delete`]).
 ///
 /// # Errors
 /// [`Error::Unavailable`] when the server cannot be reached (snapshots
@@ -663,6 +759,72 @@ mod tests {
         assert!(check_name("collection", "a/b").is_err());
         assert!(check_name("collection", "..").is_err());
         assert!(check_name("snapshot", "chunks-2025-01-01-12-00-00.snapshot").is_ok());
+        assert_eq!(
+            snapshot_delete_url("http://h:6333/", "chunks", "selfrag-restore-1.snapshot"),
+            "http://h:6333/collections/chunks/snapshots/selfrag-restore-1.snapshot?wait=true"
+        );
+    }
+
+    /// Issue 19: the upload a restore leaves on the server has a name of its
+    /// own, fresh each time, that retention recognises and the URL paths
+    /// accept; the names Qdrant gives its snapshots are never taken for one.
+    #[test]
+    fn restore_uploads_are_named_apart() {
+        let a = restore_upload_name(uuid::Uuid::new_v4());
+        let b = restore_upload_name(uuid::Uuid::new_v4());
+        assert_ne!(a, b);
+        for name in [&a, &b] {
+            assert!(check_name("snapshot", name).is_ok(), "{name}");
+            assert!(is_restore_upload(name), "{name}");
+            assert!(name.ends_with(".snapshot"), "{name}");
+        }
+        for other in [
+            "chunks-5361389212380101-2026-01-01-02-15-00.snapshot",
+            "selfrag-restore-2026-01-01-02-15-00.snapshot",
+            "selfrag-restore-.snapshot",
+            "qdrant-chunks.snapshot",
+            // A collection named like the prefix: its server snapshots.
+            "selfrag-restore-5361389212380101-2026-01-01-02-15-00.snapshot",
+            a.trim_end_matches(".snapshot"),
+        ] {
+            assert!(!is_restore_upload(other), "{other}");
+        }
+    }
+
+    /// Retention and restores agree: an upload a restore could not delete is
+    /// no backup. It goes once older than the grace period whatever
+    /// `keep_days`, stays while younger (a restore may be reading it), and
+    /// never counts as the newest backup, which is kept.
+    #[test]
+    fn retention_deletes_restore_uploads_after_the_grace_period() {
+        let now = datetime!(2025-06-30 12:00 UTC);
+        let s = |name: &str, t: Option<OffsetDateTime>| ServerSnapshot { name: name.into(), created_at: t, size: 1 };
+        let fresh = restore_upload_name(uuid::Uuid::new_v4());
+        let stale = restore_upload_name(uuid::Uuid::new_v4());
+        let undated = restore_upload_name(uuid::Uuid::new_v4());
+        let all = vec![
+            s("c-1-2025-06-01-00-00-00.snapshot", Some(datetime!(2025-06-01 0:00 UTC))),
+            s("c-1-2025-06-20-00-00-00.snapshot", Some(datetime!(2025-06-20 0:00 UTC))),
+            s(&stale, Some(datetime!(2025-06-29 11:00 UTC))),
+            s(&fresh, Some(datetime!(2025-06-30 11:00 UTC))),
+            s(&undated, None),
+        ];
+        // 30 days: both backups are young; the stale upload goes anyway.
+        let r = snapshots_to_delete(&all, 30, now);
+        assert_eq!(r.deleted, vec![stale.clone()]);
+        assert_eq!(r.kept.len(), 4);
+        // 0 days: the newest *backup* survives although an upload is newer.
+        let r = snapshots_to_delete(&all, 0, now);
+        assert_eq!(r.deleted, vec!["c-1-2025-06-01-00-00-00.snapshot".to_owned(), stale]);
+        assert_eq!(r.kept, vec!["c-1-2025-06-20-00-00-00.snapshot".to_owned(), fresh.clone(), undated.clone()]);
+        // Only uploads: none is protected as the newest backup.
+        let old = restore_upload_name(uuid::Uuid::new_v4());
+        let r = snapshots_to_delete(&[s(&old, Some(datetime!(2025-06-01 0:00 UTC)))], 30, now);
+        assert_eq!(r.deleted, vec![old]);
+        // What the server test sees after two kept backups and restores
+        // that cleaned up: retention with 0 days deletes one, keeps one.
+        let r = snapshots_to_delete(&all[..2], 0, now);
+        assert_eq!((r.deleted.len(), r.kept.len()), (1, 1));
     }
 
     #[test]

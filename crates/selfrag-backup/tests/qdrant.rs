@@ -48,12 +48,20 @@ async fn qdrant_snapshot_round_trip() {
     assert_eq!(index.count(&tenant, None).await.unwrap(), 50);
 
     index.delete_collection().await.unwrap();
-    restore_qdrant(&done.dir, None, &target).await.unwrap();
+    let restored = restore_qdrant(&done.dir, None, &target).await.unwrap();
     assert_eq!(index.count(&tenant, None).await.unwrap(), 50);
     let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
     assert_eq!(index.get(&tenant, &ids).await.unwrap().len(), 50);
-    restore_qdrant(&done.dir, None, &target.clone().replace(true)).await.unwrap();
+    // The server keeps what was uploaded for the recovery in the
+    // collection's snapshot directory (issue 19): the restore deleted it.
+    assert_eq!(restored.leftover_snapshot, None, "{restored:?}");
+    let left = list_qdrant_snapshots(&target).await.unwrap();
+    assert!(left.is_empty(), "the restore left snapshots on the server: {left:?}");
+    let replaced = restore_qdrant(&done.dir, None, &target.clone().replace(true)).await.unwrap();
     assert_eq!(index.count(&tenant, None).await.unwrap(), 50);
+    assert_eq!(replaced.leftover_snapshot, None, "{replaced:?}");
+    let left = list_qdrant_snapshots(&target).await.unwrap();
+    assert!(left.is_empty(), "the restore with replace left snapshots on the server: {left:?}");
 
     // Two kept snapshots: retention with 0 days deletes one, keeps the newest.
     let kept = target.clone().keep_snapshot(true);
@@ -64,7 +72,9 @@ async fn qdrant_snapshot_round_trip() {
         // Snapshot names carry the time to the second.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     }
-    assert_eq!(list_qdrant_snapshots(&target).await.unwrap().len(), 2);
+    // Only the two backups: no restore upload is listed or counted.
+    let listed = list_qdrant_snapshots(&target).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
     let report = prune_qdrant_snapshots(&target, 0, time::OffsetDateTime::now_utc(), false).await.unwrap();
     assert_eq!((report.deleted.len(), report.kept.len()), (1, 1), "{report:?}");
     assert_eq!(list_qdrant_snapshots(&target).await.unwrap().len(), 1, "{report:?}");
