@@ -209,7 +209,7 @@ async fn postgres(storage: &mut Storage, options: &StorageOptions, url: String, 
     }
     storage.users = Arc::new(PostgresUserStore::with_config(pool.clone(), &config));
     storage.memory = Arc::new(PostgresMemoryStore::with_config(pool.clone(), &config));
-    storage.sessions = Arc::new(PostgresSessionStore::new(pool).with_limits(options.session_limits));
+    storage.sessions = Arc::new(PostgresSessionStore::with_config(pool, &config).with_limits(options.session_limits));
     storage.backends.memory = "postgres";
     storage.backends.sessions = "postgres";
     Ok(())

@@ -11,6 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 use tokio_postgres::{Error as PgError, Row};
 
+use crate::conn::Db;
 use crate::{error, explain};
 
 // Every time comes from the database clock (`now()`, the start of the
@@ -126,18 +127,33 @@ fn list_sql() -> String {
 /// ([`NewSession::with_id`]) held by another user's live session is
 /// [`Error::Conflict`](selfrag_core::Error::Conflict).
 ///
-/// Clones share the pool.
+/// Clones share the pool. Every call runs under the operation timeout (see
+/// [`crate::PostgresMemoryStore::operation_timeout`]), `create`'s
+/// transaction and all batches of `revoke_all` included.
 #[derive(Debug, Clone)]
 pub struct PostgresSessionStore {
-    pool: Pool,
+    db: Db,
     limits: SessionLimits,
 }
 
 impl PostgresSessionStore {
     /// A store on `pool` (see [`crate::PostgresMemoryStore::new`]), with the
-    /// default [`SessionLimits`].
+    /// default [`SessionLimits`] and operation timeout
+    /// ([`PostgresConfig::DEFAULT_OPERATION_TIMEOUT`](crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT)).
     pub fn new(pool: Pool) -> Self {
-        Self { pool, limits: SessionLimits::default() }
+        Self { db: Db::new(pool, crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT), limits: SessionLimits::default() }
+    }
+
+    /// A store on `pool` with the operation timeout of `config`.
+    pub fn with_config(pool: Pool, config: &crate::PostgresConfig) -> Self {
+        Self::new(pool).operation_timeout(config.operation_timeout)
+    }
+
+    /// Sets the deadline of every call (see
+    /// [`crate::PostgresMemoryStore::operation_timeout`]).
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.db = self.db.with_timeout(timeout);
+        self
     }
 
     /// This store with `limits` on each user's live sessions (checked when
@@ -154,11 +170,7 @@ impl PostgresSessionStore {
 
     /// The pool.
     pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    async fn conn(&self) -> Result<Object> {
-        self.pool.get().await.map_err(error::pool)
+        self.db.pool()
     }
 
     /// Deletes the rows of expired sessions (in batches of a few thousand)
@@ -168,16 +180,20 @@ impl PostgresSessionStore {
     /// # Errors
     /// Backend errors; rows deleted by earlier batches stay deleted.
     pub async fn sweep_expired(&self) -> Result<u64> {
-        let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(SWEEP).await.map_err(error::pg)?;
-        let mut total = 0;
-        loop {
-            let n = conn.execute(&stmt, &[&SWEEP_BATCH]).await.map_err(error::pg)?;
-            total += n;
-            if n < SWEEP_BATCH.unsigned_abs() {
-                return Ok(total);
+        let op = self.db.op("sweep expired sessions");
+        let conn = op.conn().await?;
+        op.run(async {
+            let stmt = conn.prepare_cached(SWEEP).await.map_err(error::pg)?;
+            let mut total = 0;
+            loop {
+                let n = conn.execute(&stmt, &[&SWEEP_BATCH]).await.map_err(error::pg)?;
+                total += n;
+                if n < SWEEP_BATCH.unsigned_abs() {
+                    return Ok(total);
+                }
             }
-        }
+        })
+        .await
     }
 
     /// The plan Postgres picks for [`SessionStore::list`] of `user`
@@ -186,15 +202,25 @@ impl PostgresSessionStore {
     /// # Errors
     /// Backend errors.
     pub async fn explain_list(&self, user: UserId, analyze: bool) -> Result<String> {
-        let conn = self.conn().await?;
-        explain(&conn, &list_sql(), &[user.as_uuid(), &i64::from(MAX_LIST_LIMIT)], analyze).await
+        let op = self.db.op("explain session list");
+        let conn = op.conn().await?;
+        op.run(explain(&conn, &list_sql(), &[user.as_uuid(), &i64::from(MAX_LIST_LIMIT)], analyze)).await
     }
 
-    async fn one(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Option<Session>> {
-        let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
-        let row = conn.query_opt(&stmt, params).await.map_err(error::pg)?;
-        row.as_ref().map(to_session).transpose()
+    async fn one(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<Session>> {
+        let op = self.db.op(what);
+        let conn = op.conn().await?;
+        op.run(async {
+            let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
+            let row = conn.query_opt(&stmt, params).await.map_err(error::pg)?;
+            row.as_ref().map(to_session).transpose()
+        })
+        .await
     }
 
     /// One attempt of `create`, in one transaction on `conn`.
@@ -285,67 +311,86 @@ impl SessionStore for PostgresSessionStore {
     async fn create(&self, user: UserId, session: NewSession) -> Result<Session> {
         // `NewSession` checked the TTL (at most a year) and the data.
         let ttl_ms = i64::try_from(session.ttl().as_millis()).expect("NewSession bounds the TTL to a year");
-        let mut conn = self.conn().await?;
-        let mut last = None;
-        for _ in 0..CREATE_ATTEMPTS {
-            let id = session.id().unwrap_or_else(SessionId::generate);
-            match self.create_once(&mut conn, user, id, &session, ttl_ms).await {
-                Ok(Created::New(row) | Created::Existing(row)) => return to_session(&row),
-                Ok(Created::Taken) => return Err(NewSession::id_taken(id)),
-                Ok(Created::Full) => return Err(self.limits.reached(user)),
-                Ok(Created::NoUser) => return Err(Error::user_not_found(user)),
-                // A random id that collided (122 random bits: never in
-                // practice) is drawn again; a chosen id that a concurrent
-                // create inserted is read by the next attempt.
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => last = Some(e),
-                Err(e) => return Err(error::write(e, user, "session")),
+        let op = self.db.op("create session");
+        let mut conn = op.conn().await?;
+        op.run(async {
+            let mut last = None;
+            for _ in 0..CREATE_ATTEMPTS {
+                let id = session.id().unwrap_or_else(SessionId::generate);
+                match self.create_once(&mut conn, user, id, &session, ttl_ms).await {
+                    Ok(Created::New(row) | Created::Existing(row)) => return to_session(&row),
+                    Ok(Created::Taken) => return Err(NewSession::id_taken(id)),
+                    Ok(Created::Full) => return Err(self.limits.reached(user)),
+                    Ok(Created::NoUser) => return Err(Error::user_not_found(user)),
+                    // A random id that collided (122 random bits: never in
+                    // practice) is drawn again; a chosen id that a
+                    // concurrent create inserted is read by the next attempt.
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => last = Some(e),
+                    Err(e) => return Err(error::write(e, user, "session")),
+                }
             }
-        }
-        Err(error::write(last.expect("an attempt failed"), user, "session"))
+            Err(error::write(last.expect("an attempt failed"), user, "session"))
+        })
+        .await
     }
 
     async fn get(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
         let sql = format!("SELECT {COLUMNS} FROM user_sessions WHERE id = $1 AND user_id = $2 AND expires_at > now()");
-        self.one(&sql, &[id.as_uuid(), user.as_uuid()]).await
+        self.one("get session", &sql, &[id.as_uuid(), user.as_uuid()]).await
     }
 
     async fn touch(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
-        self.one(TOUCH, &[id.as_uuid(), user.as_uuid()]).await
+        self.one("touch session", TOUCH, &[id.as_uuid(), user.as_uuid()]).await
     }
 
     async fn set_data(&self, user: UserId, id: SessionId, data: Map<String, Value>) -> Result<Option<Session>> {
         validate_data(&data)?;
-        self.one(SET_DATA, &[id.as_uuid(), user.as_uuid(), &Json(&data)]).await
+        self.one("set session data", SET_DATA, &[id.as_uuid(), user.as_uuid(), &Json(&data)]).await
     }
 
     async fn list_recent(&self, user: UserId, limit: u32) -> Result<Vec<Session>> {
         validate_list_limit(limit)?;
-        let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(&list_sql()).await.map_err(error::pg)?;
-        let rows = conn.query(&stmt, &[user.as_uuid(), &i64::from(limit)]).await.map_err(error::pg)?;
-        rows.iter().map(to_session).collect()
+        let op = self.db.op("list sessions");
+        let conn = op.conn().await?;
+        op.run(async {
+            let stmt = conn.prepare_cached(&list_sql()).await.map_err(error::pg)?;
+            let rows = conn.query(&stmt, &[user.as_uuid(), &i64::from(limit)]).await.map_err(error::pg)?;
+            rows.iter().map(to_session).collect()
+        })
+        .await
     }
 
     async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
-        let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(REVOKE).await.map_err(error::pg)?;
-        let row = conn.query_opt(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)?;
-        Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
+        let op = self.db.op("revoke session");
+        let conn = op.conn().await?;
+        op.run(async {
+            let stmt = conn.prepare_cached(REVOKE).await.map_err(error::pg)?;
+            let row = conn.query_opt(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)?;
+            Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
+        })
+        .await
     }
 
     async fn revoke_all(&self, user: UserId) -> Result<u64> {
-        let conn = self.conn().await?;
-        let stmt = conn.prepare_cached(REVOKE_BATCH).await.map_err(error::pg)?;
-        let mut live = 0;
-        loop {
-            let row = conn.query_one(&stmt, &[user.as_uuid(), &REVOKE_BATCH_ROWS]).await.map_err(error::pg)?;
-            let (picked, gone_live): (i64, i64) = (row.get(0), row.get(1));
-            live += gone_live.unsigned_abs();
-            // Fewer picked than asked: no row of the user was left when the
-            // batch ran (sessions created since may remain; see the trait).
-            if picked < REVOKE_BATCH_ROWS {
-                return Ok(live);
+        // One deadline for all batches: the call is the operation. Batches
+        // that committed before it ran out stay committed (see the trait).
+        let op = self.db.op("revoke all sessions");
+        let conn = op.conn().await?;
+        op.run(async {
+            let stmt = conn.prepare_cached(REVOKE_BATCH).await.map_err(error::pg)?;
+            let mut live = 0;
+            loop {
+                let row = conn.query_one(&stmt, &[user.as_uuid(), &REVOKE_BATCH_ROWS]).await.map_err(error::pg)?;
+                let (picked, gone_live): (i64, i64) = (row.get(0), row.get(1));
+                live += gone_live.unsigned_abs();
+                // Fewer picked than asked: no row of the user was left when
+                // the batch ran (sessions created since may remain; see the
+                // trait).
+                if picked < REVOKE_BATCH_ROWS {
+                    return Ok(live);
+                }
             }
-        }
+        })
+        .await
     }
 }

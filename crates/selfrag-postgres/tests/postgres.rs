@@ -485,3 +485,32 @@ async fn an_undecodable_row_fails_only_its_own_page_and_is_named() {
     let err = store.get(user, MemoryLogId::from_uuid(bad)).await.expect_err("get of the bad row");
     assert!(err.to_string().contains(&bad.to_string()), "{err}");
 }
+
+/// Creates of one user are serialized on the user's row (so the session cap
+/// holds), within the operation timeout: a create behind a transaction that
+/// holds that row returns `Timeout` on time and writes nothing, other users'
+/// creates do not wait, and the store works on once the row is free.
+#[tokio::test]
+async fn session_creates_wait_on_the_user_row_within_the_deadline() {
+    let Some(db) = common::fresh_db().await else { return };
+    let users = PostgresUserStore::new(db.pool.clone());
+    let deadline = Duration::from_millis(500);
+    let sessions = PostgresSessionStore::new(db.pool.clone()).operation_timeout(deadline);
+    let (user, other) = (users.create_user().await.unwrap(), users.create_user().await.unwrap());
+    let new = || NewSession::new(Duration::from_secs(60)).unwrap();
+
+    let mut admin = common::admin(&db.url).await;
+    let tx = admin.transaction().await.unwrap();
+    let lock = format!("SELECT 1 FROM {}.users WHERE id = $1 FOR NO KEY UPDATE", db.schema);
+    tx.execute(&lock, &[user.as_uuid()]).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = sessions.create(user, new()).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert!(took < deadline + Duration::from_millis(500), "took {took:?}");
+    sessions.create(other, new()).await.expect("another user's create does not wait");
+    tx.rollback().await.unwrap();
+
+    assert!(sessions.list(user).await.unwrap().is_empty(), "the timed-out create wrote nothing");
+    sessions.create(user, new()).await.expect("create once the row is free");
+}
