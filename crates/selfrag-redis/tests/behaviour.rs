@@ -348,6 +348,9 @@ async fn list_recent_steps_over_dead_members_in_bounded_calls() {
     let user = UserId::new();
     let new = NewSession::new(Duration::from_secs(30)).unwrap();
     let oldest = store.create(user, new.clone()).await.unwrap();
+    // The creation index is scored in milliseconds: a session created in the
+    // same millisecond would tie with `oldest` and could sort after it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let mut dead = Vec::new();
     for _ in 0..1_200 {
         dead.push(store.create(user, new.clone()).await.unwrap());
