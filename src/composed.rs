@@ -7,9 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use selfrag_core::{
-    Error, NewSession, Result, Session, SessionId, SessionStore, UserId, UserStore,
-};
+use selfrag_core::{Error, NewSession, Result, Session, SessionId, SessionStore, UserId, UserStore};
 use serde_json::{Map, Value};
 
 /// A [`UserStore`] whose `delete_user` also revokes the user's sessions in a

@@ -132,7 +132,11 @@ fn entry(kind: EntryKind, name: &str, table_only: bool, collection: &str) -> Ent
             server_version: "1.12.4".into(),
             server_checksum: None,
         }),
-        edge: (kind == EntryKind::Edge).then(|| EdgeInfo { source: "/data/vectors".into(), disk_bytes: None, source_disk_bytes: None }),
+        edge: (kind == EntryKind::Edge).then(|| EdgeInfo {
+            source: "/data/vectors".into(),
+            disk_bytes: None,
+            source_disk_bytes: None,
+        }),
         duration_ms: 1,
     }
 }

@@ -105,7 +105,8 @@ async fn deleting_a_user_ends_its_sessions(storage: &Storage) {
     use std::time::Duration;
     let ttl = || NewSession::new(Duration::from_secs(600)).unwrap();
     let (user, neighbour) = (storage.users.create_user().await.unwrap(), storage.users.create_user().await.unwrap());
-    let mine = [storage.sessions.create(user, ttl()).await.unwrap(), storage.sessions.create(user, ttl()).await.unwrap()];
+    let mine =
+        [storage.sessions.create(user, ttl()).await.unwrap(), storage.sessions.create(user, ttl()).await.unwrap()];
     let theirs = storage.sessions.create(neighbour, ttl()).await.unwrap();
 
     assert!(storage.users.delete_user(user).await.unwrap());
@@ -166,7 +167,8 @@ async fn start_up_ends_at_its_deadline() {
     // would behind a partition, and start-up must give up on time.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let options = StorageOptions { startup_timeout: std::time::Duration::from_millis(500), ..StorageOptions::default() };
+    let options =
+        StorageOptions { startup_timeout: std::time::Duration::from_millis(500), ..StorageOptions::default() };
     let vars = [("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{port}/db"))];
     let started = std::time::Instant::now();
     let err = Storage::from_lookup(&options, lookup(&vars)).await.unwrap_err();
@@ -182,7 +184,8 @@ async fn start_up_ends_at_its_deadline() {
 async fn session_limits_come_from_the_options_and_the_environment() {
     use selfrag::{OnLimit, SessionLimits};
     let new = || NewSession::new(std::time::Duration::from_secs(60)).unwrap();
-    let options = StorageOptions { session_limits: SessionLimits::new(1, OnLimit::EvictOldest).unwrap(), ..Default::default() };
+    let options =
+        StorageOptions { session_limits: SessionLimits::new(1, OnLimit::EvictOldest).unwrap(), ..Default::default() };
     let mut cases = vec![vec![("SELFRAG_SESSIONS_ON_LIMIT", "refuse".to_owned())]];
     #[cfg(feature = "redis")]
     if let Some(server) = selfrag_testkit::servers::redis().await {

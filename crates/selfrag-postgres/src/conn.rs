@@ -100,7 +100,10 @@ impl Op<'_> {
     }
 
     fn timed_out(&self) -> Error {
-        Error::timeout(BACKEND, format!("{}: no result within the operation timeout ({:?})", self.what, self.db.timeout))
+        Error::timeout(
+            BACKEND,
+            format!("{}: no result within the operation timeout ({:?})", self.what, self.db.timeout),
+        )
     }
 }
 

@@ -78,7 +78,9 @@ fn build(pg: tokio_postgres::Error, message: String) -> Error {
 
 fn from_class(class: Class, message: String, source: BoxError) -> Error {
     match class {
-        Class::Unavailable => Error::Unavailable { backend: BACKEND, message, maybe_applied: false, source: Some(source) },
+        Class::Unavailable => {
+            Error::Unavailable { backend: BACKEND, message, maybe_applied: false, source: Some(source) }
+        }
         Class::Lost => Error::Unavailable { backend: BACKEND, message, maybe_applied: true, source: Some(source) },
         Class::Timeout => Error::Timeout { backend: BACKEND, message, source: Some(source) },
         Class::Retryable => Error::Backend { backend: BACKEND, message, retryable: true, source: Some(source) },

@@ -7,14 +7,14 @@ use deadpool_postgres::{Object, Pool};
 use selfrag_core::clock::to_micros;
 use selfrag_core::memory::validate_batch;
 use selfrag_core::{
-    BoxError, Cursor, Error, MemoryLog, MemoryLogId, MemoryPage, MemoryQuery, MemoryStore, MemoryType, NewMemoryLog, Result,
-    UserId,
+    BoxError, Cursor, Error, MemoryLog, MemoryLogId, MemoryPage, MemoryQuery, MemoryStore, MemoryType, NewMemoryLog,
+    Result, UserId,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Error as PgError, Row};
 use uuid::Uuid;
 

@@ -103,8 +103,7 @@ async fn crash_and_restart_under_load_loses_and_duplicates_nothing() {
     let writers = 8;
     let start = Instant::now();
     let stop = start + Duration::from_secs(6);
-    let tasks: Vec<_> =
-        (0..writers).map(|n| tokio::spawn(writer(store.clone(), user, n, stop))).collect();
+    let tasks: Vec<_> = (0..writers).map(|n| tokio::spawn(writer(store.clone(), user, n, stop))).collect();
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.kill().await.expect("kill -9");
@@ -286,7 +285,8 @@ async fn acquire_timeout_bounds_the_whole_wait_for_a_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_statement_is_cancelled_on_the_server() {
     let Some(server) = PrivatePostgres::start_or_skip(PgOptions::default()).await else { return };
-    let config = config(&server.url()).application_name("selfrag-cancel-test").operation_timeout(Duration::from_secs(1));
+    let config =
+        config(&server.url()).application_name("selfrag-cancel-test").operation_timeout(Duration::from_secs(1));
     let (users, store) = stores(&config).await;
     let user = users.create_user().await.expect("user");
 

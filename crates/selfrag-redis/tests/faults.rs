@@ -8,7 +8,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use selfrag_core::{ErrorKind, NewSession, RateLimitKey, RateLimitPolicy, RateLimiter, SessionId, SessionStore, UserId};
+use selfrag_core::{
+    ErrorKind, NewSession, RateLimitKey, RateLimitPolicy, RateLimiter, SessionId, SessionStore, UserId,
+};
 use selfrag_redis::{RedisConfig, RedisRateLimiter, RedisSessionStore};
 use selfrag_testkit::relay::Relay;
 use selfrag_testkit::servers::{PrivateRedis, RedisOptions};
