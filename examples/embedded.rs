@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --example embedded --features edge              # ./selfrag-data
 //! cargo run --example embedded --features edge -- /tmp/demo # or a directory of your choice
-//! SELFRAG_DATA_DIR=/tmp/demo cargo run --example embedded --features edge
+//! SELFRAG_EDGE_PATH=/tmp/demo cargo run --example embedded --features edge
 //! ```
 //!
 //! Users, memory logs, sessions and rate limits stay in process
@@ -44,10 +44,24 @@ fn embed(text: &str) -> Vec<f32> {
 }
 
 #[tokio::main]
-async fn main() -> selfrag::Result<()> {
+async fn main() {
+    // Errors are printed with Display (and their causes), not with the
+    // Debug output `main` returning an error would print.
+    if let Err(e) = run().await {
+        eprintln!("error: {e}");
+        let mut source = std::error::Error::source(&*e);
+        while let Some(cause) = source {
+            eprintln!("  caused by: {cause}");
+            source = cause.source();
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let dir: PathBuf = std::env::args()
         .nth(1)
-        .or_else(|| std::env::var("SELFRAG_DATA_DIR").ok())
+        .or_else(|| std::env::var("SELFRAG_EDGE_PATH").ok())
         .unwrap_or_else(|| "./selfrag-data".into())
         .into();
     std::fs::create_dir_all(&dir)

@@ -16,7 +16,21 @@ use selfrag::{MemoryQuery, MemoryStore, MemoryType, NewMemoryLog, NewSession, Se
 use serde_json::json;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
+    // Errors are printed with Display (and their causes), not with the
+    // Debug output `main` returning an error would print.
+    if let Err(e) = run().await {
+        eprintln!("error: {e}");
+        let mut source = std::error::Error::source(&*e);
+        while let Some(cause) = source {
+            eprintln!("  caused by: {cause}");
+            source = cause.source();
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let config = PostgresConfig::from_env()?;
     // `redact_url` (like the config's `Debug`) never shows the password.
     println!("connecting to {}", selfrag::postgres::redact_url(&config.url));

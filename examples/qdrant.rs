@@ -6,10 +6,10 @@
 //! ```
 //!
 //! `QDRANT_URL` is the **gRPC** endpoint (port 6334); `QDRANT_API_KEY` is
-//! sent when set; `QDRANT_COLLECTION` picks the collection (default
-//! `selfrag_example`). Running it twice is fine: `ensure` and the upserts are
-//! idempotent, so the second run finds the collection ready and the same
-//! three chunks.
+//! sent when set; `SELFRAG_QDRANT_COLLECTION` picks the collection, as for
+//! `Storage::from_env` (default `selfrag_example`). Running it twice is fine:
+//! `ensure` and the upserts are idempotent, so the second run finds the
+//! collection ready and the same three chunks.
 
 use selfrag::qdrant::QdrantIndexConfig;
 use selfrag::{Chunk, Distance, Field, Filter, IndexSpec, SearchRequest, Tenant, VectorIndex};
@@ -29,8 +29,22 @@ fn embed(text: &str) -> Vec<f32> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let collection = std::env::var("QDRANT_COLLECTION").unwrap_or_else(|_| "selfrag_example".to_owned());
+async fn main() {
+    // Errors are printed with Display (and their causes), not with the
+    // Debug output `main` returning an error would print.
+    if let Err(e) = run().await {
+        eprintln!("error: {e}");
+        let mut source = std::error::Error::source(&*e);
+        while let Some(cause) = source {
+            eprintln!("  caused by: {cause}");
+            source = cause.source();
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let collection = std::env::var("SELFRAG_QDRANT_COLLECTION").unwrap_or_else(|_| "selfrag_example".to_owned());
     let spec = IndexSpec::new(64, Distance::Cosine)?;
     let index = match QdrantIndexConfig::from_env(collection, spec) {
         Ok(config) => config.build()?,

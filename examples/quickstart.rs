@@ -35,7 +35,21 @@ fn embed(text: &str) -> Vec<f32> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), selfrag::Error> {
+async fn main() {
+    // Errors are printed with Display (and their causes), not with the
+    // Debug output `main` returning an error would print.
+    if let Err(e) = run().await {
+        eprintln!("error: {e}");
+        let mut source = std::error::Error::source(&*e);
+        while let Some(cause) = source {
+            eprintln!("  caused by: {cause}");
+            source = cause.source();
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Users, memory logs and sessions share one store, as they share one
     // database in Postgres (deleting a user deletes its logs and sessions).
     let store = Arc::new(LocalStore::new());

@@ -14,7 +14,21 @@ use selfrag::{NewSession, RateLimitKey, RateLimitPolicy, RateLimiter, SessionSto
 use serde_json::json;
 
 #[tokio::main]
-async fn main() -> Result<(), selfrag::Error> {
+async fn main() {
+    // Errors are printed with Display (and their causes), not with the
+    // Debug output `main` returning an error would print.
+    if let Err(e) = run().await {
+        eprintln!("error: {e}");
+        let mut source = std::error::Error::source(&*e);
+        while let Some(cause) = source {
+            eprintln!("  caused by: {cause}");
+            source = cause.source();
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = RedisConfig::from_env()?;
     if std::env::var_os("SELFRAG_REDIS_PREFIX").is_none() {
         config.key_prefix = "selfrag-example:".into();
