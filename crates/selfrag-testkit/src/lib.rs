@@ -72,6 +72,7 @@ use selfrag_core::{
 
 #[macro_use]
 mod util;
+pub mod certs;
 pub mod data;
 mod macros;
 pub mod memory;
