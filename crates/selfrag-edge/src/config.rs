@@ -4,54 +4,83 @@ use std::time::Duration;
 
 use selfrag_core::{Error, Result};
 
-/// When the index forces its writes to stable storage.
+/// How a write call is made durable before it returns.
 ///
-/// The engine (qdrant-edge 0.7.2) writes every update into memory-mapped
-/// segment files and a write-ahead log, but makes them durable only on a
-/// flush, and it does **not** replay its WAL when a directory is reopened.
-/// What a crash can lose therefore depends on how often this crate flushes:
+/// The engine (qdrant-edge 0.7.2) keeps updates in memory-mapped segment
+/// files and makes them durable only on a flush, and it does **not** replay
+/// its own WAL on reopen. The two journal settings therefore append every
+/// upsert / delete call to this crate's own journal (`selfrag-journal` in the
+/// index directory, see `docs/edge.md`) before the call returns, flush the
+/// engine in the background every
+/// [`EdgeIndexConfig::engine_flush_interval`], and replay the journal on
+/// open. The other settings do without the journal.
 ///
-/// | setting | process crash (panic, `kill -9`, OOM) | power loss / kernel crash |
-/// | --- | --- | --- |
-/// | [`Durability::FlushEveryWrite`] | nothing acknowledged | nothing acknowledged |
-/// | [`Durability::Periodic`]`(d)` | at most the writes of the last `d` | at most the writes of the last `d` |
-/// | [`Durability::OnClose`] | everything since the last flush (open or [`EdgeIndex::flush`](crate::EdgeIndex::flush)) | the same |
+/// "Acknowledged" means the write call returned `Ok`:
 ///
-/// "Acknowledged" means the write call returned `Ok`. A clean
+/// | setting | process crash (panic, `kill -9`, OOM) loses | power loss / kernel crash loses | cost per call |
+/// | --- | --- | --- | --- |
+/// | [`Durability::Journal`] (default) | nothing acknowledged | nothing acknowledged | one `fdatasync`, shared by concurrent calls (group commit) |
+/// | [`Durability::JournalNoSync`] | nothing acknowledged | at most the last `engine_flush_interval` | one `write` into the page cache |
+/// | [`Durability::FlushEveryWrite`] | nothing acknowledged | nothing acknowledged | an engine flush (≈1 s at 100,000 points) |
+/// | [`Durability::Periodic`]`(d)` | at most the last `d` | at most the last `d` | none |
+/// | [`Durability::OnClose`] | everything since the last flush | the same | none |
+///
+/// The page cache belongs to the kernel, so a record written there survives
+/// the death of the process; only `fsync` protects it from a power loss.
+/// Measured costs are in `docs/edge.md`. A clean
 /// [`EdgeIndex::close`](crate::EdgeIndex::close) or drop flushes under every
-/// setting. A flush writes the segments with `fsync`, so after one
-/// returns, the data survives power loss too (on hardware that honours
-/// `fsync`).
+/// setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Durability {
-    /// Flush before every write call returns. The strongest setting and the
-    /// slowest: a flush rewrites the changed parts of every segment, from a
-    /// few milliseconds on small indexes to about a second on 100,000 points.
-    /// Batch your upserts under this setting.
+    /// Journal every call and `fdatasync` the journal before it returns;
+    /// concurrent calls share one `fdatasync`. Loses nothing acknowledged,
+    /// even on power loss (on hardware that honours `fsync`).
+    Journal,
+    /// Journal every call into the page cache before it returns, without
+    /// `fdatasync`: nothing acknowledged is lost when the process dies; a
+    /// power loss loses what was written since the last engine flush (at
+    /// most [`EdgeIndexConfig::engine_flush_interval`] ago).
+    JournalNoSync,
+    /// Flush the engine before every write call returns (no journal). As
+    /// safe as [`Durability::Journal`] and far slower: a flush rewrites the
+    /// changed parts of every segment, about a second on 100,000 points.
     FlushEveryWrite,
-    /// Flush on a background thread every period, when something was written
-    /// since the last flush. Writes return without waiting for the disk.
-    /// The period must be above zero.
+    /// Flush the engine on a background thread every period, when something
+    /// was written since the last flush (no journal): a crash loses the
+    /// writes of the last period. The period must be above zero.
     Periodic(Duration),
     /// Flush only when the index is closed or dropped, or when
-    /// [`EdgeIndex::flush`](crate::EdgeIndex::flush) is called. Fastest; for
-    /// data that can be rebuilt (caches, tests, bulk loads followed by an
-    /// explicit flush).
+    /// [`EdgeIndex::flush`](crate::EdgeIndex::flush) is called (no journal).
+    /// Fastest; for data that can be rebuilt (caches, tests, bulk loads
+    /// followed by an explicit flush).
     OnClose,
+}
+
+impl Durability {
+    /// Whether write calls go through the journal.
+    pub fn journaled(self) -> bool {
+        matches!(self, Durability::Journal | Durability::JournalNoSync)
+    }
 }
 
 /// Settings of an [`EdgeIndex`](crate::EdgeIndex).
 ///
-/// The defaults suit a service: one flush per second, an HNSW build in the
+/// The defaults suit a service: every write journaled and fsynced before it
+/// returns, an engine flush per second in the background, an HNSW build in the
 /// background after every 10,000 written points, the engine's search and
 /// indexing defaults.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct EdgeIndexConfig {
-    /// When writes reach stable storage. Default:
-    /// `Durability::Periodic(1 s)`.
+    /// When writes reach stable storage. Default: [`Durability::Journal`].
     pub durability: Durability,
+    /// Under the journal settings, how often the engine is flushed in the
+    /// background (when something was written), after which the journal is
+    /// emptied. Longer intervals mean fewer flushes (each holds writes for
+    /// its duration: up to about a second at 100,000 points) and a longer
+    /// journal to replay after a crash. Above zero. Default: 1 s.
+    pub engine_flush_interval: Duration,
     /// Start a background optimization (HNSW build, segment merge, vacuum)
     /// once this many points were upserted or deleted since the last one
     /// started; also at open when at least this many points are not in an
@@ -128,7 +157,8 @@ pub enum Quantization {
 impl Default for EdgeIndexConfig {
     fn default() -> Self {
         Self {
-            durability: Durability::Periodic(Duration::from_secs(1)),
+            durability: Durability::Journal,
+            engine_flush_interval: Duration::from_secs(1),
             optimize_after_points: Some(10_000),
             search_ef: None,
             acorn: true,
@@ -152,6 +182,9 @@ impl EdgeIndexConfig {
             if d.is_zero() {
                 return Err(Error::invalid("durability", "a periodic flush needs a period above zero"));
             }
+        }
+        if self.engine_flush_interval.is_zero() {
+            return Err(Error::invalid("engine_flush_interval", "must be above zero"));
         }
         if self.optimize_after_points == Some(0) {
             return Err(Error::invalid("optimize_after_points", "must be at least 1 (None disables it)"));
@@ -188,6 +221,12 @@ impl EdgeIndexConfig {
     /// Sets [`EdgeIndexConfig::durability`].
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// Sets [`EdgeIndexConfig::engine_flush_interval`].
+    pub fn engine_flush_interval(mut self, interval: Duration) -> Self {
+        self.engine_flush_interval = interval;
         self
     }
 

@@ -14,10 +14,9 @@ use async_trait::async_trait;
 use qdrant_edge::{
     AcornSearchParams, CountRequest, CreateIndex, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
     FieldIndexOperations, HnswIndexConfig, IntegerIndexParams, KeywordIndexParams, NamedQuery, OperationError,
-    PayloadFieldSchema, PayloadSchemaParams, PointId, PointInsertOperations, PointOperations, PointStruct,
-    QuantizationConfig, QuantizationSearchParams, QueryEnum, QueryRequest, Record, ScalarQuantizationConfig,
-    ScalarType, ScoringQuery, ScrollRequest, SearchParams, UpdateOperation, WithPayloadInterface, WithVector,
-    DEFAULT_VECTOR_NAME,
+    PayloadFieldSchema, PayloadSchemaParams, PointId, QuantizationConfig, QuantizationSearchParams, QueryEnum,
+    QueryRequest, Record, ScalarQuantizationConfig, ScalarType, ScoringQuery, ScrollRequest, SearchParams,
+    UpdateOperation, VectorInternal, VectorStructInternal, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
 };
 use selfrag_core::vector::{keys, point_id, validate_chunks, validate_document_id, validate_ids};
 use selfrag_core::{
@@ -28,6 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Durability, EdgeIndexConfig, Quantization};
 use crate::filter::tenant_filter;
+use crate::journal::{Journal, JournalOp, JournalPoint};
 
 /// The backend name in errors.
 pub(crate) const BACKEND: &str = "qdrant-edge";
@@ -70,10 +70,27 @@ struct Inner {
     pending: AtomicU64,
     /// Whether something was written since the last flush.
     dirty: AtomicBool,
+    /// The write-ahead journal, under the journal durability settings.
+    journal: Option<Journal>,
+    /// Records replayed from the journal at open.
+    replayed: u64,
     /// Optimizations finished (successfully or not) since open.
     optimizations: AtomicU64,
     /// The error of the last failed background optimization.
     last_optimize_error: Mutex<Option<String>>,
+}
+
+/// One stored point, all tenants together, from [`EdgeIndex::export_points`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EdgePoint {
+    /// The point id ([`point_id`](selfrag_core::vector::point_id) of its
+    /// tenant and chunk id).
+    pub id: uuid::Uuid,
+    /// The stored vector (normalised to length 1 under cosine distance).
+    pub vector: Vec<f32>,
+    /// The stored payload ([`ChunkPayload::to_json`]).
+    pub payload: Map<String, Value>,
 }
 
 /// A snapshot of an index's state, from [`EdgeIndex::stats`].
@@ -206,6 +223,9 @@ impl EdgeIndex {
         .await?;
         let flusher = match inner.config.durability {
             Durability::Periodic(period) => Some(Flusher::start(&inner, period)?),
+            Durability::Journal | Durability::JournalNoSync => {
+                Some(Flusher::start(&inner, inner.config.engine_flush_interval)?)
+            }
             _ => None,
         };
         // An index left unoptimized (e.g. by a process that exited right
@@ -231,6 +251,56 @@ impl EdgeIndex {
     pub async fn stats(&self) -> Result<EdgeStats> {
         let inner = self.inner.clone();
         blocking(move || Ok(inner.stats())).await
+    }
+
+    /// Every stored point of every tenant with its vector and payload,
+    /// ordered by id: for checks, exports and comparing a restored copy
+    /// with its source. Reads the whole index into memory.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the engine fails.
+    pub async fn export_points(&self) -> Result<Vec<EdgePoint>> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut offset = None;
+            loop {
+                let request = ScrollRequest {
+                    offset,
+                    limit: Some(SCROLL_PAGE),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(true),
+                    order_by: None,
+                };
+                let (records, next) = inner.shard.scroll(request).map_err(|e| engine_err("export", e))?;
+                for r in records {
+                    let PointId::Uuid(id) = r.id else { continue };
+                    let vector = match r.vector {
+                        Some(VectorStructInternal::Single(v)) => v,
+                        Some(VectorStructInternal::Named(mut m)) => match m.remove(DEFAULT_VECTOR_NAME) {
+                            Some(VectorInternal::Dense(v)) => v,
+                            _ => Vec::new(),
+                        },
+                        _ => Vec::new(),
+                    };
+                    out.push(EdgePoint { id, vector, payload: r.payload.map(|p| p.0).unwrap_or_default() });
+                }
+                match next {
+                    Some(n) => offset = Some(n),
+                    None => break,
+                }
+            }
+            out.sort_by_key(|p| p.id);
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Journal records replayed when this index was opened (writes
+    /// acknowledged before a crash that the engine had not flushed).
+    pub fn replayed_at_open(&self) -> u64 {
+        self.inner.replayed
     }
 
     /// Whether a background optimization is running.
@@ -378,7 +448,7 @@ impl Inner {
             .build();
         engine_config.quantization_config = engine_quantization(config.quantization);
         let shard = EdgeShard::load(&path, Some(engine_config)).map_err(|e| open_error(&path, e))?;
-        let inner = Inner {
+        let mut inner = Inner {
             shard,
             spec,
             path,
@@ -391,8 +461,40 @@ impl Inner {
             dirty: AtomicBool::new(false),
             optimizations: AtomicU64::new(0),
             last_optimize_error: Mutex::new(None),
+            journal: None,
+            replayed: 0,
         };
+        // Before the journal is attached: this flush must not mark the
+        // journal's records as flushed.
         inner.ensure_payload_indexes()?;
+        // Read the journal under every setting: an index last opened with a
+        // journal setting may hold acknowledged writes only there. The
+        // engine's directory lock is held from here on.
+        let (journal, pending) = Journal::open(&inner.path, inner.spec.dimension())?;
+        inner.journal = Some(journal);
+        if !pending.is_empty() {
+            let started = std::time::Instant::now();
+            let n = pending.len();
+            let _w = lock(&inner.write_lock);
+            for record in pending {
+                let seq = record.seq;
+                inner.shard.update(record.op.into_engine()).map_err(|e| Error::Incompatible {
+                    backend: BACKEND,
+                    message: format!("{}: journal record {seq} cannot be replayed: {e}", inner.path.display()),
+                })?;
+            }
+            inner.dirty.store(true, Ordering::SeqCst);
+            // Flushing records the replay in the state file and empties the
+            // journal, so the next open does not replay it again (doing so
+            // would change nothing, only take time).
+            inner.flush_locked()?;
+            drop(_w);
+            inner.replayed = n as u64;
+            tracing::info!(path = %inner.path.display(), records = n, elapsed = ?started.elapsed(), "replayed the journal");
+        }
+        if !inner.config.durability.journaled() {
+            inner.journal = None;
+        }
         Ok(inner)
     }
 
@@ -422,7 +524,17 @@ impl Inner {
         let mut attempts = 0;
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.shard.flush())) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // Everything journaled so far is in the flushed engine
+                    // files now (the write lock keeps appends out).
+                    if let Some(j) = &self.journal {
+                        if let Err(e) = j.flushed(j.last_appended()) {
+                            self.dirty.store(true, Ordering::SeqCst);
+                            return Err(e);
+                        }
+                    }
+                    return Ok(());
+                }
                 Err(_) if attempts < 500 => {
                     attempts += 1;
                     std::thread::sleep(Duration::from_millis(10));
@@ -442,13 +554,39 @@ impl Inner {
 
     /// Applies one engine write of `points` points, then flushes or
     /// schedules an optimization as configured.
-    fn write(self: &Arc<Self>, what: &str, op: UpdateOperation, points: u64) -> Result<()> {
-        {
+    ///
+    /// Under a journal setting the record is appended right after the
+    /// engine applied the operation, under the write lock, so the journal's
+    /// order is the engine's; the `fdatasync` (group commit) happens after
+    /// the lock is released, so concurrent calls share it.
+    fn write(self: &Arc<Self>, what: &str, op: JournalOp, points: u64) -> Result<()> {
+        let record = match &self.journal {
+            Some(_) => Some(op.encode(self.spec.dimension())?),
+            None => None,
+        };
+        let seq = {
             let _w = lock(&self.write_lock);
-            self.shard.update(op).map_err(|e| engine_err(what, e))?;
+            self.shard.update(op.into_engine()).map_err(|e| engine_err(what, e))?;
             self.dirty.store(true, Ordering::SeqCst);
             if self.config.durability == Durability::FlushEveryWrite {
                 self.flush_locked()?;
+            }
+            match (&self.journal, record) {
+                (Some(j), Some(r)) => Some(j.append(r).map_err(|e| match e {
+                    Error::Backend { message, source, .. } => Error::Unavailable {
+                        backend: BACKEND,
+                        message: format!("{message}; the write is applied in memory but may not survive a crash"),
+                        maybe_applied: true,
+                        source,
+                    },
+                    other => other,
+                })?),
+                _ => None,
+            }
+        };
+        if let (Some(j), Some(seq)) = (&self.journal, seq) {
+            if self.config.durability == Durability::Journal {
+                j.wait_durable(seq)?;
             }
         }
         if let Some(after) = self.config.optimize_after_points {
@@ -617,14 +755,14 @@ impl VectorIndex for EdgeIndex {
         }
         let points: Vec<_> = chunks
             .into_iter()
-            .map(|c| {
-                let payload = Value::Object(c.payload.to_json(tenant, c.id));
-                PointStruct::new(PointId::Uuid(point_id(tenant, c.id)), c.vector, payload).into()
+            .map(|c| JournalPoint {
+                id: point_id(tenant, c.id),
+                payload: c.payload.to_json(tenant, c.id),
+                vector: c.vector,
             })
             .collect();
         let n = points.len() as u64;
-        let op =
-            UpdateOperation::PointOperation(PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)));
+        let op = JournalOp::Upsert(points);
         let inner = self.inner.clone();
         blocking(move || inner.write("upsert", op, n)).await
     }
@@ -740,9 +878,9 @@ impl VectorIndex for EdgeIndex {
         }
         // Point ids embed the tenant (see `point_id`), so deleting by id
         // cannot reach another tenant's points.
-        let point_ids: Vec<PointId> = ids.iter().map(|id| PointId::Uuid(point_id(tenant, *id))).collect();
+        let point_ids: Vec<_> = ids.iter().map(|id| point_id(tenant, *id)).collect();
         let n = point_ids.len() as u64;
-        let op = UpdateOperation::PointOperation(PointOperations::DeletePoints { ids: point_ids });
+        let op = JournalOp::Delete(point_ids);
         let inner = self.inner.clone();
         blocking(move || inner.write("delete", op, n)).await
     }
@@ -754,7 +892,7 @@ impl VectorIndex for EdgeIndex {
 
     async fn delete_by_filter(&self, tenant: &Tenant, filter: &Filter) -> Result<()> {
         let filter = tenant_filter(tenant, Some(filter))?;
-        let op = UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter));
+        let op = JournalOp::DeleteByFilter(filter);
         let inner = self.inner.clone();
         // The number of deleted points is unknown; count the call as one.
         blocking(move || inner.write("delete_by_filter", op, 1)).await

@@ -89,8 +89,10 @@
 pub mod config;
 pub mod filter;
 mod index;
+mod journal;
 
 pub use config::{Durability, EdgeIndexConfig, Quantization};
-pub use index::{EdgeIndex, EdgeStats};
+pub use index::{EdgeIndex, EdgePoint, EdgeStats};
+pub use journal::{JOURNAL_FILE, STATE_FILE};
 /// The engine crate, for callers who need its types.
 pub use qdrant_edge;
