@@ -141,13 +141,21 @@ impl QdrantTarget {
     }
 
     fn check(&self) -> Result<()> {
-        check_name("collection", &self.collection)
+        check_name("collection", &self.collection)?;
+        if let Some(key) = &self.api_key {
+            api_key_header(key)?;
+        }
+        Ok(())
     }
 
     fn client(&self) -> Result<Qdrant> {
         // Also keeps credentials out of the URL the client quotes in its
         // connection errors.
         selfrag_qdrant::validate_url("url", &self.url)?;
+        // qdrant-client quotes a key it cannot send in its errors.
+        if let Some(key) = &self.api_key {
+            selfrag_qdrant::validate_api_key(key)?;
+        }
         let mut b = Qdrant::from_url(&self.url).timeout(self.timeout).skip_compatibility_check();
         if let Some(k) = &self.api_key {
             b = b.api_key(k.clone());
@@ -160,6 +168,9 @@ impl QdrantTarget {
         })
     }
 
+    /// The client of every REST request. `https://` URLs use TLS (rustls)
+    /// and verify the server against the system's root certificates, as
+    /// qdrant-client does for gRPC.
     fn http(&self) -> Result<reqwest::Client> {
         reqwest::Client::builder()
             .timeout(self.timeout)
@@ -168,12 +179,52 @@ impl QdrantTarget {
             .map_err(|e| Error::backend(QDRANT, "cannot build the HTTP client", false, e))
     }
 
-    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.api_key {
-            Some(k) => req.header("api-key", k),
+    /// A REST request: every one the backup code sends is built here, so
+    /// each carries the `api-key` header when there is a key (marked
+    /// sensitive: no `Debug` of the request shows it).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`api_key`) for a key no HTTP header can
+    /// carry (the key is not quoted).
+    fn rest_request(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        url: &str,
+    ) -> Result<reqwest::RequestBuilder> {
+        let req = http.request(method, url);
+        Ok(match &self.api_key {
+            Some(key) => req.header(API_KEY_HEADER, api_key_header(key)?),
             None => req,
+        })
+    }
+
+    /// `text` with the API key replaced by `***`: a server's or a proxy's
+    /// error page may quote the request's headers, and its body goes into
+    /// error messages.
+    fn hide_key(&self, text: String) -> String {
+        match self.api_key.as_deref() {
+            Some(key) if !key.is_empty() && text.contains(key) => text.replace(key, "***"),
+            _ => text,
         }
     }
+}
+
+/// The header Qdrant reads the API key from, on REST as on gRPC.
+pub const API_KEY_HEADER: &str = "api-key";
+
+/// The key as a header value, marked sensitive.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`api_key`) as
+/// [`validate_api_key`](selfrag_qdrant::validate_api_key) (the same rule
+/// as for gRPC); the key is not quoted.
+fn api_key_header(key: &str) -> Result<reqwest::header::HeaderValue> {
+    selfrag_qdrant::validate_api_key(key)?;
+    let mut value = reqwest::header::HeaderValue::from_str(key)
+        .map_err(|_| Error::invalid("api_key", "cannot be sent as an HTTP header (the key is not shown)"))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// The REST URL for a gRPC URL: port 6334 becomes 6333; no port gets 6333.
@@ -258,12 +309,12 @@ fn http_err(what: &str, e: reqwest::Error) -> Error {
     Error::unavailable(QDRANT, format!("{what}: {e}"), e)
 }
 
-async fn http_status(what: &str, resp: reqwest::Response) -> Result<reqwest::Response> {
+async fn http_status(target: &QdrantTarget, what: &str, resp: reqwest::Response) -> Result<reqwest::Response> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
     }
-    let body = resp.text().await.unwrap_or_default();
+    let body = target.hide_key(resp.text().await.unwrap_or_default());
     let body: String = body.chars().take(2000).collect();
     let err = Error::Backend {
         backend: QDRANT,
@@ -361,8 +412,12 @@ pub async fn backup_qdrant<'r>(run: &'r mut BackupRun, target: &QdrantTarget, na
 
 /// Streams `url` into `tmp`, hashing; fsyncs. Returns size and SHA-256.
 async fn download(http: &reqwest::Client, target: &QdrantTarget, url: &str, tmp: &Path) -> Result<(u64, String)> {
-    let resp = target.authorize(http.get(url)).send().await.map_err(|e| http_err("downloading the snapshot", e))?;
-    let resp = http_status("downloading the snapshot", resp).await?;
+    let resp = target
+        .rest_request(http, reqwest::Method::GET, url)?
+        .send()
+        .await
+        .map_err(|e| http_err("downloading the snapshot", e))?;
+    let resp = http_status(target, "downloading the snapshot", resp).await?;
     let mut file =
         tokio::fs::File::create(tmp).await.map_err(|e| io_err(format!("cannot create {}", tmp.display()), e))?;
     let mut hasher = Sha256::new();
@@ -442,41 +497,17 @@ pub async fn restore_qdrant(run_dir: &Path, entry: Option<&str>, target: &Qdrant
         .await
         .map_err(|e| grpc_err(&format!("checking whether collection {} exists", target.collection), e))?;
     if exists && !target.replace {
-        return Err(Error::Conflict {
-            what: "qdrant collection",
-            id: format!(
-                "{} already exists; restoring would replace it: restore into a new collection or ask to replace it",
-                target.collection
-            ),
-        });
+        // "qdrant collection `c` already exists": the caller says how to
+        // replace it (`QdrantTarget::replace`, the CLI's `--replace`).
+        return Err(Error::Conflict { what: "qdrant collection", id: target.collection.clone() });
     }
     let path = run_dir.join(&file.path);
-    let boundary = format!("selfrag-{}", uuid::Uuid::new_v4().simple());
     // The server stores the upload under this name: a fresh one never
     // replaces a snapshot it holds, and says what to delete afterwards.
     let upload = restore_upload_name(uuid::Uuid::new_v4());
-    let head = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"snapshot\"; filename=\"{upload}\"\r\n\
-         Content-Type: application/octet-stream\r\n\r\n"
-    )
-    .into_bytes();
-    let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
-    let length = head.len() as u64 + file.size + tail.len() as u64;
-    let reader =
-        tokio::fs::File::open(&path).await.map_err(|e| io_err(format!("cannot open {}", path.display()), e))?;
-    let body_stream = futures::stream::iter([Ok::<Vec<u8>, std::io::Error>(head)])
-        .chain(file_chunks(reader))
-        .chain(futures::stream::iter([Ok(tail)]));
-    let url = snapshot_upload_url(&rest, &target.collection, Some(&file.sha256));
-    let resp = target
-        .authorize(http.post(&url))
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
-        .header("content-length", length)
-        .body(reqwest::Body::wrap_stream(body_stream))
-        .send()
-        .await
-        .map_err(|e| http_err("uploading the snapshot", e))?;
-    let recovered = http_status(&format!("recovering collection {} from the snapshot", target.collection), resp).await;
+    let resp = upload_snapshot(&http, target, &rest, &path, file, &upload).await?;
+    let recovered =
+        http_status(target, &format!("recovering collection {} from the snapshot", target.collection), resp).await;
     // The server answered: with `wait=true` it is done with the file, so
     // the copy it kept can go, whether the recovery worked or not.
     let leftover_snapshot = match delete_snapshot_rest(&http, target, &rest, &upload).await {
@@ -496,17 +527,52 @@ pub async fn restore_qdrant(run_dir: &Path, entry: Option<&str>, target: &Qdrant
     })
 }
 
+/// Streams the snapshot file at `path` (as the manifest's `file` describes
+/// it) to the server as multipart field `snapshot`, file name `upload`,
+/// and asks it to recover the collection from it; returns the server's
+/// answer, whatever its status.
+async fn upload_snapshot(
+    http: &reqwest::Client,
+    target: &QdrantTarget,
+    rest: &str,
+    path: &Path,
+    file: &FileEntry,
+    upload: &str,
+) -> Result<reqwest::Response> {
+    let boundary = format!("selfrag-{}", uuid::Uuid::new_v4().simple());
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"snapshot\"; filename=\"{upload}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
+    let length = head.len() as u64 + file.size + tail.len() as u64;
+    let reader = tokio::fs::File::open(path).await.map_err(|e| io_err(format!("cannot open {}", path.display()), e))?;
+    let body_stream = futures::stream::iter([Ok::<Vec<u8>, std::io::Error>(head)])
+        .chain(file_chunks(reader))
+        .chain(futures::stream::iter([Ok(tail)]));
+    let url = snapshot_upload_url(rest, &target.collection, Some(&file.sha256));
+    target
+        .rest_request(http, reqwest::Method::POST, &url)?
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header("content-length", length)
+        .body(reqwest::Body::wrap_stream(body_stream))
+        .send()
+        .await
+        .map_err(|e| http_err("uploading the snapshot", e))
+}
+
 /// Deletes snapshot `name` of the collection over REST. `Ok(false)` when
 /// the server has no such snapshot (or no such collection, after a failed
 /// recovery onto a new one: nothing reachable to delete).
 async fn delete_snapshot_rest(http: &reqwest::Client, target: &QdrantTarget, rest: &str, name: &str) -> Result<bool> {
     let url = snapshot_delete_url(rest, &target.collection, name);
     let resp = target
-        .authorize(http.delete(&url))
+        .rest_request(http, reqwest::Method::DELETE, &url)?
         .send()
         .await
         .map_err(|e| http_err(&format!("deleting snapshot {name}"), e))?;
-    match http_status(&format!("deleting snapshot {name}"), resp).await {
+    match http_status(target, &format!("deleting snapshot {name}"), resp).await {
         Ok(_) => Ok(true),
         Err(Error::NotFound { .. }) => Ok(false),
         Err(e) => Err(e),
@@ -825,6 +891,182 @@ mod tests {
         // that cleaned up: retention with 0 days deletes one, keeps one.
         let r = snapshots_to_delete(&all[..2], 0, now);
         assert_eq!((r.deleted.len(), r.kept.len()), (1, 1));
+    }
+
+    /// One request as a local listener received it.
+    #[derive(Debug)]
+    struct Received {
+        method: String,
+        target: String,
+        headers: Vec<(String, String)>,
+        body_len: usize,
+    }
+
+    impl Received {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// A plain HTTP/1.1 listener on a free loopback port that records each
+    /// request's method, target, headers and body length, and answers every
+    /// one with `status` and `body`. It checks our client's requests, not
+    /// Qdrant's behaviour: the answers are whatever a test needs.
+    async fn recorder(status: u16, body: &'static str) -> (String, tokio::sync::mpsc::UnboundedReceiver<Received>) {
+        use tokio::io::AsyncBufReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut reader = tokio::io::BufReader::new(socket);
+                    let mut line = String::new();
+                    reader.read_line(&mut line).await.unwrap();
+                    let mut parts = line.split_whitespace();
+                    let (method, target) = (parts.next().unwrap().to_owned(), parts.next().unwrap().to_owned());
+                    let mut headers = Vec::new();
+                    loop {
+                        line.clear();
+                        reader.read_line(&mut line).await.unwrap();
+                        match line.trim_end().split_once(':') {
+                            Some((k, v)) => headers.push((k.trim().to_owned(), v.trim().to_owned())),
+                            None => break,
+                        }
+                    }
+                    let length = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
+                    let mut body_bytes = vec![0u8; length];
+                    reader.read_exact(&mut body_bytes).await.unwrap();
+                    let _ = tx.send(Received { method, target, headers, body_len: length });
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    reader.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                    reader.get_mut().shutdown().await.ok();
+                });
+            }
+        });
+        (base, rx)
+    }
+
+    fn file_entry(path: &Path) -> FileEntry {
+        let data = std::fs::read(path).unwrap();
+        FileEntry { path: "s.snapshot".into(), size: data.len() as u64, sha256: fsutil::hex(&Sha256::digest(&data)) }
+    }
+
+    /// Issue 13: every REST request the backup code sends (download, upload
+    /// with recovery, delete) carries the `api-key` header, and none does
+    /// without a key.
+    #[tokio::test]
+    async fn every_rest_request_carries_the_api_key() {
+        const KEY: &str = "rest-key-0123456789";
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("s.snapshot");
+        std::fs::write(&snapshot, vec![7u8; 300_000]).unwrap();
+        let file = file_entry(&snapshot);
+        for key in [Some(KEY), None] {
+            let (base, mut rx) = recorder(200, "{}").await;
+            let mut target = QdrantTarget::new("http://127.0.0.1:6334", "chunks").rest_url(base.as_str());
+            if let Some(key) = key {
+                target = target.api_key(key);
+            }
+            target.check().unwrap();
+            let http = target.http().unwrap();
+            let rest = target.rest_base().unwrap();
+            let url = snapshot_download_url(&rest, "chunks", "c-1.snapshot");
+            let (size, _) = download(&http, &target, &url, &dir.path().join("down.partial")).await.unwrap();
+            assert_eq!(size, 2);
+            let resp = upload_snapshot(&http, &target, &rest, &snapshot, &file, "u.snapshot").await.unwrap();
+            assert!(resp.status().is_success());
+            assert!(delete_snapshot_rest(&http, &target, &rest, "u.snapshot").await.unwrap());
+
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                seen.push(rx.recv().await.unwrap());
+            }
+            let methods: Vec<&str> = seen.iter().map(|r| r.method.as_str()).collect();
+            assert_eq!(methods, ["GET", "POST", "DELETE"]);
+            for r in &seen {
+                assert_eq!(r.header(API_KEY_HEADER), key, "{r:?}");
+            }
+            assert_eq!(seen[0].target, "/collections/chunks/snapshots/c-1.snapshot");
+            assert!(seen[1].target.starts_with("/collections/chunks/snapshots/upload?priority=snapshot&wait=true"));
+            assert!(seen[1].body_len as u64 > file.size, "the whole file and the multipart frame were sent");
+            assert_eq!(seen[2].target, "/collections/chunks/snapshots/u.snapshot?wait=true");
+        }
+    }
+
+    /// A server (or proxy) that quotes the request's key in its error page
+    /// does not get it into our error.
+    #[tokio::test]
+    async fn an_error_page_quoting_the_key_is_not_repeated() {
+        const KEY: &str = "echoed-key-0123456789";
+        let (base, _rx) = recorder(403, "forbidden: api-key echoed-key-0123456789 is not valid").await;
+        let target = QdrantTarget::new("http://127.0.0.1:6334", "chunks").rest_url(base.as_str()).api_key(KEY);
+        let http = target.http().unwrap();
+        let err = delete_snapshot_rest(&http, &target, &base, "u.snapshot").await.unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains(KEY), "{text}");
+        assert!(text.contains("403") && text.contains("forbidden: api-key *** is not valid"), "{text}");
+    }
+
+    /// `https://` REST URLs speak TLS: the first bytes the server gets are a
+    /// TLS handshake record (a plain-HTTP client would send `GET ...`), and
+    /// no `api-key` ever crosses in clear text.
+    #[tokio::test]
+    async fn https_rest_urls_use_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let first = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 2048];
+            let n = socket.read(&mut buf).await.unwrap();
+            buf.truncate(n);
+            buf
+        });
+        const KEY: &str = "tls-key-0123456789";
+        let target = QdrantTarget::new("https://127.0.0.1:6334", "chunks")
+            .rest_url(format!("https://127.0.0.1:{port}"))
+            .api_key(KEY)
+            .timeout(Duration::from_secs(5));
+        let http = target.http().unwrap();
+        let rest = target.rest_base().unwrap();
+        assert!(rest.starts_with("https://"), "{rest}");
+        let err = delete_snapshot_rest(&http, &target, &rest, "u.snapshot").await.unwrap_err();
+        let bytes = first.await.unwrap();
+        assert_eq!(bytes.first(), Some(&0x16), "a TLS handshake record, got {:?}", String::from_utf8_lossy(&bytes));
+        assert!(!String::from_utf8_lossy(&bytes).contains(KEY));
+        assert!(!format!("{err} {err:?}").contains(KEY));
+        // The REST URL derived from an https gRPC URL keeps the scheme.
+        assert_eq!(rest_from_grpc("https://q.example:6334").unwrap(), "https://q.example:6333");
+    }
+
+    /// A key no header can carry is refused before anything is sent,
+    /// without being quoted; so is an empty one.
+    #[test]
+    fn unusable_keys_are_refused_without_an_echo() {
+        for key in ["bad\nkey-0123456789", "bad\u{7f}key-0123456789", "bad key-0123456789", "", "  "] {
+            let target = QdrantTarget::new("http://127.0.0.1:6334", "chunks").api_key(key);
+            let err = target.check().unwrap_err();
+            assert_eq!(err.field(), Some("api_key"));
+            assert!(!format!("{err} {err:?}").contains("key-0123456789"), "{err}");
+            let err = target.client().map(|_| ()).unwrap_err();
+            assert_eq!(err.field(), Some("api_key"));
+            let http = target.http().unwrap();
+            let err = target.rest_request(&http, reqwest::Method::GET, "http://127.0.0.1:1/").unwrap_err();
+            assert_eq!(err.field(), Some("api_key"));
+        }
+        // A sensitive header value does not show in the request's Debug.
+        let target = QdrantTarget::new("http://127.0.0.1:6334", "chunks").api_key("debug-key-0123456789");
+        let http = target.http().unwrap();
+        let req = target.rest_request(&http, reqwest::Method::GET, "http://127.0.0.1:1/x").unwrap().build().unwrap();
+        assert!(req.headers().get(API_KEY_HEADER).is_some_and(|v| v.is_sensitive()));
+        assert!(!format!("{req:?}").contains("debug-key"), "{req:?}");
     }
 
     #[test]

@@ -104,9 +104,13 @@ pub struct QdrantIndexConfig {
     /// gRPC URL of the server (port 6334 by default), `http://` or
     /// `https://`, with no user, password, query or fragment (the client
     /// ignores them, and would quote them in its errors): the key goes in
-    /// `api_key`.
+    /// `api_key`. `https://` (Qdrant Cloud) connects over TLS and verifies
+    /// the server's certificate against the system's root certificates;
+    /// `http://` sends everything, the key included, in clear text.
     pub url: String,
-    /// API key sent with every request, if the server requires one.
+    /// API key sent with every request (the `api-key` header), if the
+    /// server requires one. Printable ASCII without spaces
+    /// ([`validate_api_key`]); never shown by `Debug` or any error.
     pub api_key: Option<String>,
     /// The collection this index is bound to.
     pub collection: String,
@@ -276,12 +280,15 @@ impl QdrantIndexConfig {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming the field: a URL [`validate_url`]
-    /// refuses, a collection name Qdrant would refuse (empty, over 255
-    /// bytes, or with one of `/ \ : * ? " < > |`, a control character),
-    /// zero timeouts, zero factors, or batch sizes outside
-    /// `1..=MAX_BATCH`.
+    /// refuses, a key [`validate_api_key`] refuses, a collection name
+    /// Qdrant would refuse (empty, over 255 bytes, or with one of
+    /// `/ \ : * ? " < > |`, a control character), zero timeouts, zero
+    /// factors, or batch sizes outside `1..=MAX_BATCH`.
     pub fn validate(&self) -> Result<()> {
         validate_url("url", &self.url)?;
+        if let Some(key) = &self.api_key {
+            validate_api_key(key)?;
+        }
         validate_collection_name(&self.collection)?;
         if self.timeout.is_zero() {
             return Err(Error::invalid("timeout", "must be positive"));
@@ -444,6 +451,25 @@ pub fn validate_url(field: &'static str, url: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks an API key: not empty, printable ASCII with no space (what an
+/// HTTP header carries unchanged). qdrant-client would otherwise fail each
+/// call with an error that quotes the key.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`api_key`); the message never quotes the key.
+pub fn validate_api_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid("api_key", "is empty (leave it unset when the server needs none)"));
+    }
+    if !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Error::invalid(
+            "api_key",
+            "must be printable ASCII without spaces (it is sent as an HTTP header; the key is not shown)",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a collection name against Qdrant's rules.
 ///
 /// # Errors
@@ -589,5 +615,118 @@ mod tests {
         let ok = QdrantIndexConfig::new("https://q.example:6334", "c", spec()).api_key(PW);
         assert!(ok.validate().is_ok());
         assert!(!format!("{:?}", ok.build().unwrap()).contains(PW));
+    }
+
+    /// An HTTP/2 listener on a free loopback port recording each request's
+    /// path and `api-key` header, and answering every one at once with gRPC
+    /// status 14 (unavailable). It tests what our client sends, not
+    /// Qdrant's behaviour.
+    async fn grpc_recorder() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, Option<String>)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else { return };
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        let key = request.headers().get("api-key").map(|v| v.to_str().unwrap().to_owned());
+                        let _ = tx.send((request.uri().path().to_owned(), key));
+                        let answer = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", "14")
+                            .header("grpc-message", "recorder")
+                            .body(())
+                            .unwrap();
+                        let _ = respond.send_response(answer, true);
+                    }
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    /// Issue 13: the key goes in the `api-key` header of every gRPC request
+    /// (collection checks, writes, reads, counts), and no request carries
+    /// one when there is no key.
+    #[tokio::test]
+    async fn every_grpc_request_carries_the_api_key() {
+        use selfrag_core::{Chunk, SearchRequest, Tenant, VectorIndex};
+        const KEY: &str = "grpc-key-0123456789";
+        for key in [Some(KEY), None] {
+            let (url, mut rx) = grpc_recorder().await;
+            let mut config = QdrantIndexConfig::new(url, "chunks", spec()).timeout(Duration::from_secs(5));
+            if let Some(key) = key {
+                config = config.api_key(key);
+            }
+            let index = config.build().unwrap();
+            let tenant = Tenant::new("t").unwrap();
+            assert!(index.ensure().await.is_err());
+            assert!(index.count(&tenant, None).await.is_err());
+            assert!(index.upsert(&tenant, vec![Chunk::new("d", 0, "x", vec![0.5; 4])]).await.is_err());
+            assert!(index.search(&tenant, &SearchRequest::new(vec![0.5; 4], 3)).await.is_err());
+            assert!(index.document_chunks(&tenant, "d").await.is_err());
+            drop(index);
+            let mut paths = Vec::new();
+            while let Ok(Some((path, sent))) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+                assert_eq!(sent.as_deref(), key, "{path}");
+                paths.push(path);
+            }
+            for method in ["/qdrant.Points/Count", "/qdrant.Points/Upsert", "/qdrant.Points/Scroll"] {
+                assert!(paths.iter().any(|p| p == method), "{method} not in {paths:?}");
+            }
+            assert!(paths.iter().any(|p| p.starts_with("/qdrant.Collections/")), "{paths:?}");
+            assert!(paths.iter().any(|p| p.starts_with("/qdrant.Points/Query") || p.ends_with("/Search")), "{paths:?}");
+        }
+    }
+
+    /// The first bytes a client sends to a listener that answers nothing.
+    async fn first_bytes(scheme: &str) -> Vec<u8> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("{scheme}://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let read = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap();
+            buf.truncate(n);
+            buf
+        });
+        let index = QdrantIndexConfig::new(url, "chunks", spec())
+            .api_key("first-bytes-key-0123456789")
+            .timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let err = index.report().await.unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("first-bytes-key"), "{err}");
+        read.await.unwrap()
+    }
+
+    /// `https://` makes qdrant-client speak TLS (a handshake record comes
+    /// first, nothing readable); `http://` speaks HTTP/2 in clear text.
+    #[tokio::test]
+    async fn https_urls_use_tls() {
+        let tls = first_bytes("https").await;
+        assert_eq!(tls.first(), Some(&0x16), "a TLS handshake record, got {:?}", String::from_utf8_lossy(&tls));
+        assert!(!String::from_utf8_lossy(&tls).contains("first-bytes-key"));
+        let plain = first_bytes("http").await;
+        assert!(plain.starts_with(b"PRI * HTTP/2.0"), "{:?}", String::from_utf8_lossy(&plain));
+    }
+
+    /// A key no header can carry is refused by `validate` and `build`
+    /// (qdrant-client would quote it in every call's error).
+    #[test]
+    fn unusable_api_keys_are_refused_without_an_echo() {
+        for key in ["", "with space-0123456789", "new\nline-0123456789", "tab\t-0123456789", "ünïcode-0123456789"] {
+            let config = QdrantIndexConfig::new("https://q.example:6334", "c", spec()).api_key(key);
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.field(), Some("api_key"), "{key:?}");
+            assert!(!format!("{err} {err:?}").contains("0123456789"), "{err}");
+            assert_eq!(config.build().unwrap_err().field(), Some("api_key"));
+        }
+        assert!(validate_api_key("abc.DEF_123-|~").is_ok());
     }
 }

@@ -43,6 +43,12 @@
 //! inside `build` and only prints a warning (qdrant-client 1.20 works with
 //! Qdrant 1.18 servers). [`QdrantIndex::ensure`] is the check that matters.
 //!
+//! **Qdrant Cloud** (HTTPS + API key): `QDRANT_URL=https://<cluster>:6334`
+//! and `QDRANT_API_KEY`. An `https://` URL connects over TLS (rustls,
+//! verified against the system's root certificates); the key goes in the
+//! `api-key` header of every request ([`validate_api_key`]: printable ASCII
+//! without spaces).
+//!
 //! The API key is never printed: `Debug` of the config and the index shows
 //! only whether there is one. The URL may not hold a user, password or query
 //! ([`validate_url`]: the client would ignore them, then quote them in its
@@ -124,7 +130,7 @@ mod error;
 mod index;
 pub mod report;
 
-pub use config::{redact_url, validate_url, QdrantIndexConfig, ReadConsistency, WriteOrder};
+pub use config::{redact_url, validate_api_key, validate_url, QdrantIndexConfig, ReadConsistency, WriteOrder};
 pub use error::map_error;
 pub use index::QdrantIndex;
 pub use qdrant_client;
