@@ -91,6 +91,7 @@
 //! [`Error::is_retryable`]: selfrag_core::Error::is_retryable
 //! [`Error::is_ambiguous`]: selfrag_core::Error::is_ambiguous
 
+mod coalesce;
 mod config;
 mod conn;
 mod error;
@@ -99,6 +100,7 @@ mod redact;
 mod session;
 mod users;
 
+pub use coalesce::{CoalesceConfig, CoalesceStats};
 pub use config::PostgresConfig;
 pub use memory::PostgresMemoryStore;
 pub use redact::{parse_url, redact_url};

@@ -1,6 +1,6 @@
 //! [`MemoryStore`] on the `memory_logs` table.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
@@ -18,6 +18,7 @@ use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Error as PgError, Row};
 use uuid::Uuid;
 
+use crate::coalesce::{Boxed, CoalesceConfig, CoalesceStats, Coalescer, Request, Submitted};
 use crate::conn::Db;
 use crate::{error, explain, users};
 
@@ -58,6 +59,15 @@ const COPY_IN: &str = concat!("COPY memory_logs (", columns!(), ") FROM STDIN (F
 /// `COPY` protocol's extra messages cost more than they save.
 const COPY_THRESHOLD: usize = 32;
 
+// Several callers' rows in one statement (coalesced appends): the user is a
+// column like the others.
+const INSERT_MANY: &str = concat!(
+    "INSERT INTO memory_logs (",
+    columns!(),
+    r#")
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::varchar[], $5::text[], $6::jsonb[])"#
+);
+
 /// Memory logs in Postgres (`memory_logs`).
 ///
 /// Clones share the pool. Every statement is prepared once per pooled
@@ -73,10 +83,20 @@ const COPY_THRESHOLD: usize = 32;
 /// In a batch, rows already stored identically are skipped and the others
 /// written, all in one transaction.
 ///
+/// # Coalesced appends
+/// With [`coalescing`](Self::coalescing), the appends waiting at the same
+/// moment share one statement and one commit (see `docs/postgres.md`,
+/// "Coalesced appends"); each call still returns only after its own rows
+/// are committed, with the same outcome it would have alone.
+///
 /// [`PostgresConfig::operation_timeout`]: crate::PostgresConfig::operation_timeout
 #[derive(Debug, Clone)]
 pub struct PostgresMemoryStore {
     db: Db,
+    /// The operation timeout, kept here for the deadline of a call that
+    /// waits in the coalescing queue.
+    timeout: std::time::Duration,
+    coalescer: Option<Arc<Coalescer>>,
 }
 
 impl PostgresMemoryStore {
@@ -84,12 +104,56 @@ impl PostgresMemoryStore {
     /// (see [`crate::migrate`]), with the default operation timeout
     /// ([`PostgresConfig::DEFAULT_OPERATION_TIMEOUT`](crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT)).
     pub fn new(pool: Pool) -> Self {
-        Self { db: Db::new(pool, crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT) }
+        let timeout = crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT;
+        Self { db: Db::new(pool, timeout), timeout, coalescer: None }
     }
 
     /// A store on `pool` with the operation timeout of `config`.
     pub fn with_config(pool: Pool, config: &crate::PostgresConfig) -> Self {
         Self::new(pool).operation_timeout(config.operation_timeout)
+    }
+
+    /// Turns on coalesced appends, bounded by `config`: `append` and
+    /// `append_batch` calls that wait at the same moment are written in one
+    /// statement and one commit. No call waits for company: a lone call is
+    /// sent at once (with the same single-row `INSERT`), and the calls that
+    /// arrive while [`CoalesceConfig::max_in_flight`] statements are in
+    /// flight form the next statement.
+    ///
+    /// The contract of every call is unchanged: it returns after its rows
+    /// are committed; its batch is all-or-nothing; a neighbour's taken id or
+    /// unknown user never fails it (a failed statement is split and each
+    /// call written alone); errors keep their kinds; retried appends are
+    /// reconciled by id as always. Its operation timeout covers the wait in
+    /// the queue. A call that gives up (times out or is dropped) while still
+    /// queued is never written; one that gives up with its rows in flight
+    /// may be committed ([`Error::is_ambiguous`]). A call above the
+    /// statement bounds is written on its own. The queue starts on first use
+    /// (which must be inside a Tokio runtime) and holds this store's
+    /// operation timeout as set at that moment.
+    ///
+    /// Clones share the queue; [`close_coalescing`](Self::close_coalescing)
+    /// flushes it. Dropping the last clone flushes it too.
+    pub fn coalescing(mut self, config: CoalesceConfig) -> Self {
+        self.coalescer = Some(Arc::new(Coalescer::new(config, write_one, write_many)));
+        self
+    }
+
+    /// Counters of coalesced appends (calls, statements, rows, split
+    /// statements, calls cancelled in the queue), or `None` without
+    /// [`coalescing`](Self::coalescing).
+    pub fn coalescing_stats(&self) -> Option<CoalesceStats> {
+        self.coalescer.as_ref().map(|c| c.stats())
+    }
+
+    /// Shuts the coalescing queue down cleanly: stops queueing (later
+    /// appends on any clone are written on their own, as without
+    /// coalescing), writes every call already queued and returns when each
+    /// has been answered. Does nothing without coalescing.
+    pub async fn close_coalescing(&self) {
+        if let Some(c) = &self.coalescer {
+            c.close().await;
+        }
     }
 
     /// Sets the deadline of every call: getting a connection and every
@@ -98,6 +162,7 @@ impl PostgresMemoryStore {
     /// closed.
     pub fn operation_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.db = self.db.with_timeout(timeout);
+        self.timeout = timeout;
         self
     }
 
@@ -138,18 +203,99 @@ impl PostgresMemoryStore {
     /// Validates `logs` and writes them in one statement (one round trip
     /// for up to [`COPY_THRESHOLD`] rows; all rows or none). A taken id is
     /// reconciled by [`reconcile`].
-    async fn insert_batch(&self, user: UserId, logs: &[NewMemoryLog]) -> Result<()> {
-        // Everything is checked before anything is sent.
-        validate_batch(logs)?;
-        let op = self.db.op("append memory logs");
-        let mut conn = op.conn().await?;
-        let written = op.run(async { Ok(insert(&conn, user, logs).await) }).await?;
-        match written {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => op.run(reconcile(&mut conn, user, logs)).await,
-            Err(e) => Err(error::write(e, user, "memory log")),
+    /// With coalescing, through the queue unless the call is too big or the
+    /// queue closed.
+    async fn insert_batch(&self, user: UserId, logs: Vec<NewMemoryLog>) -> Result<Vec<NewMemoryLog>> {
+        // Everything is checked before anything is sent (or queued).
+        validate_batch(&logs)?;
+        let logs = match &self.coalescer {
+            Some(c) => {
+                let deadline = tokio::time::Instant::now() + self.timeout;
+                match c.submit(&self.db, user, logs, deadline).await {
+                    Submitted::Done(result) => return result,
+                    Submitted::Direct(logs) => logs,
+                }
+            }
+            None => logs,
+        };
+        write_direct(&self.db, user, &logs).await?;
+        Ok(logs)
+    }
+}
+
+/// Writes one call's rows in one statement under its own deadline; a taken
+/// id is reconciled by [`reconcile`].
+async fn write_direct(db: &Db, user: UserId, logs: &[NewMemoryLog]) -> Result<()> {
+    let op = db.op("append memory logs");
+    let mut conn = op.conn().await?;
+    let written = op.run(async { Ok(insert(&conn, user, logs).await) }).await?;
+    match written {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => op.run(reconcile(&mut conn, user, logs)).await,
+        Err(e) => Err(error::write(e, user, "memory log")),
+    }
+}
+
+/// The coalescer's write of one call alone: [`write_direct`].
+fn write_one(db: Db, user: UserId, logs: Vec<NewMemoryLog>) -> Boxed<(Result<()>, Vec<NewMemoryLog>)> {
+    Box::pin(async move {
+        let result = write_direct(&db, user, &logs).await;
+        (result, logs)
+    })
+}
+
+/// The coalescer's write of several calls in one statement (one commit).
+/// Any error only tells the coalescer to write each call alone, so it is not
+/// mapped with care.
+fn write_many(db: Db, batch: Vec<Request>) -> Boxed<(Result<()>, Vec<Request>)> {
+    Box::pin(async move {
+        let op = db.op("append memory logs (coalesced)");
+        let result = async {
+            let conn = op.conn().await?;
+            op.run(async { insert_many(&conn, &batch).await.map_err(error::pg) }).await
+        }
+        .await;
+        (result.map(drop), batch)
+    })
+}
+
+/// Writes the rows of several calls (of any users) in one statement.
+async fn insert_many(conn: &Object, batch: &[Request]) -> std::result::Result<u64, PgError> {
+    let rows: usize = batch.iter().map(|r| r.logs.len()).sum();
+    if rows > COPY_THRESHOLD {
+        let stmt = conn.prepare_cached(COPY_IN).await?;
+        let sink = conn.copy_in(&stmt).await?;
+        let writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COLUMN_TYPES));
+        let mut writer = writer;
+        for r in batch {
+            for log in &r.logs {
+                let (id, ts, meta) = (*log.id().as_uuid(), log.timestamp(), Json(log.metadata()));
+                writer
+                    .as_mut()
+                    .write(&[&id, r.user.as_uuid(), &ts, &log.kind().as_str(), &log.content(), &meta])
+                    .await?;
+            }
+        }
+        return writer.finish().await;
+    }
+    let mut users = Vec::with_capacity(rows);
+    let mut ids = Vec::with_capacity(rows);
+    let mut timestamps = Vec::with_capacity(rows);
+    let mut types = Vec::with_capacity(rows);
+    let mut contents = Vec::with_capacity(rows);
+    let mut metas = Vec::with_capacity(rows);
+    for r in batch {
+        for log in &r.logs {
+            users.push(*r.user.as_uuid());
+            ids.push(*log.id().as_uuid());
+            timestamps.push(log.timestamp());
+            types.push(log.kind().as_str());
+            contents.push(log.content());
+            metas.push(Json(log.metadata()));
         }
     }
+    let stmt = conn.prepare_cached(INSERT_MANY).await?;
+    conn.execute(&stmt, &[&ids, &users, &timestamps, &types, &contents, &metas]).await
 }
 
 /// Writes `logs` in one statement.
@@ -409,8 +555,8 @@ fn json_kind(v: &Value) -> &'static str {
 impl MemoryStore for PostgresMemoryStore {
     async fn append(&self, user: UserId, log: NewMemoryLog) -> Result<MemoryLog> {
         // A batch of one: the same checks; written with a single-row INSERT.
-        self.insert_batch(user, std::slice::from_ref(&log)).await?;
-        Ok(log.into_log(user))
+        let mut logs = self.insert_batch(user, vec![log]).await?;
+        Ok(logs.pop().expect("the appended log").into_log(user))
     }
 
     async fn append_batch(&self, user: UserId, logs: Vec<NewMemoryLog>) -> Result<Vec<MemoryLog>> {
@@ -422,7 +568,7 @@ impl MemoryStore for PostgresMemoryStore {
             let exists = op.run(users::exists(&conn, user)).await?;
             return if exists { Ok(Vec::new()) } else { Err(Error::user_not_found(user)) };
         }
-        self.insert_batch(user, &logs).await?;
+        let logs = self.insert_batch(user, logs).await?;
         Ok(logs.into_iter().map(|l| l.into_log(user)).collect())
     }
 

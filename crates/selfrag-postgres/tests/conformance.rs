@@ -5,12 +5,23 @@ mod common;
 
 use std::sync::Arc;
 
-use selfrag_postgres::{PostgresMemoryStore, PostgresSessionStore, PostgresUserStore};
+use selfrag_postgres::{CoalesceConfig, PostgresMemoryStore, PostgresSessionStore, PostgresUserStore};
 use selfrag_testkit::{MemoryFixture, RealClock, SessionFixture};
 
 async fn memory_fixture() -> Option<MemoryFixture> {
     let db = common::fresh_db().await?;
     let store = Arc::new(PostgresMemoryStore::new(db.pool.clone()));
+    let users = Arc::new(PostgresUserStore::new(db.pool.clone()));
+    Some(MemoryFixture::new(store, users).with_guard(db))
+}
+
+/// The same store with coalesced appends on, with small bounds (8 rows,
+/// 2 statements in flight) so that the suite's concurrent appends share
+/// statements and also overflow them.
+async fn coalesced_memory_fixture() -> Option<MemoryFixture> {
+    let db = common::fresh_db().await?;
+    let config = CoalesceConfig::new().max_rows(8).max_in_flight(2).queue(64);
+    let store = Arc::new(PostgresMemoryStore::new(db.pool.clone()).coalescing(config));
     let users = Arc::new(PostgresUserStore::new(db.pool.clone()));
     Some(MemoryFixture::new(store, users).with_guard(db))
 }
@@ -29,4 +40,9 @@ async fn session_fixture() -> Option<SessionFixture> {
 }
 
 selfrag_testkit::memory_store_tests!(memory_fixture);
+
+/// The memory suite again, through the coalescing queue.
+mod coalesced {
+    selfrag_testkit::memory_store_tests!(crate::coalesced_memory_fixture);
+}
 selfrag_testkit::session_store_tests!(session_fixture);

@@ -1,0 +1,419 @@
+//! Coalesced appends: the appends waiting at the same moment go out as one
+//! statement and one commit ("natural batching", no timer).
+//!
+//! Callers put their (already validated) rows on a bounded queue and wait.
+//! One flusher task takes the first waiting request at once, adds whatever
+//! else is already queued (up to the statement bounds) and hands the batch to
+//! a writer task; up to [`CoalesceConfig::max_in_flight`] batches are in
+//! flight together, and while they all are, new requests wait in the queue
+//! and form the next batch. Nothing ever waits for company: a lone append is
+//! sent as soon as it is queued, with the same single-row `INSERT` as
+//! without coalescing.
+//!
+//! Each request has a state, `QUEUED` → `TAKEN` (by the flusher, just
+//! before its batch is built) or `QUEUED` → `CANCELLED` (by the caller,
+//! when it gives up: its future dropped or its deadline passed). Both are
+//! compare-and-swaps, so a caller that gave up while queued is never
+//! written, and a caller that gives up once taken knows its rows may be
+//! committed (the usual ambiguity of a write cut short).
+//!
+//! When a combined statement fails (any error: a taken id, an unknown user,
+//! a lost connection), nothing of it is committed (one statement is
+//! atomic), or, for a lost connection, perhaps all of it; each request is
+//! then written again on its own through the store's plain path, which is
+//! retry-safe by id. So every caller gets exactly the outcome and error
+//! kind it would have had alone, and a neighbour's bad row never fails it.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use selfrag_core::{Error, NewMemoryLog, Result, UserId};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::time::Instant;
+
+use crate::conn::Db;
+use crate::error::BACKEND;
+
+/// Bounds of coalesced appends (see
+/// [`PostgresMemoryStore::coalescing`](crate::PostgresMemoryStore::coalescing)).
+/// Every bound is at least 1; a setter given 0 uses 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CoalesceConfig {
+    /// Most rows in one coalesced statement (default 512). A call with more
+    /// rows is written on its own, as without coalescing.
+    pub max_rows: usize,
+    /// Most bytes of content and metadata (estimated: content length plus
+    /// the lengths of the metadata's keys and strings, 8 bytes per other
+    /// value) in one coalesced statement (default 4 MiB). A call above it is
+    /// written on its own.
+    pub max_bytes: usize,
+    /// Most calls waiting in the queue (default 4,096). A call that finds
+    /// it full waits for room (back-pressure) within its operation timeout.
+    pub queue: usize,
+    /// Most coalesced statements in flight at once (default 4), each on its
+    /// own pooled connection. While all are in flight, new calls queue up
+    /// and form the next statement.
+    pub max_in_flight: usize,
+}
+
+impl Default for CoalesceConfig {
+    fn default() -> Self {
+        Self { max_rows: 512, max_bytes: 4 * 1024 * 1024, queue: 4096, max_in_flight: 4 }
+    }
+}
+
+impl CoalesceConfig {
+    /// The defaults (see the fields).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`max_rows`](Self::max_rows).
+    pub fn max_rows(mut self, n: usize) -> Self {
+        self.max_rows = n.max(1);
+        self
+    }
+
+    /// Sets [`max_bytes`](Self::max_bytes).
+    pub fn max_bytes(mut self, n: usize) -> Self {
+        self.max_bytes = n.max(1);
+        self
+    }
+
+    /// Sets [`queue`](Self::queue).
+    pub fn queue(mut self, n: usize) -> Self {
+        self.queue = n.max(1);
+        self
+    }
+
+    /// Sets [`max_in_flight`](Self::max_in_flight).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+}
+
+/// Counters of a store's coalesced appends since it was built (see
+/// [`PostgresMemoryStore::coalescing_stats`](crate::PostgresMemoryStore::coalescing_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CoalesceStats {
+    /// Calls answered through the queue.
+    pub calls: u64,
+    /// Coalesced statements sent (a batch of one call counts as one).
+    pub statements: u64,
+    /// Rows in those statements.
+    pub rows: u64,
+    /// Statements that failed and whose calls were written again one by one.
+    pub split: u64,
+    /// Calls that gave up while still queued, and were not written.
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    statements: AtomicU64,
+    rows: AtomicU64,
+    split: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const CANCELLED: u8 = 2;
+
+/// One waiting call.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) user: UserId,
+    pub(crate) logs: Vec<NewMemoryLog>,
+    bytes: usize,
+    state: Arc<AtomicU8>,
+    /// The rows back on success, so the caller returns them without a copy.
+    reply: oneshot::Sender<Result<Vec<NewMemoryLog>>>,
+}
+
+/// What [`Coalescer::submit`] did.
+pub(crate) enum Submitted {
+    /// Written (or failed) through the queue.
+    Done(Result<Vec<NewMemoryLog>>),
+    /// Not queued (too big, or the coalescer is closed): the caller writes
+    /// these itself.
+    Direct(Vec<NewMemoryLog>),
+}
+
+/// A boxed, sendable future.
+pub(crate) type Boxed<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Writes one call's rows on its own: the store's plain path. Gives the
+/// rows back.
+pub(crate) type WriteOne = fn(Db, UserId, Vec<NewMemoryLog>) -> Boxed<(Result<()>, Vec<NewMemoryLog>)>;
+
+/// Writes several calls' rows in one statement; the error only tells the
+/// flusher to split. Gives the requests back.
+pub(crate) type WriteMany = fn(Db, Vec<Request>) -> Boxed<(Result<()>, Vec<Request>)>;
+
+/// The queue and its flusher, shared by a store's clones. Started on first
+/// use, inside the caller's runtime.
+#[derive(Debug)]
+pub(crate) struct Coalescer {
+    config: CoalesceConfig,
+    running: OnceLock<Running>,
+    counters: Arc<Counters>,
+    write_one: WriteOne,
+    write_many: WriteMany,
+}
+
+#[derive(Debug)]
+struct Running {
+    tx: mpsc::Sender<Request>,
+    close: Arc<Notify>,
+    done: watch::Receiver<bool>,
+}
+
+/// Marks a queued request cancelled when the waiting call goes away.
+struct CancelOnDrop<'a>(&'a AtomicU8, &'a Counters);
+
+impl CancelOnDrop<'_> {
+    /// Gives up: true when the request was still queued (so it will not be
+    /// written).
+    fn cancel(&self) -> bool {
+        let cancelled = self.0.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if cancelled {
+            self.1.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        cancelled
+    }
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+impl Coalescer {
+    pub(crate) fn new(config: CoalesceConfig, write_one: WriteOne, write_many: WriteMany) -> Self {
+        Self { config, running: OnceLock::new(), counters: Arc::default(), write_one, write_many }
+    }
+
+    pub(crate) fn stats(&self) -> CoalesceStats {
+        let c = &self.counters;
+        CoalesceStats {
+            calls: c.calls.load(Ordering::Relaxed),
+            statements: c.statements.load(Ordering::Relaxed),
+            rows: c.rows.load(Ordering::Relaxed),
+            split: c.split.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
+        }
+    }
+
+    fn running(&self, db: &Db) -> &Running {
+        self.running.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(self.config.queue);
+            let close = Arc::new(Notify::new());
+            let (done_tx, done) = watch::channel(false);
+            let flusher = Flusher {
+                db: db.clone(),
+                config: self.config,
+                counters: self.counters.clone(),
+                write_one: self.write_one,
+                write_many: self.write_many,
+            };
+            tokio::spawn(flusher.run(rx, close.clone(), done_tx));
+            Running { tx, close, done }
+        })
+    }
+
+    /// Queues `logs` (validated) for `user` and waits for their commit,
+    /// until `deadline`.
+    pub(crate) async fn submit(&self, db: &Db, user: UserId, logs: Vec<NewMemoryLog>, deadline: Instant) -> Submitted {
+        let bytes = logs.iter().map(row_bytes).sum::<usize>();
+        if logs.len() > self.config.max_rows || bytes > self.config.max_bytes {
+            return Submitted::Direct(logs);
+        }
+        let running = self.running(db);
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let (reply, answer) = oneshot::channel();
+        let request = Request { user, logs, bytes, state: state.clone(), reply };
+        let guard = CancelOnDrop(&state, &self.counters);
+        match tokio::time::timeout_at(deadline, running.tx.send(request)).await {
+            Ok(Ok(())) => {}
+            // Closed: the caller writes on its own.
+            Ok(Err(mpsc::error::SendError(request))) => {
+                std::mem::forget(guard);
+                return Submitted::Direct(request.logs);
+            }
+            Err(_) => {
+                guard.cancel();
+                return Submitted::Done(Err(Error::timeout(
+                    BACKEND,
+                    "append memory logs: the coalescing queue stayed full until the operation timeout; nothing was written",
+                )));
+            }
+        }
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let result = match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            // The flusher went away without answering (its runtime shut
+            // down): written or not, depending on whether it was taken.
+            Ok(Err(_)) => Err(Error::Unavailable {
+                backend: BACKEND,
+                message: "append memory logs: the coalescing writer stopped before answering".into(),
+                maybe_applied: !guard.cancel(),
+                source: None,
+            }),
+            Err(_) => Err(Error::timeout(
+                BACKEND,
+                if guard.cancel() {
+                    "append memory logs: still queued at the operation timeout; nothing was written"
+                } else {
+                    "append memory logs: no result within the operation timeout (the rows were in flight and may be committed)"
+                },
+            )),
+        };
+        Submitted::Done(result)
+    }
+
+    /// Stops queueing (later calls write on their own), writes everything
+    /// already queued and waits until every batch in flight has answered.
+    pub(crate) async fn close(&self) {
+        let Some(running) = self.running.get() else { return };
+        running.close.notify_one();
+        let mut done = running.done.clone();
+        // An error means the flusher is gone, which is done too.
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+/// Estimated bytes of a row's content and metadata (see
+/// [`CoalesceConfig::max_bytes`]).
+fn row_bytes(log: &NewMemoryLog) -> usize {
+    fn value(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => 2 + a.iter().map(value).sum::<usize>(),
+            Value::Object(m) => 2 + m.iter().map(|(k, v)| k.len() + 3 + value(v)).sum::<usize>(),
+            _ => 8,
+        }
+    }
+    log.content().len() + 2 + log.metadata().iter().map(|(k, v)| k.len() + 3 + value(v)).sum::<usize>()
+}
+
+struct Flusher {
+    db: Db,
+    config: CoalesceConfig,
+    counters: Arc<Counters>,
+    write_one: WriteOne,
+    write_many: WriteMany,
+}
+
+impl Flusher {
+    async fn run(self, mut rx: mpsc::Receiver<Request>, close: Arc<Notify>, done: watch::Sender<bool>) {
+        let slots = Arc::new(Semaphore::new(self.config.max_in_flight));
+        let this = Arc::new(self);
+        // A request that did not fit the previous batch opens the next one.
+        let mut carry: Option<Request> = None;
+        let mut closing = false;
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let mut batch: Vec<Request> = Vec::new();
+            let (mut rows, mut bytes) = (0usize, 0usize);
+            loop {
+                let next = match carry.take() {
+                    Some(r) => r,
+                    None if batch.is_empty() => {
+                        let received = if closing {
+                            rx.recv().await
+                        } else {
+                            tokio::select! {
+                                r = rx.recv() => r,
+                                () = close.notified() => {
+                                    // Refuse new requests, keep the queued ones.
+                                    closing = true;
+                                    rx.close();
+                                    continue;
+                                }
+                            }
+                        };
+                        match received {
+                            Some(r) => r,
+                            None => break,
+                        }
+                    }
+                    None => match rx.try_recv() {
+                        Ok(r) => r,
+                        Err(_) => break,
+                    },
+                };
+                if !batch.is_empty()
+                    && (rows + next.logs.len() > this.config.max_rows || bytes + next.bytes > this.config.max_bytes)
+                {
+                    carry = Some(next);
+                    break;
+                }
+                if next.state.compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    // Its caller gave up while it waited: never written.
+                    continue;
+                }
+                rows += next.logs.len();
+                bytes += next.bytes;
+                batch.push(next);
+            }
+            if batch.is_empty() {
+                // The queue is closed and empty.
+                drop(slot);
+                break;
+            }
+            let this = this.clone();
+            tokio::spawn(async move {
+                this.write(batch).await;
+                drop(slot);
+            });
+        }
+        // Every batch in flight has answered once all slots are free again.
+        let all = u32::try_from(this.config.max_in_flight).unwrap_or(u32::MAX);
+        let _ = slots.acquire_many(all).await;
+        let _ = done.send(true);
+    }
+
+    async fn write(&self, mut batch: Vec<Request>) {
+        let rows: usize = batch.iter().map(|r| r.logs.len()).sum();
+        self.counters.statements.fetch_add(1, Ordering::Relaxed);
+        self.counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        if batch.len() == 1 {
+            let r = batch.pop().expect("one request");
+            let (result, logs) = (self.write_one)(self.db.clone(), r.user, r.logs).await;
+            let _ = r.reply.send(result.map(|()| logs));
+            return;
+        }
+        let (result, batch) = (self.write_many)(self.db.clone(), batch).await;
+        if result.is_ok() {
+            for r in batch {
+                let _ = r.reply.send(Ok(r.logs));
+            }
+            return;
+        }
+        // Nothing of the statement is committed (or, after a lost
+        // connection, maybe all of it): each call is written again alone,
+        // retry-safe by id, and gets its own outcome.
+        self.counters.split.fetch_add(1, Ordering::Relaxed);
+        let mut alone = tokio::task::JoinSet::new();
+        for r in batch {
+            if r.reply.is_closed() {
+                // Its caller gave up with the rows in flight: it was told
+                // they may be committed; nobody waits for the answer.
+                continue;
+            }
+            let (db, write_one) = (self.db.clone(), self.write_one);
+            alone.spawn(async move {
+                let (result, logs) = write_one(db, r.user, r.logs).await;
+                let _ = r.reply.send(result.map(|()| logs));
+            });
+        }
+        while alone.join_next().await.is_some() {}
+    }
+}
