@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use selfrag_backup::run::PARTIAL_SUFFIX;
 use selfrag_backup::{
-    BackupRun, Entry, EntryKind, Manifest, PgTools, PostgresBackup, PostgresRestore, QdrantTarget, DEFAULT_KEEP_DAYS,
+    BackupRun, Entry, EntryKind, Manifest, PgTools, PostgresBackup, PostgresRestore, QdrantRestoreReport, QdrantTarget,
+    DEFAULT_KEEP_DAYS,
 };
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::cli::{BackupArgs, BackupTarget, Global, PruneArgs, RestoreArgs, RestoreTarget, VerifyArgs};
-use crate::output::{chain, exit_of, Exit, Failure, Out};
+use crate::output::{chain, exit_of, explain, Exit, Failure, Out};
 
 impl Global {
     fn backup_root(&self) -> Result<&Path, Failure> {
@@ -70,6 +71,37 @@ impl Global {
     }
 }
 
+/// A run that could not start under `root`: a configuration error (2)
+/// when the directory cannot be made or written for a reason the user must
+/// fix (a missing parent it cannot create, a file in the way, no
+/// permission, a read-only file system), else a failure (1: a full disk,
+/// an I/O error).
+fn backup_dir_failure(root: &Path, err: &selfrag_core::Error) -> Failure {
+    use std::io::ErrorKind as K;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut io_kind = None;
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        source = e.source();
+    }
+    let config = matches!(
+        io_kind,
+        Some(K::NotFound | K::PermissionDenied | K::NotADirectory | K::AlreadyExists | K::ReadOnlyFilesystem)
+    );
+    if config {
+        Failure::usage(format!(
+            "cannot create a backup run under {}: {}. Fix: set --backup-dir / SELFRAG_BACKUP_DIR to a directory \
+             this user can create and write",
+            root.display(),
+            chain(err)
+        ))
+    } else {
+        Failure::from_core("cannot start a backup run", err)
+    }
+}
+
 /// The newest finished run under `root` whose manifest holds an entry of
 /// `kind` (any kind when `None`) named `entry` (any name when `None`).
 fn newest_run_with(root: &Path, kind: Option<EntryKind>, entry: Option<&str>) -> Result<PathBuf, Failure> {
@@ -96,10 +128,48 @@ fn kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-/// Fails with a configuration error (2) unless `tool` is installed: checked
-/// before a run starts or a restore touches anything.
-fn require_tool(tools: &PgTools, tool: &str) -> Result<(), Failure> {
-    tools.resolve(tool).map(|_| ()).map_err(|e| Failure { exit: Exit::Usage, message: chain(&e) })
+impl Global {
+    /// Fails with a configuration error (2) unless `tool` is installed:
+    /// checked before a run starts or a restore touches anything. The
+    /// message names the tool's own settings (`--pg-bin-dir` /
+    /// `SELFRAG_PG_BIN_DIR`) and, when Debian's layout holds the tool, the
+    /// directory to give them.
+    fn require_tool(&self, tool: &str) -> Result<(), Failure> {
+        let Err(err) = self.pg_tools().resolve(tool) else { return Ok(()) };
+        let found = debian_pg_bin_dirs().into_iter().find(|dir| dir.join(tool).is_file());
+        let mut message = match &self.pg_bin_dir {
+            Some(dir) => format!(
+                "{tool} not found: {} does not exist. Fix: set --pg-bin-dir / SELFRAG_PG_BIN_DIR to the directory \
+                 that holds pg_dump and pg_restore",
+                dir.join(tool).display()
+            ),
+            None => format!(
+                "{tool} not found on PATH. Fix: install the PostgreSQL client tools (the server's major version or \
+                 newer), or set --pg-bin-dir / SELFRAG_PG_BIN_DIR to the directory that holds pg_dump and pg_restore"
+            ),
+        };
+        if let Some(dir) = found {
+            let _ = write!(message, " (this machine has one in {})", dir.display());
+        }
+        // Anything the library knows beyond "not found" is kept, in case.
+        if !err.to_string().contains("not found") {
+            let _ = write!(message, " ({})", chain(&err));
+        }
+        Err(Failure::usage(message))
+    }
+}
+
+/// Where Debian and Ubuntu install the PostgreSQL client tools, newest
+/// major version first (they are not on PATH there unless a wrapper is).
+fn debian_pg_bin_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .collect();
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.into_iter().map(|(_, dir)| dir).collect()
 }
 
 fn size(bytes: u64) -> String {
@@ -168,7 +238,7 @@ pub(crate) async fn backup(global: &Global, args: &BackupArgs, out: Out) -> Resu
             if let Some(config) = global.postgres() {
                 config.pg_config().map_err(|e| Failure::from_core("invalid Postgres configuration", &e))?;
             }
-            require_tool(&global.pg_tools(), "pg_dump")?;
+            global.require_tool("pg_dump")?;
             let mut opts = PostgresBackup::new(url).tools(global.pg_tools());
             if let Some(schema) = global.schema.as_deref().filter(|s| !s.trim().is_empty()) {
                 opts = opts.schema(schema);
@@ -222,7 +292,7 @@ pub(crate) async fn backup(global: &Global, args: &BackupArgs, out: Out) -> Resu
         _ => None,
     };
 
-    let mut run = BackupRun::begin(root).map_err(|e| Failure::from_core("cannot start a backup run", &e))?;
+    let mut run = BackupRun::begin(root).map_err(|e| backup_dir_failure(root, &e))?;
     out.progress(format_args!("backup run {}: {}", run.dir().display(), plan.included.join(", ")));
     for (store, why) in &plan.skipped {
         out.progress(format_args!("{store}: skipped, {why}"));
@@ -234,7 +304,7 @@ pub(crate) async fn backup(global: &Global, args: &BackupArgs, out: Out) -> Resu
         match selfrag_backup::backup_postgres(&mut run, opts).await {
             Ok(entry) => out.progress(format_args!("Postgres: {} in {} ms", size(entry.size()), entry.duration_ms)),
             Err(e) => {
-                out.progress(format_args!("Postgres backup FAILED: {}", chain(&e)));
+                out.progress(format_args!("Postgres backup FAILED: {}", explain(&e)));
                 failed.push(("postgres", e));
             }
         }
@@ -244,7 +314,7 @@ pub(crate) async fn backup(global: &Global, args: &BackupArgs, out: Out) -> Resu
         match selfrag_backup::backup_qdrant(&mut run, target, None).await {
             Ok(entry) => out.progress(format_args!("Qdrant: {} in {} ms", size(entry.size()), entry.duration_ms)),
             Err(e) => {
-                out.progress(format_args!("Qdrant backup FAILED: {}", chain(&e)));
+                out.progress(format_args!("Qdrant backup FAILED: {}", explain(&e)));
                 failed.push(("qdrant", e));
             }
         }
@@ -256,7 +326,7 @@ pub(crate) async fn backup(global: &Global, args: &BackupArgs, out: Out) -> Resu
                 out.progress(format_args!("embedded index: {} in {} ms", size(entry.size()), entry.duration_ms))
             }
             Err(e) => {
-                out.progress(format_args!("embedded index backup FAILED: {}", chain(&e)));
+                out.progress(format_args!("embedded index backup FAILED: {}", explain(&e)));
                 failed.push(("edge", e));
             }
         }
@@ -266,9 +336,9 @@ pub(crate) async fn backup(global: &Global, args: &BackupArgs, out: Out) -> Resu
     let exit = failed.iter().fold(Exit::Ok, |exit, (_, e)| exit.worst(exit_of(e)));
     let failures: Vec<Value> = failed
         .iter()
-        .map(|(store, e)| json!({ "store": store, "outcome": exit_of(e).name(), "error": chain(e) }))
+        .map(|(store, e)| json!({ "store": store, "outcome": exit_of(e).name(), "error": explain(e) }))
         .collect();
-    let failed_text = failed.iter().map(|(store, e)| format!("{store}: {}", chain(e))).collect::<Vec<_>>().join("; ");
+    let failed_text = failed.iter().map(|(store, e)| format!("{store}: {}", explain(e))).collect::<Vec<_>>().join("; ");
     let skipped: Vec<Value> =
         plan.skipped.iter().map(|(store, why)| json!({ "store": store, "reason": why })).collect();
 
@@ -305,7 +375,7 @@ pub(crate) async fn backup(global: &Global, args: &BackupArgs, out: Out) -> Resu
         human.push_str(&entry_line(entry));
     }
     for (store, e) in &failed {
-        let _ = writeln!(human, "  FAILED {store}: {}", chain(e));
+        let _ = writeln!(human, "  FAILED {store}: {}", explain(e));
     }
     for (store, why) in &plan.skipped {
         let _ = writeln!(human, "  skipped {store}: {why}");
@@ -331,7 +401,7 @@ pub(crate) async fn verify(global: &Global, args: &VerifyArgs, out: Out) -> Resu
     // pg_restore: an installation problem (2), not a bad backup (1).
     if let Ok(manifest) = Manifest::read(&dir) {
         if manifest.entries.iter().any(|e| e.kind == EntryKind::Postgres) {
-            require_tool(&global.pg_tools(), "pg_restore")?;
+            global.require_tool("pg_restore")?;
         }
     }
     out.progress(format_args!("verifying {}{}", dir.display(), if args.deep { " (deep)" } else { "" }));
@@ -373,7 +443,7 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
             let url = global
                 .database_url()
                 .ok_or_else(|| Failure::usage("Postgres is not configured: set DATABASE_URL or --database-url"))?;
-            require_tool(&global.pg_tools(), "pg_restore")?;
+            global.require_tool("pg_restore")?;
             let dir = global.run_dir(args.run.as_deref(), Some(EntryKind::Postgres), entry)?;
             let mut opts = PostgresRestore::new(url)
                 .create_database(args.create_database)
@@ -386,9 +456,8 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
                 opts = opts.jobs(jobs);
             }
             out.progress(format_args!("restoring Postgres from {} (checks first, then pg_restore)", dir.display()));
-            let report = selfrag_backup::restore_postgres(&dir, entry, &opts)
-                .await
-                .map_err(|e| Failure::from_core("Postgres restore failed", &e))?;
+            let report =
+                selfrag_backup::restore_postgres(&dir, entry, &opts).await.map_err(|e| postgres_restore_failure(&e))?;
             let mut human = format!(
                 "restored `{}` into database {}{} in {} ms\n",
                 report.entry,
@@ -414,23 +483,14 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
                 .replace(args.replace);
             let dir = global.run_dir(args.run.as_deref(), Some(EntryKind::Qdrant), entry)?;
             out.progress(format_args!("restoring Qdrant collection `{}` from {}", target.collection, dir.display()));
-            let report = selfrag_backup::restore_qdrant(&dir, entry, &target)
-                .await
-                .map_err(|e| Failure::from_core("Qdrant restore failed", &e))?;
-            let human = format!(
-                "restored `{}` into collection `{}` ({}) in {} ms\n",
-                report.entry,
-                report.collection,
-                size(report.bytes),
-                report.duration_ms
-            );
-            let doc = json!({
-                "run": dir.display().to_string(),
-                "entry": report.entry,
-                "collection": report.collection,
-                "bytes": report.bytes,
-                "duration_ms": report.duration_ms,
-            });
+            let report = selfrag_backup::restore_qdrant(&dir, entry, &target).await.map_err(|e| match &e {
+                selfrag_core::Error::Conflict { what: "qdrant collection", id } => Failure::failed(format!(
+                    "Qdrant restore refused: collection `{id}` already exists and the restore would replace it. \
+                     Fix: add --replace to replace it, or restore into another collection with --collection NAME"
+                )),
+                _ => Failure::from_core("Qdrant restore failed", &e),
+            })?;
+            let (human, doc) = qdrant_restore_output(&dir, &report);
             Ok(out.finish(Exit::Ok, &human, doc))
         }
         RestoreTarget::Edge => {
@@ -446,6 +506,68 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
             let doc = json!({ "run": dir.display().to_string(), "target": target.display().to_string() });
             Ok(out.finish(Exit::Ok, &human, doc))
         }
+    }
+}
+
+/// What `restore qdrant` prints: the human text and the JSON document,
+/// both naming the snapshot the server kept when the restore could not
+/// delete its upload (`leftover_snapshot`, `null` when none is left).
+fn qdrant_restore_output(dir: &Path, report: &QdrantRestoreReport) -> (String, Value) {
+    let mut human = format!(
+        "restored `{}` into collection `{}` ({}) in {} ms\n",
+        report.entry,
+        report.collection,
+        size(report.bytes),
+        report.duration_ms
+    );
+    if let Some(left) = &report.leftover_snapshot {
+        let _ = writeln!(
+            human,
+            "  warning: the server kept the uploaded snapshot `{left}` (a full copy of the collection on its disk); \
+             `selfrag prune` deletes it after 24 h, or delete it on the server"
+        );
+    }
+    let doc = json!({
+        "run": dir.display().to_string(),
+        "entry": report.entry,
+        "collection": report.collection,
+        "bytes": report.bytes,
+        "duration_ms": report.duration_ms,
+        "leftover_snapshot": report.leftover_snapshot,
+    });
+    (human, doc)
+}
+
+/// A failed Postgres restore, saying what to change for the two refusals
+/// a person can fix with a flag: a target that already holds the archive's
+/// tables (`--clean`, or a new database) and a target database that does
+/// not exist (`--create-database`). The first is a refused operation (1,
+/// as before: nothing was changed), the second a configuration error (2,
+/// like any database that does not exist).
+fn postgres_restore_failure(err: &selfrag_core::Error) -> Failure {
+    match err {
+        selfrag_core::Error::Conflict { what: "restore target", id } => {
+            // The library's id reads "database D already holds T1, T2, ...; <advice>".
+            let (database, tables) = id
+                .split_once(" already holds ")
+                .map(|(db, rest)| (db.trim_start_matches("database ").to_owned(), rest))
+                .unwrap_or_else(|| (String::from("the target database"), id.as_str()));
+            let tables: Vec<&str> = tables.split(';').next().unwrap_or_default().split(", ").collect();
+            let shown = tables.len().min(8);
+            let more = if tables.len() > shown { format!(" and {} more", tables.len() - shown) } else { String::new() };
+            Failure::failed(format!(
+                "Postgres restore refused: database `{database}` already holds {} of the archive's tables ({}{more}), \
+                 and restoring over them could mix old and restored rows. Fix: add --clean to drop and replace \
+                 those objects, or restore into a new database with --database NAME --create-database",
+                tables.len(),
+                tables[..shown].join(", ")
+            ))
+        }
+        selfrag_core::Error::NotFound { what: "database", id } => Failure::usage(format!(
+            "Postgres restore: the target database `{id}` does not exist. Fix: add --create-database to create \
+             it, or name an existing database with --database NAME"
+        )),
+        _ => Failure::from_core("Postgres restore failed", err),
     }
 }
 
@@ -486,4 +608,53 @@ pub(crate) async fn prune(global: &Global, args: &PruneArgs, out: Out) -> Result
         doc["qdrant_snapshots"] = json!({ "deleted": snaps.deleted, "kept": snaps.kept });
     }
     Ok(out.finish(Exit::Ok, &human, doc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The restore report's `leftover_snapshot` reaches both outputs.
+    #[test]
+    fn qdrant_restore_output_names_a_leftover_snapshot() {
+        let mut report = QdrantRestoreReport {
+            entry: "qdrant-chunks".into(),
+            collection: "chunks".into(),
+            bytes: 2048,
+            duration_ms: 12,
+            leftover_snapshot: None,
+        };
+        let (human, doc) = qdrant_restore_output(Path::new("/b/run"), &report);
+        assert_eq!(doc["leftover_snapshot"], Value::Null, "{doc:#}");
+        assert!(doc.as_object().unwrap().contains_key("leftover_snapshot"), "always present: {doc:#}");
+        assert!(!human.contains("warning"), "{human}");
+        report.leftover_snapshot = Some("selfrag-restore-0123.snapshot".into());
+        let (human, doc) = qdrant_restore_output(Path::new("/b/run"), &report);
+        assert_eq!(doc["leftover_snapshot"], "selfrag-restore-0123.snapshot", "{doc:#}");
+        assert!(human.contains("warning") && human.contains("selfrag-restore-0123.snapshot"), "{human}");
+    }
+
+    /// The library's conflict reads "restore target `database D already
+    /// holds T...; advice` already exists": the CLI's sentence names the
+    /// database, the tables and the flags.
+    #[test]
+    fn a_filled_restore_target_names_clean_and_a_new_database() {
+        let tables: Vec<String> = (0..12).map(|i| format!("public.t{i}")).collect();
+        let err = selfrag_core::Error::Conflict {
+            what: "restore target",
+            id: format!(
+                "database app already holds {}; restore into an empty database or ask for a clean restore",
+                tables.join(", ")
+            ),
+        };
+        let f = postgres_restore_failure(&err);
+        assert_eq!(f.exit, Exit::Failed);
+        assert!(f.message.contains("database `app` already holds 12 of the archive's tables"), "{}", f.message);
+        assert!(f.message.contains("public.t0, public.t1") && f.message.contains("and 4 more"), "{}", f.message);
+        assert!(f.message.contains("--clean") && f.message.contains("--create-database"), "{}", f.message);
+        assert!(!f.message.contains("already exists"), "{}", f.message);
+        let missing = postgres_restore_failure(&selfrag_core::Error::NotFound { what: "database", id: "app2".into() });
+        assert_eq!(missing.exit, Exit::Usage);
+        assert!(missing.message.contains("`app2` does not exist") && missing.message.contains("--create-database"));
+    }
 }

@@ -10,8 +10,9 @@ use selfrag_core::Distance;
 /// and deployment checks.
 ///
 /// Exit codes: 0 ok; 1 a check or an operation failed; 2 usage or
-/// configuration error (also rejected credentials, missing pg_dump /
-/// pg_restore); 3 a service was unreachable (and nothing else failed).
+/// configuration error (also rejected credentials, a database that does not
+/// exist, missing pg_dump / pg_restore, a backup directory that cannot be
+/// created); 3 a service was unreachable (and nothing else failed).
 #[derive(Debug, Parser)]
 #[command(name = "selfrag", version, about, long_about = None, propagate_version = true)]
 pub(crate) struct Cli {

@@ -1,11 +1,24 @@
 //! `selfrag doctor`: the deployment checks, one line each.
 //!
 //! Every check is `ok`, `warn`, `fail`, `config`, `unreachable` or `skip`.
-//! The exit code is 2 when a service rejected the configured credentials
-//! (`config`), else 1 when any check failed, else 3 when a service was
-//! unreachable, else 0; skipped checks (a service that is not configured)
-//! and warnings (e.g. an embedded index that is open elsewhere, so not
-//! inspected) do not count.
+//! The exit code is 2 when the configuration must change (`config`: a
+//! service rejected the credentials, a database that does not exist, TLS
+//! asked for where it cannot work), else 1 when any check failed, else 3
+//! when a service was unreachable, else 0; skipped checks (a service that
+//! is not configured) and warnings (e.g. an embedded index that is open
+//! elsewhere, so not inspected; a remote connection that is not encrypted
+//! or not verified) do not count.
+//!
+//! A failed connection names where it went (`host:port`, database and
+//! user; the URL without its password for Redis) and the driver's own
+//! cause, never the pool's "Error occurred while creating a new object".
+//!
+//! Each reachable service also gets a `tls` check saying whether its
+//! connection is encrypted and whether the server's certificate is
+//! verified (JSON: `tls: {encrypted, verified, mode, local, version,
+//! cipher}`): Postgres from the server's `pg_stat_ssl` row for our own
+//! backend and the configured `sslmode`; Redis from the URL (`rediss://`,
+//! `#insecure`); Qdrant from the URL (`https://` is always verified).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -21,7 +34,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::Global;
-use crate::output::{chain, exit_of, is_auth_failure, Exit, Failure, Out};
+use crate::output::{chain, config_problem, exit_of, explain, is_auth_failure, Exit, Failure, Out};
 
 /// The index migration 003 creates on `memory_logs`: one user's logs by time,
 /// newest first, keyset-paginated.
@@ -51,6 +64,69 @@ struct Check {
     check: &'static str,
     state: State,
     detail: String,
+    /// For the `tls` check of each service: how its connection is
+    /// protected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<Tls>,
+}
+
+/// How a service's connection is protected (`doctor --json`: the `tls`
+/// object of the service's `tls` check).
+#[derive(Debug, Serialize)]
+struct Tls {
+    /// Whether the traffic is encrypted.
+    encrypted: bool,
+    /// Whether the server's certificate is checked against trusted roots
+    /// (and its name against the host).
+    verified: bool,
+    /// The setting that decides it: `sslmode=...`, `rediss://`, `https://`.
+    mode: String,
+    /// Every host is this machine (loopback or a Unix socket): nothing
+    /// crosses a network.
+    local: bool,
+    /// Protocol version and cipher, when the server reports them (Postgres).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cipher: Option<String>,
+}
+
+impl Tls {
+    /// The check's state and detail: verified encryption, or any local
+    /// connection, is ok (the facts are in the detail); a remote connection
+    /// that is not encrypted, or whose server is not verified, is a
+    /// warning naming the setting to change (`fix`), since anyone on the
+    /// path could read or impersonate it. A warning does not change the
+    /// exit code: plaintext on a private network may be a choice.
+    fn judge(&self, fix: &str) -> (State, String) {
+        let how = match (&self.version, &self.cipher) {
+            (Some(v), Some(c)) => format!(" ({v}, {c})"),
+            (Some(v), None) => format!(" ({v})"),
+            _ => String::new(),
+        };
+        let place = if self.local { "local connection" } else { "remote connection" };
+        match (self.encrypted, self.verified) {
+            (true, true) => (State::Ok, format!("encrypted{how}, server certificate verified ({})", self.mode)),
+            (true, false) => (
+                if self.local { State::Ok } else { State::Warn },
+                format!(
+                    "encrypted{how}, server certificate NOT verified ({}, {place}){}",
+                    self.mode,
+                    if self.local { String::new() } else { format!(": {fix}") }
+                ),
+            ),
+            (false, _) if self.local => {
+                (State::Ok, format!("not encrypted ({}, {place}: nothing crosses a network)", self.mode))
+            }
+            (false, _) => (State::Warn, format!("NOT encrypted ({}, {place}): {fix}", self.mode)),
+        }
+    }
+}
+
+/// Whether `host` names this machine: `localhost` or a loopback address.
+fn is_local_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[derive(Debug, Default)]
@@ -58,26 +134,45 @@ struct Checks(Vec<Check>);
 
 impl Checks {
     fn push(&mut self, service: &'static str, check: &'static str, state: State, detail: impl Into<String>) {
-        self.0.push(Check { service, check, state, detail: detail.into() });
+        self.0.push(Check { service, check, state, detail: detail.into(), tls: None });
+    }
+
+    /// The `tls` check of `service`, judged by [`Tls::judge`].
+    fn tls(&mut self, service: &'static str, tls: Tls, fix: &str) {
+        let (state, detail) = tls.judge(fix);
+        self.0.push(Check { service, check: "tls", state, detail, tls: Some(tls) });
     }
 
     /// A check that could not run because of `err`: unreachable for
     /// connection errors and timeouts, a configuration problem for rejected
-    /// credentials, failed otherwise.
+    /// credentials and the like ([`config_problem`]), failed otherwise.
     fn error(&mut self, service: &'static str, check: &'static str, err: &selfrag_core::Error) {
         let state = match exit_of(err) {
             Exit::Unreachable => State::Unreachable,
             Exit::Usage => State::Config,
             _ => State::Fail,
         };
-        self.push(service, check, state, chain(err));
+        self.push(service, check, state, explain(err));
     }
 
-    /// A connection that failed: a configuration problem when the server
-    /// rejected the credentials, else unreachable.
-    fn connection(&mut self, service: &'static str, err: &(dyn std::error::Error + 'static)) {
-        let state = if is_auth_failure(err) { State::Config } else { State::Unreachable };
-        self.push(service, "connection", state, chain(err));
+    /// A connection to `endpoint` that failed with `cause` (the driver's
+    /// error, without the pool's wrapper text): a configuration problem when
+    /// the server rejected the credentials or the configuration names
+    /// something that is not there, else unreachable.
+    fn connection(
+        &mut self,
+        service: &'static str,
+        endpoint: &str,
+        cause: &str,
+        err: &(dyn std::error::Error + 'static),
+    ) {
+        let state =
+            if is_auth_failure(err) || config_problem(err).is_some() { State::Config } else { State::Unreachable };
+        let mut detail = format!("cannot connect to {endpoint}: {cause}");
+        if let Some(fix) = config_problem(err) {
+            let _ = write!(detail, ". Fix: {fix}");
+        }
+        self.push(service, "connection", state, detail);
     }
 
     fn exit(&self) -> Exit {
@@ -105,8 +200,9 @@ pub(crate) async fn run(global: &Global, out: Out) -> Result<Exit, Failure> {
     match postgres {
         Some(_) => {
             out.progress("checking Postgres");
-            let (_, pool) = global.postgres_pool()?;
-            check_postgres(&pool, &mut checks).await;
+            let (config, pool) = global.postgres_pool()?;
+            let pg = config.pg_config().map_err(|e| Failure::from_core("invalid Postgres configuration", &e))?;
+            check_postgres(&pool, &pg, &mut checks).await;
         }
         None => checks.push("postgres", "configured", State::Skip, "not configured (set DATABASE_URL)"),
     }
@@ -151,19 +247,124 @@ pub(crate) async fn run(global: &Global, out: Out) -> Result<Exit, Failure> {
         match exit {
             Exit::Ok => "doctor: all checks passed",
             Exit::Unreachable => "doctor: a service is unreachable",
-            Exit::Usage => "doctor: a service rejected the configured credentials",
+            Exit::Usage => "doctor: configuration problem (CONF above): the configuration must change",
             _ => "doctor: checks failed",
         }
     );
     Ok(out.finish(exit, &human, json!({ "checks": checks.0 })))
 }
 
-async fn check_postgres(pool: &selfrag_postgres::Pool, checks: &mut Checks) {
+/// Where a Postgres configuration connects, for messages: `host:port`
+/// (each host of a multi-host URL; a socket directory for a Unix socket),
+/// the database and the user. Never the password.
+fn pg_endpoint(pg: &selfrag_postgres::tokio_postgres::Config) -> String {
+    use selfrag_postgres::tokio_postgres::config::Host;
+    let ports = pg.get_ports();
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            // libpq: one port for all hosts, or one per host; 5432 by default.
+            let port = ports.get(i).or_else(|| ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) if name.contains(':') => format!("[{name}]:{port}"),
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+            }
+        })
+        .collect();
+    let mut text = if hosts.is_empty() { "localhost:5432".to_owned() } else { hosts.join(",") };
+    let user = pg.get_user().unwrap_or("(default user)");
+    match pg.get_dbname() {
+        Some(db) => {
+            let _ = write!(text, " (database {db}, user {user})");
+        }
+        None => {
+            let _ = write!(text, " (user {user})");
+        }
+    }
+    text
+}
+
+/// The cause of a failure to get a pooled Postgres connection: the
+/// server's message and SQLSTATE, or the driver's error, without the pool's
+/// "Error occurred while creating a new object".
+fn pg_pool_cause(err: &selfrag_postgres::deadpool_postgres::PoolError) -> String {
+    use selfrag_postgres::deadpool_postgres::PoolError;
+    match err {
+        PoolError::Backend(pg) => match pg.as_db_error() {
+            Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            None => chain(pg),
+        },
+        PoolError::Timeout(_) => "timed out connecting".to_owned(),
+        other => chain(other),
+    }
+}
+
+/// The configured `sslmode` as libpq spells it, and whether it verifies
+/// the server's certificate.
+fn pg_sslmode(pg: &selfrag_postgres::tokio_postgres::Config) -> (String, bool) {
+    use selfrag_postgres::tokio_postgres::config::SslMode;
+    let mode = match pg.get_ssl_mode() {
+        SslMode::Disable => "disable".to_owned(),
+        SslMode::Prefer => "prefer".to_owned(),
+        SslMode::Require => "require".to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    let verified = mode.starts_with("verify");
+    (mode, verified)
+}
+
+/// Whether every host of `pg` is this machine.
+fn pg_is_local(pg: &selfrag_postgres::tokio_postgres::Config) -> bool {
+    use selfrag_postgres::tokio_postgres::config::Host;
+    !pg.get_hostaddrs().iter().any(|ip| !ip.is_loopback())
+        && pg.get_hosts().iter().all(|h| match h {
+            Host::Tcp(name) => is_local_host(name),
+            #[cfg(unix)]
+            Host::Unix(_) => true,
+        })
+}
+
+/// The `tls` check: what the server says of our own backend
+/// (`pg_stat_ssl`: encrypted or not, protocol, cipher) and whether the
+/// configured `sslmode` verifies the server.
+async fn check_postgres_tls(conn: &Object, pg: &selfrag_postgres::tokio_postgres::Config, checks: &mut Checks) {
+    const S: &str = "postgres";
+    let (mode, verified) = pg_sslmode(pg);
+    let row = conn.query_opt("SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await;
+    let (encrypted, version, cipher) = match row {
+        Ok(Some(row)) => (row.get::<_, bool>(0), row.get::<_, Option<String>>(1), row.get::<_, Option<String>>(2)),
+        Ok(None) => return checks.push(S, "tls", State::Warn, "pg_stat_ssl has no row for this connection"),
+        Err(e) => return checks.push(S, "tls", State::Warn, format!("cannot read pg_stat_ssl: {}", chain(&e))),
+    };
+    let tls = Tls {
+        encrypted,
+        verified: encrypted && verified,
+        mode: format!("sslmode={mode}"),
+        local: pg_is_local(pg),
+        version,
+        cipher,
+    };
+    checks.tls(
+        S,
+        tls,
+        "set sslmode=verify-full (with sslrootcert when the server's CA is not a system root) in DATABASE_URL",
+    );
+}
+
+async fn check_postgres(
+    pool: &selfrag_postgres::Pool,
+    pg: &selfrag_postgres::tokio_postgres::Config,
+    checks: &mut Checks,
+) {
     const S: &str = "postgres";
     let conn: Object = match pool.get().await {
         Ok(conn) => conn,
         Err(e) => {
-            checks.connection(S, &e);
+            checks.connection(S, &pg_endpoint(pg), &pg_pool_cause(&e), &e);
             return;
         }
     };
@@ -179,7 +380,8 @@ async fn check_postgres(pool: &selfrag_postgres::Pool, checks: &mut Checks) {
         checks.push(S, "connection", State::Fail, "the search_path names no existing schema (check --schema)");
         return;
     };
-    checks.push(S, "connection", State::Ok, format!("server {version}, schema {schema}"));
+    checks.push(S, "connection", State::Ok, format!("{}: server {version}, schema {schema}", pg_endpoint(pg)));
+    check_postgres_tls(&conn, pg, checks).await;
 
     match selfrag_postgres::migration_status(pool).await {
         Ok(status) => {
@@ -244,18 +446,29 @@ async fn check_postgres(pool: &selfrag_postgres::Pool, checks: &mut Checks) {
 async fn check_redis(config: &selfrag_redis::RedisConfig, checks: &mut Checks) -> Result<(), Failure> {
     const S: &str = "redis";
     let pool = config.create_pool().map_err(|e| Failure::from_core("invalid Redis configuration", &e))?;
+    let endpoint = selfrag_redis::redact_url(&config.url);
     let mut conn = match pool.get().await {
         Ok(conn) => conn,
         Err(e) => {
-            checks.connection(S, &e);
+            use selfrag_redis::deadpool_redis::PoolError;
+            // Without the pool's "Error occurred while creating a new object".
+            let cause = match &e {
+                PoolError::Backend(inner) => chain(inner),
+                PoolError::Timeout(_) => "timed out connecting".to_owned(),
+                other => chain(other),
+            };
+            checks.connection(S, &endpoint, &cause, &e);
             return Ok(());
         }
     };
     let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
     match pong {
-        Ok(_) => checks.push(S, "connection", State::Ok, format!("PING ok, key prefix `{}`", config.key_prefix)),
+        Ok(_) => {
+            checks.push(S, "connection", State::Ok, format!("{endpoint}: PING ok, key prefix `{}`", config.key_prefix));
+            checks.tls(S, redis_tls(&config.url), "use rediss:// (and drop #insecure) in REDIS_URL");
+        }
         Err(e) => {
-            checks.connection(S, &e);
+            checks.connection(S, &endpoint, &chain(&e), &e);
             return Ok(());
         }
     }
@@ -425,6 +638,57 @@ async fn check_existing_buckets(
     }
 }
 
+/// How a Redis URL connects: `rediss://` is TLS, verified unless the URL
+/// says `#insecure` (the driver then checks neither the certificate's
+/// issuer nor its name).
+fn redis_tls(url: &str) -> Tls {
+    use selfrag_redis::deadpool_redis::redis::{ConnectionAddr, IntoConnectionInfo};
+    let url = url.trim();
+    let (encrypted, verified, local) = match url.into_connection_info().map(|info| info.addr) {
+        Ok(ConnectionAddr::TcpTls { host, insecure, .. }) => (true, !insecure, is_local_host(&host)),
+        Ok(ConnectionAddr::Tcp(host, _)) => (false, false, is_local_host(&host)),
+        Ok(ConnectionAddr::Unix(_)) => (false, false, true),
+        // Not parsed here (e.g. `rediss://` where the driver lacks TLS, which
+        // connecting then reports): judged from the text.
+        Err(_) => {
+            let rest = url.split_once("://").map_or("", |(_, r)| r);
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let host = match host_port.rsplit_once(':') {
+                Some((h, port)) if !port.contains(']') => h,
+                _ => host_port,
+            };
+            let encrypted = url.starts_with("rediss://");
+            (encrypted, encrypted && !url.ends_with("#insecure"), url.starts_with("unix") || is_local_host(host))
+        }
+    };
+    let scheme = url.split_once("://").map_or("redis", |(s, _)| s);
+    let mode = if encrypted && !verified { format!("{scheme}:// #insecure") } else { format!("{scheme}://") };
+    Tls { encrypted, verified, mode, local, version: None, cipher: None }
+}
+
+/// How a Qdrant URL connects: `https://` is TLS verified against the
+/// system's roots (qdrant-client always verifies), `http://` is not
+/// encrypted, and then the API key crosses in clear text too.
+fn qdrant_tls(config: &selfrag_qdrant::QdrantIndexConfig) -> (Tls, &'static str) {
+    let url = config.url.trim();
+    let encrypted = url.starts_with("https://");
+    let host = url.split_once("://").map_or("", |(_, rest)| rest);
+    let host = host.split(['/', '?', '#']).next().unwrap_or_default();
+    // `[::1]:6334`, `host:6334`, `host`.
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if !port.contains(']') => h,
+        _ => host,
+    };
+    let mode = if encrypted { "https://" } else { "http://" }.to_owned();
+    let fix = if config.api_key.is_some() {
+        "use an https:// QDRANT_URL: the API key is sent with every request"
+    } else {
+        "use an https:// QDRANT_URL"
+    };
+    (Tls { encrypted, verified: encrypted, mode, local: is_local_host(host), version: None, cipher: None }, fix)
+}
+
 async fn check_qdrant(
     config: selfrag_qdrant::QdrantIndexConfig,
     check_spec: bool,
@@ -432,6 +696,9 @@ async fn check_qdrant(
 ) -> Result<(), Failure> {
     const S: &str = "qdrant";
     let spec = config.spec;
+    // Said whether or not the server answers: it is what every request uses.
+    let (tls, fix) = qdrant_tls(&config);
+    checks.tls(S, tls, fix);
     let index = config.build().map_err(|e| Failure::from_core("invalid Qdrant configuration", &e))?;
     let name = index.collection().to_owned();
     let report = match index.report().await {
@@ -534,5 +801,66 @@ async fn check_edge(path: &std::path::Path, spec: Option<selfrag_core::IndexSpec
             format!("not inspected: {} is open in a running process (locked)", path.display()),
         ),
         Err(e) => checks.push(S, "index", State::Fail, chain(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(encrypted: bool, verified: bool, local: bool) -> Tls {
+        Tls { encrypted, verified, mode: "m".into(), local, version: Some("TLSv1.3".into()), cipher: None }
+    }
+
+    /// Verified encryption and local connections are ok; a remote
+    /// connection that is plaintext or unverified is a warning naming the
+    /// fix.
+    #[test]
+    fn tls_states() {
+        assert_eq!(tls(true, true, false).judge("fix").0, State::Ok);
+        let (state, detail) = tls(true, false, false).judge("set verify-full");
+        assert_eq!(state, State::Warn);
+        assert!(detail.contains("NOT verified") && detail.contains("set verify-full"), "{detail}");
+        assert_eq!(tls(true, false, true).judge("fix").0, State::Ok);
+        let (state, detail) = tls(false, false, false).judge("use https");
+        assert_eq!(state, State::Warn);
+        assert!(detail.contains("NOT encrypted") && detail.contains("use https"), "{detail}");
+        let (state, detail) = tls(false, false, true).judge("fix");
+        assert_eq!(state, State::Ok);
+        assert!(detail.contains("not encrypted"), "{detail}");
+    }
+
+    #[test]
+    fn redis_and_qdrant_urls() {
+        let r = redis_tls("rediss://:pw@cache.example:6380");
+        assert!(r.encrypted && r.verified && !r.local, "{r:?}");
+        let r = redis_tls("rediss://cache.example:6380/#insecure");
+        assert!(r.encrypted && !r.verified && r.mode.contains("#insecure"), "{r:?}");
+        let r = redis_tls("redis://127.0.0.1:6379");
+        assert!(!r.encrypted && r.local, "{r:?}");
+        assert!(redis_tls("redis+unix:///run/redis.sock").local);
+
+        let spec = selfrag_core::IndexSpec::new(4, selfrag_core::Distance::Cosine).unwrap();
+        let config = |url: &str| selfrag_qdrant::QdrantIndexConfig::new(url, "c", spec);
+        let (t, _) = qdrant_tls(&config("https://xyz.cloud.example:6334"));
+        assert!(t.encrypted && t.verified && !t.local, "{t:?}");
+        let (t, fix) = qdrant_tls(&config("http://qdrant.internal:6334").api_key("k-0123456789"));
+        assert!(!t.encrypted && !t.local && fix.contains("API key"), "{t:?}");
+        assert_eq!(t.judge(fix).0, State::Warn);
+        let (t, _) = qdrant_tls(&config("http://[::1]:6334"));
+        assert!(t.local, "{t:?}");
+    }
+
+    #[test]
+    fn postgres_endpoints_and_locality() {
+        let pg = selfrag_postgres::parse_url("postgres://app:pw@db.example:6543/app").unwrap();
+        assert_eq!(pg_endpoint(&pg), "db.example:6543 (database app, user app)");
+        assert!(!pg_is_local(&pg));
+        let pg = selfrag_postgres::parse_url("postgres://u@127.0.0.1,localhost:5433/d").unwrap();
+        assert!(pg_is_local(&pg));
+        assert!(pg_endpoint(&pg).starts_with("127.0.0.1:5432,localhost:5433"), "{}", pg_endpoint(&pg));
+        let pg = selfrag_postgres::parse_url("host=/var/run/postgresql user=u").unwrap();
+        assert!(pg_is_local(&pg));
+        assert!(pg_endpoint(&pg).starts_with("/var/run/postgresql/.s.PGSQL.5432"), "{}", pg_endpoint(&pg));
     }
 }

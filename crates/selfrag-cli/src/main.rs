@@ -33,10 +33,13 @@
 //! | --- | --- |
 //! | 0 | ok: the operation succeeded, every check passed (skipped services and warnings do not count) |
 //! | 1 | a check or an operation failed (pending or edited migrations, a missing index, a wrong TTL, a corrupt backup, a store of `backup` that failed, ...) |
-//! | 2 | usage or configuration error: unknown flag, missing `DATABASE_URL` (also for `backup all`), invalid URL, credentials the service rejected, `pg_dump`/`pg_restore` not installed |
+//! | 2 | usage or configuration error: unknown flag, missing `DATABASE_URL` (also for `backup all`), invalid URL or API key, a Postgres database that does not exist (also the target of `restore postgres` without `--create-database`), TLS asked for where it cannot work, credentials the service rejected, `pg_dump`/`pg_restore` not installed, a backup directory that cannot be created |
 //! | 3 | a service was unreachable or timed out, and nothing else failed |
 //!
 //! With `--json`, usage errors clap finds are the one JSON document too.
+//! A configuration error says what to change (`... Fix: ...`): the setting
+//! or flag, e.g. `--pg-bin-dir` / `SELFRAG_PG_BIN_DIR`, `--create-database`,
+//! `--clean`, `--replace`.
 //!
 //! # Secrets
 //! No password or API key is ever printed, in either mode or on either

@@ -78,11 +78,12 @@ impl Failure {
         Self { exit: Exit::Failed, message: message.into() }
     }
 
-    /// A library error, with `context` in front: invalid input is a
-    /// configuration error (2), an unreachable or slow service is 3,
-    /// anything else a failure (1).
+    /// A library error, with `context` in front and, for a configuration
+    /// problem, what to change: invalid input and configuration problems
+    /// are 2, an unreachable or slow service is 3, anything else a failure
+    /// (1).
     pub(crate) fn from_core(context: &str, err: &selfrag_core::Error) -> Self {
-        Self { exit: exit_of(err), message: format!("{context}: {}", chain(err)) }
+        Self { exit: exit_of(err), message: format!("{context}: {}", explain(err)) }
     }
 }
 
@@ -96,7 +97,7 @@ impl fmt::Display for Failure {
 /// input, rejected credentials, missing `pg_dump`/`pg_restore`) are 2, an
 /// unreachable or slow service 3, anything else 1.
 pub(crate) fn exit_of(err: &selfrag_core::Error) -> Exit {
-    if is_auth_failure(err) || is_missing_tool(err) {
+    if is_auth_failure(err) || is_missing_tool(err) || config_problem(err).is_some() {
         return Exit::Usage;
     }
     match err.kind() {
@@ -138,6 +139,64 @@ pub(crate) fn is_auth_failure(err: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
+}
+
+/// What the user must change, when `err` (or one of its sources) says the
+/// configuration names something that cannot work, a configuration error
+/// (2) that retrying cannot fix:
+/// - a Postgres database that does not exist (SQLSTATE `3D000`, or the
+///   same words from `pg_dump`, which only reach us as text);
+/// - TLS asked for (`sslmode=require` or stricter) by a build of the
+///   Postgres driver that has none.
+///
+/// `None` for anything else (an outage, a failed check).
+pub(crate) fn config_problem(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    const NO_DATABASE: &str = "the database named in DATABASE_URL / --database-url does not exist on that \
+         server: create it (`CREATE DATABASE ...`, `createdb`) or correct the name in the URL";
+    const NO_TLS: &str = "the URL asks for TLS (`sslmode=require` or stricter) but this Postgres connection \
+         has no TLS support: remove `sslmode` from the URL, or use a selfrag build with Postgres TLS";
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(pg) = e.downcast_ref::<selfrag_postgres::tokio_postgres::Error>() {
+            if pg.code() == Some(&selfrag_postgres::tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) {
+                return Some(NO_DATABASE);
+            }
+        }
+        if e.is::<selfrag_postgres::tokio_postgres::tls::NoTlsError>() {
+            return Some(NO_TLS);
+        }
+        let text = e.to_string();
+        if names_missing_database(&text) {
+            return Some(NO_DATABASE);
+        }
+        if text.contains("no TLS implementation configured") {
+            return Some(NO_TLS);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Whether `text` holds the server's `database "<name>" does not exist`
+/// (pg_dump's "FATAL:  database "x" does not exist"). A library error's
+/// "database `x` does not exist" is a missing restore target, which the
+/// restore command explains itself.
+fn names_missing_database(text: &str) -> bool {
+    text.match_indices("database \"").any(|(at, open)| {
+        let name_and_rest = &text[at + open.len()..];
+        name_and_rest.split_once('"').is_some_and(|(_, rest)| rest.starts_with(" does not exist"))
+    })
+}
+
+/// [`chain`], followed by what to change for a configuration problem
+/// ([`config_problem`]).
+pub(crate) fn explain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = chain(err);
+    if let Some(fix) = config_problem(err) {
+        text.push_str(". Fix: ");
+        text.push_str(fix);
+    }
+    text
 }
 
 /// Whether `err` is `selfrag-backup`'s "`pg_dump`/`pg_restore` not found":
@@ -244,5 +303,23 @@ mod tests {
             source: None,
         };
         assert_eq!(exit_of(&tool), Exit::Usage);
+    }
+
+    #[test]
+    fn missing_databases_in_text_are_configuration_problems() {
+        assert!(names_missing_database(
+            "pg_dump: error: connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  database \"nodb\" does not exist"
+        ));
+        assert!(!names_missing_database("relation \"users\" does not exist"));
+        assert!(!names_missing_database("database `nodb` does not exist"));
+        assert!(!names_missing_database("database \"app\": schema \"x\" does not exist"));
+        let err = selfrag_core::Error::Backend {
+            backend: "postgres",
+            message: "pg_dump failed: FATAL:  database \"nodb\" does not exist".into(),
+            retryable: false,
+            source: None,
+        };
+        assert_eq!(exit_of(&err), Exit::Usage);
+        assert!(explain(&err).contains("Fix: the database named in DATABASE_URL"), "{}", explain(&err));
     }
 }

@@ -667,3 +667,190 @@ async fn backup_all_continues_past_a_failing_store() {
     assert_ne!(verify_newest.json()["dir"], edge_run.as_str());
     pg.drop_schema().await;
 }
+
+/// Where the test server listens, as `host:port`, from its URL
+/// (`postgres://user[:pass]@host:port/db`).
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap().to_owned()
+}
+
+/// Issue 18, items 3 and 8: a database that does not exist is a
+/// configuration error (2) for every command, and the doctor says where it
+/// connected and why it failed, not the pool's "Error occurred while
+/// creating a new object".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_database_is_a_configuration_error() {
+    let Some(pg) = postgres().await else { return };
+    let missing = format!("cli_nodb_{}", uuid::Uuid::new_v4().simple());
+    let url = restored_url_string(&pg.url, &missing);
+    let env = [("DATABASE_URL", url.as_str())];
+
+    let doctor = selfrag(&["doctor", "--json"], &env);
+    assert_eq!(doctor.code, 2, "{doctor:?}");
+    let doc = doctor.json();
+    let conn = check(&doc, "postgres", "connection");
+    assert_eq!(conn["state"], "config", "{doc:#}");
+    let detail = conn["detail"].as_str().unwrap();
+    assert!(detail.contains(&host_port(&pg.url)), "names host:port: {detail}");
+    assert!(detail.contains(&format!("database \"{missing}\" does not exist")), "the cause: {detail}");
+    assert!(detail.contains("CREATE DATABASE"), "what to do: {detail}");
+    assert!(!detail.contains("Error occurred while creating a new object"), "{detail}");
+    let human = selfrag(&["doctor"], &env);
+    assert_eq!(human.code, 2, "{human:?}");
+    assert!(human.stdout.contains("CONF  postgres"), "{human:?}");
+
+    for args in [&["migrate", "up"][..], &["migrate", "status"]] {
+        let run = selfrag(args, &env);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains("does not exist") && run.stderr.contains("Fix:"), "{args:?}: {run:?}");
+    }
+
+    let backups = tempfile::tempdir().unwrap();
+    let dir = backups.path().to_str().unwrap();
+    for target in ["all", "postgres"] {
+        let run =
+            selfrag(&["backup", target, "--json"], &[("DATABASE_URL", url.as_str()), ("SELFRAG_BACKUP_DIR", dir)]);
+        assert_eq!(run.code, 2, "backup {target}: {run:?}");
+        let error = run.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains("does not exist") && error.contains("Fix:"), "backup {target}: {error}");
+    }
+    let runs: Vec<_> = std::fs::read_dir(backups.path()).unwrap().collect();
+    assert!(runs.is_empty(), "no run written: {runs:?}");
+    pg.drop_schema().await;
+}
+
+/// `?sslmode=require`: without TLS in the Postgres driver it is a
+/// configuration error (2) naming `sslmode`, never "unreachable" (3); with
+/// TLS, the connection works and the doctor reports it encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_is_served_or_is_a_configuration_error() {
+    let Some(pg) = postgres().await else { return };
+    let sep = if pg.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}sslmode=require", pg.url);
+    let env = [("DATABASE_URL", url.as_str()), ("SELFRAG_POSTGRES_SCHEMA", pg.schema.as_str())];
+    let doctor = selfrag(&["doctor", "--json"], &env);
+    let doc = doctor.json();
+    let conn = check(&doc, "postgres", "connection");
+    if conn["state"] == "ok" {
+        let tls = check(&doc, "postgres", "tls");
+        assert_eq!(tls["tls"]["encrypted"], true, "{doc:#}");
+        assert_eq!(tls["tls"]["mode"], "sslmode=require", "{doc:#}");
+    } else {
+        assert_eq!(doctor.code, 2, "{doctor:?}");
+        assert_eq!(conn["state"], "config", "{doc:#}");
+        assert!(conn["detail"].as_str().unwrap().contains("sslmode"), "{doc:#}");
+        let migrate = selfrag(&["migrate", "up"], &env);
+        assert_eq!(migrate.code, 2, "{migrate:?}");
+        assert!(migrate.stderr.contains("sslmode"), "{migrate:?}");
+    }
+    pg.drop_schema().await;
+}
+
+/// Issue 18, item 3: a backup directory that cannot be created is a
+/// configuration error (2) naming the setting, not a failure (1).
+#[test]
+fn an_uncreatable_backup_directory_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let index = dir.path().join("index");
+    std::fs::create_dir_all(index.join("wal")).unwrap();
+    let backup_dir = file.join("backups");
+    let env = [("SELFRAG_BACKUP_DIR", backup_dir.to_str().unwrap()), ("SELFRAG_EDGE_PATH", index.to_str().unwrap())];
+    let run = selfrag(&["backup", "edge"], &env);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--backup-dir") && run.stderr.contains("SELFRAG_BACKUP_DIR"), "{run:?}");
+    let json = selfrag(&["backup", "edge", "--json"], &env);
+    assert_eq!(json.json()["outcome"], "usage", "{json:?}");
+}
+
+/// Issue 18, item 8: a missing `pg_dump` / `pg_restore` names the tool's
+/// own settings, not a library's.
+#[test]
+fn a_missing_pg_dump_names_pg_bin_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().to_str().unwrap();
+    let env = [("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"), ("SELFRAG_BACKUP_DIR", backups)];
+    let run_with_path = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfrag"));
+        for var in TOOL_VARS {
+            cmd.env_remove(var);
+        }
+        // No PATH entry holds pg_dump.
+        cmd.env("PATH", dir.path()).args(args).envs(env.iter().copied()).envs(extra.iter().copied());
+        let out = cmd.output().unwrap();
+        (out.status.code().unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, stderr) = run_with_path(&["backup", "postgres"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("pg_dump not found on PATH"), "{stderr}");
+    assert!(stderr.contains("--pg-bin-dir") && stderr.contains("SELFRAG_PG_BIN_DIR"), "{stderr}");
+    assert!(!stderr.contains("PgTools"), "no library names: {stderr}");
+    let (code, stderr) = run_with_path(&["restore", "postgres"], &[("SELFRAG_PG_BIN_DIR", "/nonexistent/pgbin")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("/nonexistent/pgbin/pg_restore does not exist"), "{stderr}");
+    assert!(stderr.contains("--pg-bin-dir") && !stderr.contains("PgTools"), "{stderr}");
+}
+
+/// Issue 18, item 8: a restore into a database that holds the archive's
+/// tables says `--clean` (and a new database) in a readable sentence; a
+/// missing target database says `--create-database` and is exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refusals_name_the_flag_that_fixes_them() {
+    let Some(pg) = postgres().await else { return };
+    let backups = tempfile::tempdir().unwrap();
+    let mut env = pg.env();
+    env.push(("SELFRAG_BACKUP_DIR", backups.path().to_str().unwrap()));
+    assert_eq!(selfrag(&["migrate", "up", "-q"], &env).code, 0);
+    let backup = selfrag(&["backup", "postgres", "-q"], &env);
+    assert_eq!(backup.code, 0, "{backup:?}");
+
+    // Into the database it came from: its tables are there.
+    let filled = selfrag(&["restore", "postgres"], &env);
+    assert_eq!(filled.code, 1, "{filled:?}");
+    assert!(filled.stderr.contains("--clean"), "{filled:?}");
+    assert!(filled.stderr.contains("--database NAME --create-database"), "{filled:?}");
+    assert!(filled.stderr.contains(&format!("{}.users", pg.schema)), "names the tables: {filled:?}");
+    assert!(!filled.stderr.contains("` already exists"), "no garbled sentence: {filled:?}");
+
+    let missing = format!("cli_nodb_{}", uuid::Uuid::new_v4().simple());
+    let run = selfrag(&["restore", "postgres", "--database", &missing, "--json"], &env);
+    assert_eq!(run.code, 2, "{run:?}");
+    let error = run.json()["error"].as_str().unwrap().to_owned();
+    assert!(error.contains(&missing) && error.contains("--create-database"), "{error}");
+    pg.drop_schema().await;
+}
+
+/// The doctor's `tls` checks: the test Postgres on loopback answers from
+/// `pg_stat_ssl` (not encrypted with `sslmode=disable`; the encrypted case
+/// is `sslmode_require_is_served_or_is_a_configuration_error`), Redis and
+/// Qdrant by their URL schemes. (Remote hosts are judged
+/// in the unit tests of `doctor.rs`: tests contact loopback only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_encryption_per_service() {
+    let Some(pg) = postgres().await else { return };
+    let sep = if pg.url.contains('?') { '&' } else { '?' };
+    let plain_url = format!("{}{sep}sslmode=disable", pg.url);
+    let mut env = vec![("DATABASE_URL", plain_url.as_str()), ("SELFRAG_POSTGRES_SCHEMA", pg.schema.as_str())];
+    let redis_url = std::env::var("SELFRAG_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:1".to_owned());
+    env.push(("REDIS_URL", redis_url.as_str()));
+    env.push(("QDRANT_URL", "https://127.0.0.1:1"));
+    let doctor = selfrag(&["doctor", "--json"], &env);
+    let doc = doctor.json();
+    let tls = check(&doc, "postgres", "tls");
+    assert_eq!(tls["tls"]["encrypted"], false, "sslmode=disable: {doc:#}");
+    assert_eq!(tls["tls"]["mode"], "sslmode=disable", "{doc:#}");
+    assert_eq!(tls["tls"]["local"], true, "{doc:#}");
+    assert_eq!(tls["state"], "ok", "{doc:#}");
+    assert!(tls["detail"].as_str().unwrap().contains("not encrypted"), "{doc:#}");
+    let q = check(&doc, "qdrant", "tls");
+    assert_eq!((q["tls"]["encrypted"].clone(), q["tls"]["verified"].clone()), (Value::Bool(true), Value::Bool(true)));
+    if check(&doc, "redis", "connection")["state"] == "ok" {
+        let r = check(&doc, "redis", "tls");
+        assert_eq!(r["tls"]["encrypted"], redis_url.starts_with("rediss://"), "{doc:#}");
+    }
+
+    pg.drop_schema().await;
+}

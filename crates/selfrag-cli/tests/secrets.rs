@@ -248,3 +248,51 @@ fn usage_errors_and_help_print_no_secret() {
         assert!(run.stdout.contains("DATABASE_URL"), "{}", run.stdout);
     }
 }
+
+/// A loopback listener that keeps the first bytes of each connection (up
+/// to `n` connections) and closes it: what the tool sends before any
+/// answer. Returns its port.
+fn first_bytes_listener(n: usize) -> (u16, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for stream in listener.incoming().take(n) {
+            let Ok(mut stream) = stream else { break };
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok();
+            let mut buf = vec![0u8; 4096];
+            let read = stream.read(&mut buf).unwrap_or(0);
+            buf.truncate(read);
+            seen.push(buf);
+        }
+        seen
+    });
+    (port, handle)
+}
+
+/// Qdrant Cloud settings (`https://` URLs for gRPC and REST, an API key):
+/// what reaches the wire is a TLS handshake, never the key in clear, and
+/// neither `doctor` nor `backup qdrant` prints the key whatever fails.
+#[test]
+fn https_qdrant_with_a_key_encrypts_and_prints_no_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backup_dir = dir.path().to_str().expect("utf-8 path");
+    for args in [&["doctor"][..], &["backup", "qdrant"]] {
+        let (port, seen) = first_bytes_listener(1);
+        let url = format!("https://127.0.0.1:{port}");
+        let env = [
+            ("QDRANT_URL", url.as_str()),
+            ("QDRANT_REST_URL", url.as_str()),
+            ("QDRANT_API_KEY", PW),
+            ("SELFRAG_BACKUP_DIR", backup_dir),
+        ];
+        let run = selfrag(args, &env);
+        run.assert_clean();
+        assert!(matches!(run.code, 2 | 3), "{}: {}", run.what, run.text());
+        let seen = seen.join().expect("listener");
+        let first = seen.first().expect("the tool connected");
+        assert_eq!(first.first(), Some(&0x16), "a TLS handshake first, got {:?}", String::from_utf8_lossy(first));
+        assert!(!String::from_utf8_lossy(first).contains(PW), "the key crossed in clear");
+    }
+}
