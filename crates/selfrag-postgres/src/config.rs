@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use selfrag_core::{Error, Result};
-use tokio_postgres::NoTls;
 
 use crate::error::BACKEND;
+use crate::tls::PgTls;
 
 /// How to reach Postgres, and how the pool behaves.
 ///
@@ -27,12 +27,19 @@ use crate::error::BACKEND;
 /// # Ok(()) }
 /// ```
 ///
-/// Connections are plain TCP (no TLS) in this version.
+/// TLS follows libpq's `sslmode` (default `prefer`), read from the URL
+/// (`?sslmode=verify-full&sslrootcert=/etc/ca.crt`) or set with
+/// [`PostgresConfig::tls`]; see [`PgTls`] and the crate docs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresConfig {
     /// A `postgres://` URL or a `key=value` connection string, as
-    /// `tokio_postgres::Config` parses them.
+    /// `tokio_postgres::Config` parses them, plus libpq's TLS options
+    /// `sslmode` (all five), `sslrootcert`, `sslcert` and `sslkey` (see
+    /// [`parse_url_with_tls`](crate::parse_url_with_tls)).
     pub url: String,
+    /// TLS settings; each field set here wins over the URL's. Default:
+    /// none set (the URL's, else `prefer` with system roots).
+    pub tls: PgTls,
     /// Most connections the pool opens. Default: 16.
     pub max_connections: usize,
     /// Longest wait for a new connection to be established. Default: 5 s.
@@ -75,6 +82,7 @@ impl fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresConfig")
             .field("url", &redact(&self.url))
+            .field("tls", &self.tls)
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("acquire_timeout", &self.acquire_timeout)
@@ -112,6 +120,7 @@ impl PostgresConfig {
     pub fn with_url(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls: PgTls::default(),
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             connect_timeout: Self::DEFAULT_TIMEOUT,
             acquire_timeout: Self::DEFAULT_TIMEOUT,
@@ -137,6 +146,32 @@ impl PostgresConfig {
             }
             Err(e) => Err(Error::invalid("DATABASE_URL", e.to_string())),
         }
+    }
+
+    /// Sets [`PostgresConfig::tls`]: its fields that are set override the
+    /// URL's TLS options.
+    ///
+    /// ```
+    /// use selfrag_postgres::{PgTls, PostgresConfig, SslMode};
+    /// let config = PostgresConfig::with_url("postgres://app@db.internal/app")
+    ///     .tls(PgTls::new(SslMode::VerifyFull).root_cert_file("/etc/selfrag/db-ca.crt"));
+    /// assert!(config.effective_tls().unwrap().summary().unwrap().verifies_host);
+    /// ```
+    pub fn tls(mut self, tls: PgTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS settings in effect: [`PostgresConfig::tls`] over the URL's.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] as for [`parse_url_with_tls`](crate::parse_url_with_tls)
+    /// and [`PgTls::summary`].
+    pub fn effective_tls(&self) -> Result<PgTls> {
+        let (_, from_url) = crate::redact::parse_url_with_tls(&self.url)?;
+        let tls = self.tls.or(&from_url);
+        tls.summary()?;
+        Ok(tls)
     }
 
     /// Sets [`PostgresConfig::max_connections`].
@@ -194,13 +229,19 @@ impl PostgresConfig {
     }
 
     /// The driver configuration these settings make: the parsed URL plus the
-    /// timeouts, `search_path` and application name.
+    /// timeouts, `search_path`, application name and the driver's
+    /// `sslmode` for the effective TLS settings (the certificate checks are
+    /// the connector's: see [`PgTls::connector`]).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming `url`, `schema`, `max_connections` or
-    /// `application_name`.
+    /// [`Error::InvalidInput`] naming `url`, `schema`, `max_connections`,
+    /// `application_name` or a TLS option (`sslmode`, `sslrootcert`,
+    /// `sslcert`, `sslkey`).
     pub fn pg_config(&self) -> Result<tokio_postgres::Config> {
-        let mut pg = crate::redact::parse_url(&self.url)?;
+        let (mut pg, from_url) = crate::redact::parse_url_with_tls(&self.url)?;
+        let tls = self.tls.or(&from_url);
+        tls.summary()?;
+        tls.apply_to(&mut pg);
         if self.max_connections == 0 {
             return Err(Error::invalid("max_connections", "must be at least 1"));
         }
@@ -249,16 +290,21 @@ impl PostgresConfig {
     }
 
     /// Builds the connection pool. No connection is opened until one is
-    /// needed, so this succeeds while the server is down.
+    /// needed, so this succeeds while the server is down. The TLS files
+    /// (`sslrootcert`, `sslcert`, `sslkey`) and the system roots are read
+    /// here, once: build a new pool to pick up rotated certificates.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] as for [`PostgresConfig::pg_config`].
+    /// [`Error::InvalidInput`] as for [`PostgresConfig::pg_config`], and
+    /// as for [`PgTls::connector`] when a TLS file cannot be read.
     pub fn build(&self) -> Result<Pool> {
         let pg = self.pg_config()?;
+        let connector = self.effective_tls()?.connector()?;
         // `Fast` recycling checks only that the connection is open: a broken
         // connection is found on its next use and reported as retryable.
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        Pool::builder(manager)
+        let manager =
+            Manager::from_config(pg, connector.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
             .max_size(self.max_connections)
             // The stores bound the whole wait (slot + connect) by
             // `acquire_timeout` themselves (see `conn.rs`); these keep the
@@ -268,7 +314,10 @@ impl PostgresConfig {
             .recycle_timeout(Some(self.connect_timeout.min(self.acquire_timeout)))
             .runtime(Runtime::Tokio1)
             .build()
-            .map_err(|e| Error::backend(BACKEND, "cannot build the connection pool", false, e))
+            .map_err(|e| Error::backend(BACKEND, "cannot build the connection pool", false, e))?;
+        // The stores' cancel requests go through the same connector.
+        crate::conn::register_cancel_tls(&pool, connector);
+        Ok(pool)
     }
 }
 

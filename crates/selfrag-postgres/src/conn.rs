@@ -13,30 +13,67 @@
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::{Object, Pool, WeakPool};
 use selfrag_core::{Error, Result};
 use tokio::time::Instant;
-use tokio_postgres::NoTls;
 
 use crate::error::{self, BACKEND};
+use crate::tls::PgConnector;
 
 /// How long a cancel request may take. It runs in the background after the
 /// call has already returned, so this only bounds a task that would
 /// otherwise wait on a partitioned network.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The TLS connectors of the pools [`PostgresConfig::build`] made, so that
+/// cancel requests use the pool's own TLS settings (roots, host check,
+/// client certificate) without every store constructor having to carry
+/// them. Entries hold the pool weakly and go when it is dropped.
+///
+/// [`PostgresConfig::build`]: crate::PostgresConfig::build
+type CancelTls = Vec<(WeakPool, PgConnector)>;
+
+fn cancel_registry() -> &'static Mutex<CancelTls> {
+    static REGISTRY: OnceLock<Mutex<CancelTls>> = OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Records `connector` as the one cancel requests for `pool` use.
+pub(crate) fn register_cancel_tls(pool: &Pool, connector: PgConnector) {
+    let mut registry = cancel_registry().lock().unwrap_or_else(|e| e.into_inner());
+    registry.retain(|(weak, _)| weak.upgrade().is_some());
+    registry.push((pool.weak(), connector));
+}
+
+/// The connector registered for `pool`; for a pool built elsewhere, one
+/// that encrypts without checking the certificate (used only when the
+/// pool's connections use TLS: the cancel request follows the `sslmode`
+/// the connection was made with).
+fn cancel_tls_for(pool: &Pool) -> PgConnector {
+    let registry = cancel_registry().lock().unwrap_or_else(|e| e.into_inner());
+    registry
+        .iter()
+        .find(|(weak, _)| weak.upgrade().is_some_and(|p| std::ptr::eq(p.manager(), pool.manager())))
+        .map(|(_, connector)| connector.clone())
+        .unwrap_or_else(PgConnector::unverified)
+}
+
 /// A pool plus the deadline of each operation run on it. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
     pool: Pool,
     timeout: Duration,
+    /// For cancel requests: the pool's TLS connector.
+    cancel_tls: PgConnector,
 }
 
 impl Db {
     pub(crate) fn new(pool: Pool, timeout: Duration) -> Self {
-        Self { pool, timeout }
+        let cancel_tls = cancel_tls_for(&pool);
+        Self { pool, timeout, cancel_tls }
     }
 
     pub(crate) fn pool(&self) -> &Pool {
@@ -76,7 +113,7 @@ impl Op<'_> {
         let acquire_end = Instant::now() + acquire;
         let end = acquire_end.min(self.deadline);
         match tokio::time::timeout_at(end, self.db.pool.get()).await {
-            Ok(Ok(obj)) => Ok(Conn { obj: Some(obj), in_flight: &self.in_flight }),
+            Ok(Ok(obj)) => Ok(Conn { obj: Some(obj), in_flight: &self.in_flight, cancel_tls: &self.db.cancel_tls }),
             Ok(Err(e)) => Err(error::pool(e)),
             Err(_) if end == self.deadline && self.deadline < acquire_end => Err(self.timed_out()),
             Err(_) => Err(Error::Unavailable {
@@ -115,6 +152,7 @@ impl Op<'_> {
 pub(crate) struct Conn<'op> {
     obj: Option<Object>,
     in_flight: &'op AtomicBool,
+    cancel_tls: &'op PgConnector,
 }
 
 impl Deref for Conn<'_> {
@@ -142,12 +180,14 @@ impl Drop for Conn<'_> {
         let client = Object::take(obj);
         let token = client.cancel_token();
         drop(client);
+        let tls = self.cancel_tls.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 // Best effort: the server may be unreachable (that may be
                 // why the call timed out); `statement_timeout` is the
-                // server-side backstop then.
-                let _ = tokio::time::timeout(CANCEL_TIMEOUT, token.cancel_query(NoTls)).await;
+                // server-side backstop then. Same TLS as the connection:
+                // the cancel key should not travel in clear.
+                let _ = tokio::time::timeout(CANCEL_TIMEOUT, token.cancel_query(tls)).await;
             });
         }
     }

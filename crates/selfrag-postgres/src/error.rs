@@ -15,6 +15,14 @@
 //!   statement) is [`Error::Timeout`];
 //! - `40001` (serialization failure) and `40P01` (deadlock) are
 //!   [`Error::Backend`] with `retryable = true`;
+//! - configuration the server or the client refuses, which no retry can
+//!   fix, is [`Error::Backend`] with `retryable = false` and a message that
+//!   says what to change: a TLS handshake that failed on a certificate
+//!   (unknown CA, wrong host name, expired; a `rustls::Error` anywhere in
+//!   the source chain) or on the server's alert, a server with TLS off
+//!   under `sslmode=require` or stronger, a wrong password (`28P01`), and
+//!   `pg_hba.conf` refusing the connection (`28000`: no entry for a
+//!   plaintext connection, a missing or wrong client certificate);
 //! - everything else is [`Error::Backend`] with `retryable = false`.
 //!
 //! Constraint violations are mapped by the caller, who knows what they mean
@@ -40,9 +48,105 @@ enum Class {
     Final,
 }
 
+/// The rustls error in `err`'s source chain, if the failure was the TLS
+/// handshake's. tokio-postgres wraps the connector's `io::Error`, which
+/// wraps the `rustls::Error`; `io::Error::source` skips the error it wraps,
+/// so each `io::Error` is opened with `get_ref`.
+fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            if let Some(tls) = rustls_error(inner) {
+                return Some(tls);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// What to change, for a connection the client or the server refused on
+/// configuration (see the module docs); `None` for other failures.
+fn config_hint(err: &tokio_postgres::Error) -> Option<String> {
+    use rustls::{AlertDescription, CertificateError};
+    if let Some(db) = err.as_db_error() {
+        let msg = db.message();
+        return match db.code().code() {
+            "28P01" => Some("authentication failed: check the user name and password".to_owned()),
+            "28000" if msg.contains("no encryption") => Some(
+                "the server accepts this user only over TLS (pg_hba.conf `hostssl`): set sslmode=verify-full \
+                 (or require)"
+                    .to_owned(),
+            ),
+            "28000" if msg.contains("certificate") => Some(
+                "the server wants a valid client certificate for this user: set sslcert and sslkey (its CN must \
+                 be the user name, signed by a CA the server trusts)"
+                    .to_owned(),
+            ),
+            "28000" => Some(
+                "the server refuses this user (an unknown role, or no pg_hba.conf entry for it): check the user, \
+                 the database and sslmode"
+                    .to_owned(),
+            ),
+            _ => None,
+        };
+    }
+    if let Some(tls) = rustls_error(err) {
+        let hint = match tls {
+            // A bad signature: a CA of the same name but another key.
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+                "the server's certificate is not signed by a trusted root: set sslrootcert to the CA file that \
+                 signed it (or sslmode=require to encrypt without checking)"
+            }
+            rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            ) => {
+                "the server's certificate does not name the host connected to: connect by a name (or IP) the \
+                 certificate holds, or use sslmode=verify-ca to check the chain only"
+            }
+            rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } | CertificateError::NotValidYet,
+            ) => "the server's certificate is expired or not yet valid: renew it, or check the clocks",
+            rustls::Error::InvalidCertificate(_) => {
+                "the server's certificate was refused: check sslrootcert and the server's certificate"
+            }
+            rustls::Error::AlertReceived(
+                AlertDescription::CertificateRequired
+                | AlertDescription::BadCertificate
+                | AlertDescription::UnknownCA
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::AccessDenied,
+            ) => "the server refused the client certificate: check sslcert and sslkey",
+            _ => "the TLS handshake failed: check sslmode, sslrootcert and the server's TLS settings",
+        };
+        // The driver's message for a TLS failure does not include its cause.
+        return Some(format!("{tls}; {hint}"));
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        // The driver's fixed message when `sslmode=require` (or stronger)
+        // meets a server with `ssl = off`.
+        if e.to_string().contains("server does not support TLS") {
+            return Some(
+                "the server does not offer TLS (ssl = off) but sslmode requires it: turn ssl on, or use \
+                 sslmode=prefer"
+                    .to_owned(),
+            );
+        }
+        next = e.source();
+    }
+    None
+}
+
 fn classify(err: &tokio_postgres::Error) -> Class {
     if let Some(db) = err.as_db_error() {
         return classify_code(db.code().code());
+    }
+    if config_hint(err).is_some() {
+        return Class::Final;
     }
     // No SQLSTATE: the driver failed to talk to the server at all (connect
     // refused, connection reset or closed, I/O timeout).
@@ -121,19 +225,36 @@ pub(crate) fn write(err: tokio_postgres::Error, user: UserId, what: &'static str
     pg(err)
 }
 
+/// Maps a failure to open a connection: what [`pool`] does for the pool's
+/// connections, for callers that connect themselves (`pg_dump`'s checks in
+/// `selfrag-backup`). `target` names the server in the message (print it
+/// through [`redact_url`](crate::redact_url)).
+///
+/// Refused configuration (TLS certificate, TLS off, wrong password,
+/// `pg_hba.conf`) is a non-retryable [`Error::Backend`] whose message says
+/// what to change; a server that cannot serve now or cannot be reached is
+/// [`Error::Unavailable`] (nothing was sent).
+pub fn connect_error(err: tokio_postgres::Error, target: &str) -> Error {
+    connect_failure(err, &format!("cannot connect to {target}"))
+}
+
+fn connect_failure(err: tokio_postgres::Error, context: &str) -> Error {
+    let message = match config_hint(&err) {
+        Some(hint) => format!("{context}: {} ({hint})", describe(&err)),
+        None => format!("{context}: {}", describe(&err)),
+    };
+    // Nothing of the caller's was sent on a connection that failed to open.
+    let class = match classify(&err) {
+        Class::Lost => Class::Unavailable,
+        other => other,
+    };
+    from_class(class, message, Box::new(err))
+}
+
 /// Maps a failure to get a connection from the pool.
 pub(crate) fn pool(err: PoolError) -> Error {
     match err {
-        PoolError::Backend(e) => {
-            let message = format!("cannot connect: {}", describe(&e));
-            // Nothing of the caller's was sent on a connection that failed
-            // to open.
-            let class = match classify(&e) {
-                Class::Lost => Class::Unavailable,
-                other => other,
-            };
-            from_class(class, message, Box::new(e))
-        }
+        PoolError::Backend(e) => connect_failure(e, "cannot connect"),
         PoolError::Timeout(kind) => {
             let message = match kind {
                 TimeoutType::Wait => "timed out waiting for a free pooled connection",

@@ -98,13 +98,16 @@ mod error;
 mod memory;
 mod redact;
 mod session;
+mod tls;
 mod users;
 
 pub use coalesce::{CoalesceConfig, CoalesceStats};
 pub use config::PostgresConfig;
 pub use memory::PostgresMemoryStore;
-pub use redact::{parse_url, redact_url};
+pub use error::connect_error;
+pub use redact::{parse_url, parse_url_with_tls, redact_url};
 pub use session::PostgresSessionStore;
+pub use tls::{PgConnector, PgTls, RootCerts, SslMode, TlsSummary};
 pub use users::PostgresUserStore;
 
 pub use deadpool_postgres;

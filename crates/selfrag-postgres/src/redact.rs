@@ -9,6 +9,8 @@ use selfrag_core::{Error, Result};
 use tokio_postgres::config::Host;
 use tokio_postgres::Config;
 
+use crate::tls::{PgTls, RootCerts, SslMode};
+
 /// What [`redact_url`] prints for a string [`parse_url`] refuses.
 const UNPARSEABLE: &str = "<redacted: not a valid Postgres URL or connection string>";
 
@@ -31,17 +33,38 @@ const URL_PREFIXES: [&str; 2] = ["postgres://", "postgresql://"];
 /// cannot parse, and the URLs it would misread so that part of a password
 /// lands in the user, host or database name (see [`parse_url`]).
 pub fn redact_url(url: &str) -> String {
-    let Ok(config) = parse_url(url) else {
+    let Ok((config, tls)) = parse_url_with_tls(url) else {
         return UNPARSEABLE.to_owned();
     };
     match URL_PREFIXES.iter().find(|p| url.starts_with(*p)) {
-        Some(prefix) => url_form(prefix, &config),
-        None => key_value_form(&config),
+        Some(prefix) => url_form(prefix, &config, &tls),
+        None => key_value_form(&config, &tls),
     }
 }
 
+/// The TLS options of `tls` as `(keyword, value)` pairs, for printing:
+/// file paths only, never their contents.
+fn tls_params(tls: &PgTls) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(mode) = tls.mode {
+        out.push(("sslmode", mode.as_str().to_owned()));
+    }
+    match &tls.root_cert {
+        Some(RootCerts::System) => out.push(("sslrootcert", "system".to_owned())),
+        Some(RootCerts::File(p)) => out.push(("sslrootcert", p.display().to_string())),
+        None => {}
+    }
+    if let Some(p) = &tls.client_cert {
+        out.push(("sslcert", p.display().to_string()));
+    }
+    if let Some(p) = &tls.client_key {
+        out.push(("sslkey", p.display().to_string()));
+    }
+    out
+}
+
 /// `prefix[user[:***]@]host:port[,host:port...][/dbname][?host=/socket&sslmode=...]`.
-fn url_form(prefix: &str, config: &Config) -> String {
+fn url_form(prefix: &str, config: &Config, tls: &PgTls) -> String {
     let mut out = prefix.to_owned();
     let user = config.get_user().unwrap_or_default();
     if !user.is_empty() || config.get_password().is_some() {
@@ -79,8 +102,8 @@ fn url_form(prefix: &str, config: &Config) -> String {
             params.push(format!("port={port}"));
         }
     }
-    if let Some(mode) = ssl_mode(config) {
-        params.push(format!("sslmode={mode}"));
+    for (key, value) in tls_params(tls) {
+        params.push(format!("{key}={}", encode(&value)));
     }
     if !params.is_empty() {
         out.push('?');
@@ -90,7 +113,7 @@ fn url_form(prefix: &str, config: &Config) -> String {
 }
 
 /// `host=... port=... user=... password=*** dbname=... [sslmode=...]`.
-fn key_value_form(config: &Config) -> String {
+fn key_value_form(config: &Config, tls: &PgTls) -> String {
     let mut parts = Vec::new();
     let hosts: Vec<String> = config
         .get_hosts()
@@ -117,20 +140,10 @@ fn key_value_form(config: &Config) -> String {
     if let Some(db) = config.get_dbname() {
         parts.push(format!("dbname={}", quote(db)));
     }
-    if let Some(mode) = ssl_mode(config) {
-        parts.push(format!("sslmode={mode}"));
+    for (key, value) in tls_params(tls) {
+        parts.push(format!("{key}={}", quote(&value)));
     }
     parts.join(" ")
-}
-
-/// The `sslmode` when it is not the default (`prefer`).
-fn ssl_mode(config: &Config) -> Option<&'static str> {
-    use tokio_postgres::config::SslMode;
-    match config.get_ssl_mode() {
-        SslMode::Disable => Some("disable"),
-        SslMode::Require => Some("require"),
-        _ => None,
-    }
 }
 
 /// Percent-encodes what would change how a URL part reads back.
@@ -167,7 +180,9 @@ fn quote(value: &str) -> String {
 }
 
 /// Parses a Postgres URL or `key=value` connection string, as
-/// `tokio_postgres::Config` does, refusing the URLs the driver would
+/// `tokio_postgres::Config` does, but with libpq's TLS options (see
+/// [`parse_url_with_tls`], whose TLS settings this drops after setting the
+/// driver's `sslmode` from them), refusing the URLs the driver would
 /// misread with part of a password outside the password:
 ///
 /// - an `@` after the first one and before the query
@@ -188,8 +203,37 @@ fn quote(value: &str) -> String {
 /// driver's own message can hold a piece of a password (for
 /// `password=a b c=d`, whose unquoted space makes `c` an "unknown option"),
 /// so an option name is named only when it is one libpq knows.
+/// [`Error::InvalidInput`] naming `sslmode`, `sslrootcert`, `sslcert` or
+/// `sslkey` for a bad TLS option (see [`parse_url_with_tls`]).
 pub fn parse_url(url: &str) -> Result<Config> {
-    let config = Config::from_str(url).map_err(|e| {
+    parse_url_with_tls(url).map(|(config, _)| config)
+}
+
+/// Parses a Postgres URL or `key=value` connection string into the
+/// driver's settings and the TLS options the driver does not read itself:
+/// `sslmode` (all five values, `verify-ca` and `verify-full` included),
+/// `sslrootcert`, `sslcert` and `sslkey` are taken out of the string before
+/// the driver parses the rest, and come back as a [`PgTls`]; the returned
+/// `Config`'s own `sslmode` is set from them (`require` for the verifying
+/// modes; the connector does the checking).
+///
+/// ```
+/// use selfrag_postgres::{parse_url_with_tls, RootCerts, SslMode};
+/// let (config, tls) =
+///     parse_url_with_tls("postgres://app@db:5432/app?sslmode=verify-full&sslrootcert=/etc/ca.crt").unwrap();
+/// assert_eq!(config.get_dbname(), Some("app"));
+/// assert_eq!(tls.mode, Some(SslMode::VerifyFull));
+/// assert_eq!(tls.root_cert, Some(RootCerts::File("/etc/ca.crt".into())));
+/// ```
+///
+/// # Errors
+/// As [`parse_url`]; [`Error::InvalidInput`] naming `sslmode` (an unknown
+/// value or `allow`; the value is not quoted), `sslrootcert`, `sslcert` or
+/// `sslkey` (empty), or `url` (a TLS option that is not UTF-8 once
+/// percent-decoded).
+pub fn parse_url_with_tls(url: &str) -> Result<(Config, PgTls)> {
+    let (rest, tls) = split_tls(url)?;
+    let mut config = Config::from_str(&rest).map_err(|e| {
         Error::invalid("url", format!("not a Postgres URL or connection string: {}", safe_parse_error(&e)))
     })?;
     if let Some(prefix) = URL_PREFIXES.iter().find(|p| url.starts_with(*p)) {
@@ -213,7 +257,182 @@ pub fn parse_url(url: &str) -> Result<Config> {
             }
         }
     }
-    Ok(config)
+    tls.apply_to(&mut config);
+    Ok((config, tls))
+}
+
+/// A connection string less its TLS options, and those options as decoded
+/// `(keyword, value)` pairs in order.
+type Split<'a> = (std::borrow::Cow<'a, str>, Vec<(String, String)>);
+
+/// The libpq TLS options this crate reads itself.
+const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// Takes the TLS options out of `url`: the rest (byte for byte, less those
+/// parameters) and the settings they make. A later occurrence of an option
+/// wins, as in libpq. A string that does not tokenize is returned whole, for
+/// the driver to report.
+fn split_tls(url: &str) -> Result<(std::borrow::Cow<'_, str>, PgTls)> {
+    let (rest, pairs) = match URL_PREFIXES.iter().find(|p| url.starts_with(*p)) {
+        Some(prefix) => split_url_query(url, prefix.len())?,
+        None => match split_key_values(url) {
+            Some(split) => split,
+            None => return Ok((url.into(), PgTls::default())),
+        },
+    };
+    let mut tls = PgTls::default();
+    for (key, value) in pairs {
+        let field = TLS_KEYS.iter().copied().find(|k| *k == key).expect("only TLS keys are split off");
+        if value.is_empty() {
+            return Err(Error::invalid(field, "is empty"));
+        }
+        match field {
+            "sslmode" => tls.mode = Some(value.parse::<SslMode>()?),
+            "sslrootcert" if value == "system" => tls.root_cert = Some(RootCerts::System),
+            "sslrootcert" => tls.root_cert = Some(RootCerts::File(value.into())),
+            "sslcert" => tls.client_cert = Some(value.into()),
+            _ => tls.client_key = Some(value.into()),
+        }
+    }
+    Ok((rest, tls))
+}
+
+/// URL form: the query starts at the first `?` after the userinfo (the
+/// driver ends the userinfo at the first `@`), parameters are `&`-separated
+/// `key=value` with percent-encoded keys and values.
+fn split_url_query(url: &str, prefix_len: usize) -> Result<Split<'_>> {
+    let after_prefix = &url[prefix_len..];
+    let from = prefix_len + after_prefix.find('@').map_or(0, |at| at + 1);
+    let Some(q) = url[from..].find('?').map(|q| from + q) else {
+        return Ok((url.into(), Vec::new()));
+    };
+    let mut kept = Vec::new();
+    let mut pairs = Vec::new();
+    for param in url[q + 1..].split('&') {
+        let key = param.split('=').next().unwrap_or_default();
+        match percent_decode(key) {
+            Some(key) if TLS_KEYS.contains(&key.as_str()) => {
+                let value = param.split_once('=').map(|(_, v)| v).unwrap_or_default();
+                let value = percent_decode(value)
+                    .ok_or_else(|| Error::invalid("url", format!("the value of `{key}` is not UTF-8 once decoded")))?;
+                pairs.push((key, value));
+            }
+            _ => kept.push(param),
+        }
+    }
+    if pairs.is_empty() {
+        return Ok((url.into(), pairs));
+    }
+    let mut rest = url[..q].to_owned();
+    if !kept.is_empty() {
+        rest.push('?');
+        rest.push_str(&kept.join("&"));
+    }
+    Ok((rest.into(), pairs))
+}
+
+/// `%XX`-decodes `s` (as the driver does: no `+` for space); `None` when
+/// the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(u8::try_from(h * 16 + l).unwrap_or_default());
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `key=value` form, tokenized as the driver does (whitespace around `=`,
+/// values single-quoted or not, `\` escapes): the string less the TLS
+/// parameters, and those parameters. `None` when it does not tokenize.
+fn split_key_values(s: &str) -> Option<Split<'_>> {
+    let mut it = s.char_indices().peekable();
+    let mut kept = String::new();
+    let mut pairs = Vec::new();
+    let mut last = 0;
+    loop {
+        while it.peek().is_some_and(|&(_, c)| c.is_whitespace()) {
+            it.next();
+        }
+        let Some(&(start, _)) = it.peek() else { break };
+        let mut key_end = start;
+        while let Some(&(i, c)) = it.peek() {
+            if c.is_whitespace() || c == '=' {
+                break;
+            }
+            key_end = i + c.len_utf8();
+            it.next();
+        }
+        let key = &s[start..key_end];
+        if key.is_empty() {
+            return None;
+        }
+        while it.peek().is_some_and(|&(_, c)| c.is_whitespace()) {
+            it.next();
+        }
+        if it.next().map(|(_, c)| c) != Some('=') {
+            return None;
+        }
+        while it.peek().is_some_and(|&(_, c)| c.is_whitespace()) {
+            it.next();
+        }
+        let mut value = String::new();
+        let end;
+        if it.peek().is_some_and(|&(_, c)| c == '\'') {
+            it.next();
+            loop {
+                match it.next() {
+                    Some((i, '\'')) => {
+                        end = i + 1;
+                        break;
+                    }
+                    Some((_, '\\')) => value.push(it.next()?.1),
+                    Some((_, c)) => value.push(c),
+                    None => return None,
+                }
+            }
+        } else {
+            let mut e = None;
+            while let Some(&(i, c)) = it.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                it.next();
+                if c == '\\' {
+                    if let Some((j, c2)) = it.next() {
+                        value.push(c2);
+                        e = Some(j + c2.len_utf8());
+                    } else {
+                        e = Some(i + 1);
+                    }
+                } else {
+                    value.push(c);
+                    e = Some(i + c.len_utf8());
+                }
+            }
+            end = e?;
+        }
+        if TLS_KEYS.contains(&key) {
+            kept.push_str(&s[last..start]);
+            last = end;
+            pairs.push((key.to_owned(), value));
+        }
+    }
+    if pairs.is_empty() {
+        return Some((s.into(), pairs));
+    }
+    kept.push_str(&s[last..]);
+    Some((kept.into(), pairs))
 }
 
 /// The connection keywords libpq documents: an "unknown option" error may

@@ -397,7 +397,10 @@ mod tests {
                 .arg(cert)
                 .output()
                 .unwrap();
-            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+            )
         };
         let ca = certs.ca_path();
         for (cert, extra) in [
