@@ -224,10 +224,12 @@ async fn postgres(_: &mut Storage, _: &StorageOptions, _: String, _: Option<Stri
 fn redis(storage: &mut Storage, options: &StorageOptions, lookup: &impl Fn(&str) -> Option<String>) -> Result<()> {
     use selfrag_redis::{RedisConfig, RedisRateLimiter, RedisSessionStore};
     let config = RedisConfig::from_lookup(lookup)?;
-    let pool = config.create_pool()?;
+    // One server's pool, or a cluster client (several URLs in REDIS_URL, or
+    // SELFRAG_REDIS_CLUSTER=1).
+    let connector = config.connector()?;
     storage.sessions =
-        Arc::new(RedisSessionStore::with_config(pool.clone(), &config)?.with_limits(options.session_limits));
-    storage.rate_limiter = Arc::new(RedisRateLimiter::with_config(pool, &config, options.policy.clone())?);
+        Arc::new(RedisSessionStore::with_config(connector.clone(), &config)?.with_limits(options.session_limits));
+    storage.rate_limiter = Arc::new(RedisRateLimiter::with_config(connector, &config, options.policy.clone())?);
     storage.backends.sessions = "redis";
     storage.backends.rate_limiter = "redis";
     Ok(())

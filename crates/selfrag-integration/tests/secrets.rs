@@ -182,7 +182,7 @@ async fn redis_configs_pools_stores_and_errors_hide_the_password() {
         let sessions = RedisSessionStore::with_config(pool.clone(), &config).unwrap();
         let limiter = RedisRateLimiter::with_config(pool.clone(), &config, RateLimitPolicy::default()).unwrap();
         check_debug(&what("stores"), &(&sessions, &limiter));
-        check_debug(&what("store.pool()"), sessions.pool());
+        check_debug(&what("store.pool()"), sessions.pool().expect("a single-server store has a pool"));
         let err = sessions.get(user, SessionId::generate()).await.expect_err("nothing listens");
         check_error(&what("session get"), &err);
         let err = limiter.check(&key, 1).await.expect_err("nothing listens, and the limiter fails closed");

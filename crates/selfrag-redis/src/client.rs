@@ -1,19 +1,26 @@
-//! The connection handle both stores share: a pool, one checked-out
-//! multiplexed connection, the key prefix, and the mapping of driver errors.
+//! The connection handle both stores share: what they connect through (a
+//! pool or a cluster client), the one connection they multiplex their calls
+//! over, the key prefix, the scripts, and the mapping of driver errors.
 
 use std::fmt;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{self, ErrorKind as RedisKind, FromRedisValue, RedisError, Script, ScriptInvocation};
+use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::cluster_routing::SingleNodeRoutingInfo;
+use deadpool_redis::redis::{
+    self, Arg, Cmd, ErrorKind as RedisKind, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value,
+};
 use deadpool_redis::{Connection, PoolError};
 use selfrag_core::{Error, Result, UserId};
 
-use crate::config::{validate_prefix, RedisConfig, RedisPool};
+use crate::cluster::RedisConnector;
+use crate::config::{validate_prefix, RedisConfig};
 use crate::BACKEND;
 
-/// A pool plus the connection this store multiplexes its calls over.
+/// What a store connects through, plus the connection it multiplexes its
+/// calls over.
 ///
 /// Why not `pool.get()` per call: deadpool-redis checks a reused connection
 /// with a `PING` before handing it out, which would make every operation two
@@ -30,6 +37,11 @@ use crate::BACKEND;
 /// reconnect may each open one; the first stored wins and the others are
 /// closed.
 ///
+/// On a Redis Cluster the one connection is the driver's
+/// [`ClusterConnection`] (itself a connection per node, shared the same way),
+/// and each call goes through [`Handle::cluster_call`], which follows
+/// redirections.
+///
 /// Everything sits behind one [`Arc`], so cloning the handle (once per
 /// task, typically, with its store) costs one atomic increment. Handles
 /// derived with another prefix or timeout share the connection slot too.
@@ -39,18 +51,25 @@ pub(crate) struct Handle {
 }
 
 struct Inner {
-    /// Its `Debug` shows the URL without the password.
-    pool: RedisPool,
+    /// Its `Debug` shows the URLs without passwords.
+    source: RedisConnector,
     /// Shared with the handles [`Handle::rebuilt`] derives.
-    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
+    conn: Arc<Mutex<Option<Conn>>>,
     prefix: Box<str>,
     response_timeout: Duration,
+}
+
+/// The connection a handle multiplexes its calls over.
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
 }
 
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
-            .field("pool", &self.inner.pool)
+            .field("source", &self.inner.source)
             .field("connected", &self.lock().is_some())
             .field("prefix", &self.inner.prefix)
             .field("response_timeout", &self.inner.response_timeout)
@@ -58,11 +77,23 @@ impl fmt::Debug for Handle {
     }
 }
 
+/// How many times one cluster call is sent again after an answer that says
+/// it did not run (`MOVED`, `ASK`, `TRYAGAIN`, no connection to the slot's
+/// node): enough for a redirection during a slot migration plus a slot map
+/// refresh, few enough that a call to a master that is down (whose slot the
+/// other nodes still redirect to it) fails fast instead of spinning until
+/// its deadline.
+const CLUSTER_ATTEMPTS: u32 = 5;
+/// The first pause before sending again after `TRYAGAIN` (a multi-key call
+/// meeting a slot half migrated) or a missing node connection; doubled each
+/// time.
+const CLUSTER_BACKOFF: Duration = Duration::from_millis(10);
+
 impl Handle {
-    pub(crate) fn new(pool: RedisPool) -> Self {
+    pub(crate) fn new(source: RedisConnector) -> Self {
         Self {
             inner: Arc::new(Inner {
-                pool,
+                source,
                 conn: Arc::default(),
                 prefix: RedisConfig::DEFAULT_KEY_PREFIX.into(),
                 response_timeout: RedisConfig::DEFAULT_TIMEOUT,
@@ -75,7 +106,7 @@ impl Handle {
     fn rebuilt(&self, prefix: Box<str>, response_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
-                pool: self.inner.pool.clone(),
+                source: self.inner.source.clone(),
                 conn: self.inner.conn.clone(),
                 prefix,
                 response_timeout,
@@ -83,9 +114,9 @@ impl Handle {
         }
     }
 
-    pub(crate) fn with_config(pool: RedisPool, config: &RedisConfig) -> Result<Self> {
+    pub(crate) fn with_config(source: RedisConnector, config: &RedisConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Self::new(pool).with_prefix(&config.key_prefix)?.with_response_timeout(config.response_timeout))
+        Ok(Self::new(source).with_prefix(&config.key_prefix)?.with_response_timeout(config.response_timeout))
     }
 
     pub(crate) fn with_prefix(self, prefix: &str) -> Result<Self> {
@@ -101,8 +132,8 @@ impl Handle {
         &self.inner.prefix
     }
 
-    pub(crate) fn pool(&self) -> &RedisPool {
-        &self.inner.pool
+    pub(crate) fn connector(&self) -> &RedisConnector {
+        &self.inner.source
     }
 
     /// A key of `user`'s: the stem of everything `user` owns,
@@ -122,9 +153,9 @@ impl Handle {
         key
     }
 
-    /// A clone of the store's connection, taking one from the pool first if
-    /// there is none.
-    async fn connection(&self) -> Result<MultiplexedConnection> {
+    /// A clone of the store's connection, opening one first if there is
+    /// none.
+    async fn connection(&self) -> Result<Conn> {
         if let Some(conn) = self.lock().as_ref() {
             return Ok(self.configured(conn));
         }
@@ -142,15 +173,20 @@ impl Handle {
         Ok(self.configured(conn))
     }
 
-    /// A new connection from the pool, which forgets it.
+    /// A new connection: from the pool, which forgets it, or to the
+    /// cluster.
     ///
     /// The whole wait (a free slot, then connecting) is bounded by the
-    /// pool's wait timeout (`connect_timeout`): deadpool bounds each step on
-    /// its own, which could add up to twice that.
-    async fn connect(&self) -> Result<MultiplexedConnection> {
-        let limit = self.inner.pool.timeouts().wait.unwrap_or(RedisConfig::DEFAULT_TIMEOUT);
-        match tokio::time::timeout(limit, self.inner.pool.get()).await {
-            Ok(conn) => Ok(Connection::take(conn.map_err(pool_error)?)),
+    /// connect timeout: deadpool bounds each step on its own, which could
+    /// add up to twice that.
+    async fn connect(&self) -> Result<Conn> {
+        let pool = match &self.inner.source {
+            RedisConnector::Pool(pool) => pool,
+            RedisConnector::Cluster(client) => return client.get_connection().await.map(Conn::Cluster),
+        };
+        let limit = pool.timeouts().wait.unwrap_or(RedisConfig::DEFAULT_TIMEOUT);
+        match tokio::time::timeout(limit, pool.get()).await {
+            Ok(conn) => Ok(Conn::Single(Connection::take(conn.map_err(pool_error)?))),
             Err(_) => Err(Error::Unavailable {
                 backend: BACKEND,
                 message: format!("connect: no connection within the connect timeout ({limit:?})"),
@@ -160,13 +196,19 @@ impl Handle {
         }
     }
 
-    fn configured(&self, conn: &MultiplexedConnection) -> MultiplexedConnection {
-        let mut conn = conn.clone();
-        conn.set_response_timeout(self.inner.response_timeout);
-        conn
+    fn configured(&self, conn: &Conn) -> Conn {
+        match conn {
+            Conn::Single(conn) => {
+                let mut conn = conn.clone();
+                conn.set_response_timeout(self.inner.response_timeout);
+                Conn::Single(conn)
+            }
+            // The deadline is applied per call (`cluster_call`).
+            Conn::Cluster(conn) => Conn::Cluster(conn.clone()),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Conn>> {
         // Held only to clone or swap the connection, never across an await.
         self.inner.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -179,29 +221,162 @@ impl Handle {
     /// a DNS name or VIP) leaves the old socket on the demoted primary, which
     /// answers `READONLY` forever; only a new connection reaches the new one.
     /// A healthy connection dropped by mistake costs one reconnect.
-    fn forget(&self, err: &RedisError) {
-        if breaks_connection(err) {
+    ///
+    /// A cluster connection is dropped only after a timeout: the driver
+    /// reconnects to a node whose socket broke and re-reads the slot map
+    /// after a redirection by itself, but a node that stopped answering
+    /// (a partition that drops packets) keeps a socket the driver never
+    /// gives up. Dropping it on every error during a failover would make
+    /// each call open connections to every node.
+    fn forget(&self, err: &RedisError, cluster: bool) {
+        if if cluster { err.is_timeout() } else { breaks_connection(err) } {
             *self.lock() = None;
         }
     }
 
-    /// Runs `invocation` (EVALSHA, loading the script on NOSCRIPT): one round
-    /// trip once the server has the script.
-    pub(crate) async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>, what: &str) -> Result<T> {
-        let mut conn = self.connection().await?;
-        invocation.invoke_async(&mut conn).await.map_err(|e| {
-            self.forget(&e);
-            redis_error(e, what)
-        })
+    /// Runs `invocation`: `EVALSHA`, one round trip once the server has the
+    /// script. A server without it (`NOSCRIPT`: restarted, flushed, or a
+    /// replica promoted by a failover, since the script cache is not
+    /// replicated) gets `EVAL` with the source, which runs it and caches it
+    /// on that server: two round trips, once per script and server. `EVAL`
+    /// goes where `EVALSHA` went (the master of the keys' slot), so on a
+    /// cluster each node loads the scripts it is asked to run.
+    pub(crate) async fn invoke<T: FromRedisValue>(&self, invocation: &Invocation, what: &str) -> Result<T> {
+        invocation.check(what)?;
+        match self.connection().await? {
+            Conn::Single(mut conn) => {
+                let reply = match invocation.cmd.query_async(&mut conn).await {
+                    // Boxed: rare, and kept out of every call's future.
+                    Err(e) if e.kind() == RedisKind::NoScriptError => {
+                        Box::pin(invocation.eval_cmd().query_async(&mut conn)).await
+                    }
+                    reply => reply,
+                };
+                reply.map_err(|e| self.failed(e, what, false))
+            }
+            Conn::Cluster(conn) => Box::pin(self.cluster_invoke(conn, invocation, what)).await,
+        }
     }
 
     /// Runs one command: one round trip.
-    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd, what: &str) -> Result<T> {
-        let mut conn = self.connection().await?;
-        cmd.query_async(&mut conn).await.map_err(|e| {
-            self.forget(&e);
-            redis_error(e, what)
-        })
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd, what: &str) -> Result<T> {
+        match self.connection().await? {
+            Conn::Single(mut conn) => cmd.query_async(&mut conn).await.map_err(|e| self.failed(e, what, false)),
+            Conn::Cluster(mut conn) => {
+                Box::pin(async move {
+                    let value =
+                        self.cluster_call(&mut conn, cmd, true).await.map_err(|e| self.failed(e, what, true))?;
+                    T::from_owned_redis_value(value).map_err(|e| redis_error(e, what))
+                })
+                .await
+            }
+        }
+    }
+
+    async fn cluster_invoke<T: FromRedisValue>(
+        &self,
+        mut conn: ClusterConnection,
+        invocation: &Invocation,
+        what: &str,
+    ) -> Result<T> {
+        let follow_ask = !invocation.script.undeclared;
+        let value = match self.cluster_call(&mut conn, &invocation.cmd, follow_ask).await {
+            Err(e) if e.kind() == RedisKind::NoScriptError => {
+                self.cluster_call(&mut conn, &invocation.eval_cmd(), follow_ask).await
+            }
+            reply => reply,
+        };
+        let value = value.map_err(|e| self.failed(e, what, true))?;
+        T::from_owned_redis_value(value).map_err(|e| redis_error(e, what))
+    }
+
+    /// Sends `cmd` to the master of its key's slot, within the response
+    /// timeout, sending it again only when the answer says it did not run:
+    /// `MOVED` (the driver re-reads the slot map before it sends anything
+    /// else, so the next attempt goes to the new owner), `ASK` when
+    /// `follow_ask` (sent to the importing node after `ASKING`, in one
+    /// pipeline so no other call's command slips between them on the shared
+    /// socket; otherwise the `ASK` is returned), `TRYAGAIN` and a
+    /// missing node connection (after a short pause). At most
+    /// [`CLUSTER_ATTEMPTS`] sends. Anything else, a broken connection above
+    /// all, is returned as it is: the command may have run, so only the
+    /// caller may decide to send it again.
+    async fn cluster_call(&self, conn: &mut ClusterConnection, cmd: &Cmd, follow_ask: bool) -> RedisResult<Value> {
+        let deadline = tokio::time::Instant::now() + self.inner.response_timeout;
+        let mut ask: Option<(String, u16)> = None;
+        let mut pause = CLUSTER_BACKOFF;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = async {
+                match ask.take() {
+                    None => conn.req_packed_command(cmd).await,
+                    Some((host, port)) => {
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("ASKING").add_command(cmd.clone());
+                        let route = SingleNodeRoutingInfo::ByAddress { host, port };
+                        let mut replies = conn.route_pipeline(&pipe, 1, 1, route).await?;
+                        replies
+                            .pop()
+                            .ok_or_else(|| RedisError::from((RedisKind::ResponseError, "empty reply to ASKING")))
+                    }
+                }
+            };
+            let err = match tokio::time::timeout_at(deadline, sent).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(err)) => err,
+                Err(_) => return Err(RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+            };
+            if attempt >= CLUSTER_ATTEMPTS {
+                return Err(err);
+            }
+            match err.kind() {
+                RedisKind::Moved => {}
+                RedisKind::Ask if !follow_ask => return Err(err),
+                RedisKind::Ask => {
+                    ask = err.redirect_node().and_then(|(node, _slot)| {
+                        let (host, port) = node.rsplit_once(':')?;
+                        Some((host.to_owned(), port.parse().ok()?))
+                    });
+                }
+                // `ClientError`: the `ASK` target has no connection yet
+                // (the driver only routes by address to nodes it knows).
+                RedisKind::TryAgain | RedisKind::ClusterConnectionNotFound | RedisKind::ClientError => {
+                    let until = (tokio::time::Instant::now() + pause).min(deadline);
+                    tokio::time::sleep_until(until).await;
+                    pause *= 2;
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// Maps `err`, dropping the connection first when it calls for it.
+    fn failed(&self, err: RedisError, what: &str, cluster: bool) -> Error {
+        self.forget(&err, cluster);
+        match err.kind() {
+            // Still redirected after `CLUSTER_ATTEMPTS` sends, or an `ASK`
+            // not followed: the slot is moving, or its master is down and
+            // the cluster has not failed it over yet (the other nodes still
+            // point at it). Nothing ran. (To a single-server store, a
+            // redirection means it was pointed at a cluster node: a
+            // configuration error, left to `redis_error`.)
+            RedisKind::Moved | RedisKind::Ask if cluster => {
+                Error::unavailable(BACKEND, format!("{what}: redirected (slot migrating or failing over)"), err)
+            }
+            _ => redis_error(err, what),
+        }
+    }
+}
+
+/// A connect error: nothing of the caller's was sent, so an unavailable
+/// server is never "maybe applied".
+pub(crate) fn connect_error(err: RedisError) -> Error {
+    match redis_error(err, "connect") {
+        Error::Unavailable { backend, message, source, .. } => {
+            Error::Unavailable { backend, message, maybe_applied: false, source }
+        }
+        other => other,
     }
 }
 
@@ -212,12 +387,7 @@ pub(crate) fn pool_error(err: PoolError) -> Error {
     match err {
         // Nothing of the caller's was sent on a connection that failed to
         // open.
-        PoolError::Backend(e) => match redis_error(e, "connect") {
-            Error::Unavailable { backend, message, source, .. } => {
-                Error::Unavailable { backend, message, maybe_applied: false, source }
-            }
-            other => other,
-        },
+        PoolError::Backend(e) => connect_error(e),
         PoolError::Timeout(t) => Error::unavailable(BACKEND, format!("no connection within the timeout ({t:?})"), err),
         PoolError::Closed => Error::unavailable(BACKEND, "the connection pool is closed", err),
         PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
@@ -239,6 +409,12 @@ fn breaks_connection(err: &RedisError) -> bool {
 }
 
 const OOM: &str = "out of memory";
+const MIGRATING: &str = "its slot is migrating";
+
+fn is_migrating_script(err: &RedisError) -> bool {
+    err.kind() == RedisKind::ResponseError
+        && err.detail().is_some_and(|d| d.contains("Script attempted to access a non local key"))
+}
 
 /// Why `err` means Redis cannot serve us now, if it does: a retry later (on a
 /// new connection) can succeed.
@@ -250,6 +426,12 @@ fn unavailable(err: &RedisError) -> Option<&'static str> {
         // Cluster resharding or failover in progress.
         RedisKind::TryAgain => Some("try again"),
         RedisKind::ClusterDown => Some("cluster down"),
+        // The cluster connection has no node to send to (all unreachable).
+        RedisKind::ClusterConnectionNotFound => Some("no cluster node reachable"),
+        // A script on the node its slot is migrating from touched a key
+        // already moved (Redis stops it there). Its writes before that
+        // stay, so it may have applied in part (see `redis_error`).
+        _ if is_migrating_script(err) => Some(MIGRATING),
         // A replica whose link to its primary is down.
         RedisKind::MasterDown => Some("primary down"),
         // The socket reaches a replica: a primary demoted by a failover.
@@ -276,28 +458,140 @@ pub(crate) fn redis_error(err: RedisError, what: &str) -> Error {
     }
     match unavailable(&err) {
         // A connection that broke with the command in flight: it may have
-        // run. The other conditions are the server refusing the command.
-        Some(why) if err.is_io_error() => Error::connection_lost(BACKEND, format!("{what}: {why}"), err),
+        // run. A refused connection and the other conditions are the server
+        // refusing the command.
+        Some(why) if (err.is_io_error() && !err.is_connection_refusal()) || why == MIGRATING => {
+            Error::connection_lost(BACKEND, format!("{what}: {why}"), err)
+        }
         Some(why) => Error::unavailable(BACKEND, format!("{what}: {why}"), err),
         None => Error::backend(BACKEND, format!("{what}: {}", err.category()), false, err),
     }
 }
 
-/// A script: the shared helpers followed by its body.
-fn script(body: &str) -> Script {
-    Script::new(&format!("{}\n{}", include_str!("lua/common.lua"), body))
+/// A Lua script: the shared helpers followed by its body, with the number
+/// of keys every call declares and whether it touches keys it does not
+/// declare.
+pub(crate) struct LuaScript {
+    hash: String,
+    source: String,
+    keys: usize,
+    /// The script derives keys it does not declare in `KEYS` (session
+    /// hashes read from an index, rate-limit buckets named from the server
+    /// clock). Redis Cluster decides where a script runs during a slot
+    /// migration by the declared keys alone; on the importing node (after
+    /// `ASK`) an undeclared key not migrated yet just looks absent, so such
+    /// a script would count from zero or drop live sessions from an index.
+    /// It is therefore never sent after `ASK`: it fails as unavailable until
+    /// the migration of its slot ends. (On the migrating node Redis itself
+    /// stops a script that touches a key already moved: "non local key".)
+    undeclared: bool,
 }
 
-pub(crate) static SESSION_CREATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/session_create.lua")));
-pub(crate) static SESSION_TOUCH: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/session_touch.lua")));
-pub(crate) static SESSION_SET_DATA: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/session_set_data.lua")));
-pub(crate) static SESSION_REVOKE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/session_revoke.lua")));
-pub(crate) static SESSION_LIST: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/session_list.lua")));
-pub(crate) static SESSION_REVOKE_ALL: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/session_revoke_all.lua")));
-pub(crate) static RATELIMIT_CHECK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/ratelimit_check.lua")));
-pub(crate) static RATELIMIT_RESET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/ratelimit_reset.lua")));
+/// Whether a script touches keys it does not declare (see
+/// [`LuaScript::undeclared`]).
+#[derive(Clone, Copy)]
+enum Keys {
+    Declared,
+    Derived,
+}
+
+impl LuaScript {
+    fn new(body: &str, keys: usize, touches: Keys) -> Self {
+        let source = format!("{}\n{}", include_str!("lua/common.lua"), body);
+        let hash = redis::Script::new(&source).get_hash().to_owned();
+        Self { hash, source, keys, undeclared: matches!(touches, Keys::Derived) }
+    }
+
+    /// A call of this script: add its keys, then its arguments.
+    pub(crate) fn prepare_invoke(&'static self) -> Invocation {
+        // EVALSHA, the hash, the key count, then keys and arguments (a
+        // guess at their number and size, to avoid regrowing).
+        let mut cmd = Cmd::with_capacity(3 + self.keys + 8, 64 + 96 * (self.keys + 1));
+        cmd.arg("EVALSHA").arg(&self.hash).arg(self.keys);
+        Invocation { script: self, cmd, keys: 0, args: 0, misordered: false }
+    }
+}
+
+/// One call of a [`LuaScript`], built straight into its `EVALSHA` command:
+/// one buffer, where the driver's `ScriptInvocation` keeps a vector per key
+/// and argument and copies them into a command at each call.
+pub(crate) struct Invocation {
+    script: &'static LuaScript,
+    cmd: Cmd,
+    keys: usize,
+    args: usize,
+    /// A key added after an argument: the command would be wrong.
+    misordered: bool,
+}
+
+impl Invocation {
+    /// Adds a key (`KEYS[i]`); all keys come before the arguments.
+    pub(crate) fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        self.misordered |= self.args > 0;
+        self.keys += 1;
+        self.cmd.arg(key);
+        self
+    }
+
+    /// Adds an argument (`ARGV[i]`).
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.args += 1;
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// A call built with the wrong number of keys, or a key after an
+    /// argument, is a bug: refused before anything is sent.
+    fn check(&self, what: &str) -> Result<()> {
+        if self.misordered || self.keys != self.script.keys {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "{what}: bug: the script takes {} keys, the call gave {}{}",
+                    self.script.keys,
+                    self.keys,
+                    if self.misordered { " (some after arguments)" } else { "" }
+                ),
+                retryable: false,
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// The same call as `EVAL` with the source (for a server without the
+    /// script).
+    fn eval_cmd(&self) -> Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&self.script.source);
+        for arg in self.cmd.args_iter().skip(2) {
+            if let Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
+        cmd
+    }
+}
+
+// Create derives keys when it evicts at the cap; list and revoke-all read
+// session hashes from the index; the rate-limit scripts name their buckets
+// from the server clock.
+pub(crate) static SESSION_CREATE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("lua/session_create.lua"), 3, Keys::Derived));
+pub(crate) static SESSION_TOUCH: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("lua/session_touch.lua"), 3, Keys::Declared));
+pub(crate) static SESSION_SET_DATA: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("lua/session_set_data.lua"), 1, Keys::Declared));
+pub(crate) static SESSION_REVOKE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("lua/session_revoke.lua"), 3, Keys::Declared));
+pub(crate) static SESSION_LIST: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("lua/session_list.lua"), 2, Keys::Derived));
+pub(crate) static SESSION_REVOKE_ALL: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("lua/session_revoke_all.lua"), 2, Keys::Derived));
+pub(crate) static RATELIMIT_CHECK: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("lua/ratelimit_check.lua"), 1, Keys::Derived));
+pub(crate) static RATELIMIT_RESET: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("lua/ratelimit_reset.lua"), 1, Keys::Derived));
 
 /// A reply that does not have the shape the script returns: a bug or a key
 /// written by someone else.
@@ -319,7 +613,7 @@ mod tests {
         let user = UserId::new();
         for prefix in ["", "selfrag:", "tenant-7/"] {
             let pool = RedisConfig::builder().url("redis://127.0.0.1:1").build().unwrap().create_pool().unwrap();
-            let handle = Handle::new(pool).with_prefix(prefix).unwrap();
+            let handle = Handle::new(pool.into()).with_prefix(prefix).unwrap();
             for suffix in [&[][..], &[":sessions"][..], &[":s:", "abc"][..], &[":rl:", "chat"][..]] {
                 let key = handle.user_key(user, suffix);
                 assert_eq!(key, format!("{prefix}{{u:{user}}}{}", suffix.concat()));

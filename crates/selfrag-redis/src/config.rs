@@ -22,6 +22,14 @@ pub struct RedisConfig {
     /// `rediss://user:pass@host:6380` (TLS needs a TLS feature of the
     /// re-exported `deadpool_redis`). Default `redis://127.0.0.1:6379`.
     pub url: String,
+    /// Seed nodes of a Redis Cluster: `redis://` or `rediss://` URLs with
+    /// the same credentials and TLS mode. Empty (the default): one server at
+    /// [`url`](Self::url). Non-empty: the stores talk to the cluster through
+    /// [`RedisConfig::connector`]; one reachable seed is enough (the others
+    /// are found with `CLUSTER SLOTS`), and `url` is not used.
+    /// [`RedisConfig::from_env`] fills it from several comma-separated URLs
+    /// in `REDIS_URL`, or from `SELFRAG_REDIS_CLUSTER=1`.
+    pub cluster_nodes: Vec<String>,
     /// Prepended to every key (default `selfrag:`), so several applications
     /// or test runs can share one database. At most 128 bytes, no `{` or `}`
     /// (the hash tag must stay the user's), no whitespace or control
@@ -65,7 +73,8 @@ impl RedisConfig {
     ///
     /// | variable | field | default |
     /// | --- | --- | --- |
-    /// | `REDIS_URL` | `url` | `redis://127.0.0.1:6379` |
+    /// | `REDIS_URL` | `url`; several comma-separated URLs: `cluster_nodes` | `redis://127.0.0.1:6379` |
+    /// | `SELFRAG_REDIS_CLUSTER` | `1`/`true`: `REDIS_URL` names cluster seeds, even one; `0`/`false`: one server | by the number of URLs |
     /// | `SELFRAG_REDIS_PREFIX` | `key_prefix` | `selfrag:` |
     /// | `SELFRAG_REDIS_POOL_SIZE` | `pool_size` | 16 |
     /// | `SELFRAG_REDIS_CONNECT_TIMEOUT_MS` | `connect_timeout` | 2000 |
@@ -85,9 +94,11 @@ impl RedisConfig {
     /// As [`RedisConfig::from_env`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let mut b = Self::builder();
-        if let Some(url) = lookup("REDIS_URL") {
+        let (url, seeds) = crate::cluster::urls_from_env(lookup("REDIS_URL"), lookup("SELFRAG_REDIS_CLUSTER"))?;
+        if let Some(url) = url {
             b = b.url(url);
         }
+        b = b.cluster_nodes(seeds);
         if let Some(prefix) = lookup("SELFRAG_REDIS_PREFIX") {
             b = b.key_prefix(prefix);
         }
@@ -107,13 +118,16 @@ impl RedisConfig {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming the field: `url` (empty or not a
-    /// `redis://`, `rediss://` or `unix://` URL), `key_prefix` (see the
+    /// `redis://`, `rediss://` or `unix://` URL), `cluster_nodes` (a seed
+    /// that is not a `redis://` or `rediss://` URL the driver accepts, or
+    /// seeds differing in credentials or TLS mode), `key_prefix` (see the
     /// field), `pool_size` (0), `connect_timeout` / `response_timeout` (zero).
     pub fn validate(&self) -> Result<()> {
         let url = self.url.trim();
         if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| url.starts_with(s)) {
             return Err(Error::invalid("url", "must start with redis://, rediss://, unix:// or redis+unix://"));
         }
+        crate::cluster::validate_nodes(&self.cluster_nodes)?;
         validate_prefix(&self.key_prefix)?;
         if self.pool_size == 0 {
             return Err(Error::invalid("pool_size", "must be at least 1"));
@@ -132,10 +146,17 @@ impl RedisConfig {
     /// limiter with a failure policy can start without it).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] as [`RedisConfig::validate`], or when the
-    /// driver rejects the URL (field `url`).
+    /// [`Error::InvalidInput`] as [`RedisConfig::validate`], when the
+    /// driver rejects the URL (field `url`), or for a cluster configuration
+    /// (field `cluster_nodes`: use [`RedisConfig::connector`]).
     pub fn create_pool(&self) -> Result<RedisPool> {
         self.validate()?;
+        if !self.cluster_nodes.is_empty() {
+            return Err(Error::invalid(
+                "cluster_nodes",
+                "a cluster has no single-server pool: use RedisConfig::connector",
+            ));
+        }
         let mut cfg = deadpool_redis::Config::from_url(self.url.trim());
         let mut pool = PoolConfig::new(self.pool_size);
         pool.timeouts = Timeouts {
@@ -160,6 +181,7 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(&self.url))
+            .field("cluster_nodes", &self.cluster_nodes.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
             .field("key_prefix", &self.key_prefix)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
@@ -304,6 +326,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: Self::DEFAULT_URL.to_owned(),
+            cluster_nodes: Vec::new(),
             key_prefix: Self::DEFAULT_KEY_PREFIX.to_owned(),
             pool_size: Self::DEFAULT_POOL_SIZE,
             connect_timeout: Self::DEFAULT_TIMEOUT,
@@ -322,6 +345,12 @@ impl RedisConfigBuilder {
     /// Sets [`RedisConfig::url`].
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.config.url = url.into();
+        self
+    }
+
+    /// Sets [`RedisConfig::cluster_nodes`] (empty: one server at the URL).
+    pub fn cluster_nodes<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
+        self.config.cluster_nodes = seeds.into_iter().map(Into::into).collect();
         self
     }
 

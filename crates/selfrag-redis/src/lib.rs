@@ -141,10 +141,14 @@
 //! (reported as `Unavailable`, see above) instead of losing data.
 
 mod client;
+mod cluster;
 mod config;
 mod ratelimit;
 mod session;
 
+pub use cluster::{
+    cluster_health, ClusterHealth, MasterHealth, RedisClusterClient, RedisConnector, CLUSTER_SLOTS,
+};
 pub use config::{redact_url, RedisConfig, RedisConfigBuilder, RedisPool};
 pub use ratelimit::{CheckOutcome, DecisionSource, FailurePolicy, RedisRateLimiter};
 pub use session::RedisSessionStore;

@@ -13,7 +13,8 @@ use selfrag_core::{
 };
 
 use crate::client::{bad_reply, Handle, RATELIMIT_CHECK, RATELIMIT_RESET};
-use crate::config::{RedisConfig, RedisPool};
+use crate::cluster::RedisConnector;
+use crate::config::RedisConfig;
 
 /// What [`RedisRateLimiter::check`] does when Redis cannot decide (the call
 /// fails with [`Error::Unavailable`] or [`Error::Timeout`]: connection
@@ -100,28 +101,40 @@ pub struct RedisRateLimiter {
 }
 
 impl RedisRateLimiter {
-    /// A limiter enforcing `policy` over `pool`, with the default key prefix
-    /// (`selfrag:`), response timeout (2 s) and [`FailurePolicy::FailClosed`].
-    /// `pool` is a [`RedisPool`] or a `deadpool_redis::Pool`.
-    pub fn new(pool: impl Into<RedisPool>, policy: RateLimitPolicy) -> Self {
-        Self::from_handle(Handle::new(pool.into()), policy)
+    /// A limiter enforcing `policy` over `connector` (a
+    /// [`RedisPool`](crate::RedisPool), a `deadpool_redis::Pool` or a
+    /// [`RedisClusterClient`](crate::RedisClusterClient)), with the default
+    /// key prefix (`selfrag:`), response timeout (2 s) and
+    /// [`FailurePolicy::FailClosed`].
+    pub fn new(connector: impl Into<RedisConnector>, policy: RateLimitPolicy) -> Self {
+        Self::from_handle(Handle::new(connector.into()), policy)
     }
 
-    /// A limiter over `pool` with the prefix and timeouts of `config`.
+    /// A limiter over `connector` with the prefix and timeouts of `config`.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] as [`RedisConfig::validate`].
-    pub fn with_config(pool: impl Into<RedisPool>, config: &RedisConfig, policy: RateLimitPolicy) -> Result<Self> {
-        Ok(Self::from_handle(Handle::with_config(pool.into(), config)?, policy))
+    pub fn with_config(
+        connector: impl Into<RedisConnector>,
+        config: &RedisConfig,
+        policy: RateLimitPolicy,
+    ) -> Result<Self> {
+        Ok(Self::from_handle(Handle::with_config(connector.into(), config)?, policy))
     }
 
-    /// A limiter with its own pool built from `config`. Connects lazily, so
-    /// it can be built while Redis is down.
+    /// A limiter with its own pool, or cluster client, built from `config`
+    /// ([`RedisConfig::connector`]). Connects lazily, so it can be built
+    /// while Redis is down.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] as [`RedisConfig::create_pool`].
+    /// [`Error::InvalidInput`] as [`RedisConfig::connector`].
     pub fn connect(config: &RedisConfig, policy: RateLimitPolicy) -> Result<Self> {
-        Self::with_config(config.create_pool()?, config, policy)
+        Self::with_config(config.connector()?, config, policy)
+    }
+
+    /// What the limiter connects through.
+    pub fn connector(&self) -> &RedisConnector {
+        self.handle.connector()
     }
 
     fn from_handle(handle: Handle, policy: RateLimitPolicy) -> Self {

@@ -13,6 +13,7 @@ use crate::client::{
     bad_reply, Handle, SESSION_CREATE, SESSION_LIST, SESSION_REVOKE, SESSION_REVOKE_ALL, SESSION_SET_DATA,
     SESSION_TOUCH,
 };
+use crate::cluster::RedisConnector;
 use crate::config::{RedisConfig, RedisPool};
 use crate::BACKEND;
 
@@ -59,28 +60,29 @@ impl RedisSessionStore {
     /// holds Redis for a few milliseconds, whatever the user's total.
     pub const REVOKE_ALL_BATCH: u32 = 500;
 
-    /// A store over `pool`, with the default key prefix (`selfrag:`) and
-    /// response timeout (2 s). `pool` is a [`RedisPool`] or a
-    /// `deadpool_redis::Pool`.
-    pub fn new(pool: impl Into<RedisPool>) -> Self {
-        Self { handle: Handle::new(pool.into()), limits: SessionLimits::default() }
+    /// A store over `connector` (a [`RedisPool`], a `deadpool_redis::Pool`
+    /// or a [`RedisClusterClient`](crate::RedisClusterClient)), with the
+    /// default key prefix (`selfrag:`) and response timeout (2 s).
+    pub fn new(connector: impl Into<RedisConnector>) -> Self {
+        Self { handle: Handle::new(connector.into()), limits: SessionLimits::default() }
     }
 
-    /// A store over `pool` with the prefix and timeouts of `config` (its URL
-    /// and pool size are the pool's business).
+    /// A store over `connector` with the prefix and timeouts of `config` (its
+    /// URLs and pool size are the connector's business).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] as [`RedisConfig::validate`].
-    pub fn with_config(pool: impl Into<RedisPool>, config: &RedisConfig) -> Result<Self> {
-        Ok(Self { handle: Handle::with_config(pool.into(), config)?, limits: SessionLimits::default() })
+    pub fn with_config(connector: impl Into<RedisConnector>, config: &RedisConfig) -> Result<Self> {
+        Ok(Self { handle: Handle::with_config(connector.into(), config)?, limits: SessionLimits::default() })
     }
 
-    /// A store with its own pool built from `config`. Connects lazily.
+    /// A store with its own pool, or cluster client, built from `config`
+    /// ([`RedisConfig::connector`]). Connects lazily.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] as [`RedisConfig::create_pool`].
+    /// [`Error::InvalidInput`] as [`RedisConfig::connector`].
     pub fn connect(config: &RedisConfig) -> Result<Self> {
-        Self::with_config(config.create_pool()?, config)
+        Self::with_config(config.connector()?, config)
     }
 
     /// Uses `prefix` for every key (see [`RedisConfig::key_prefix`]).
@@ -115,10 +117,16 @@ impl RedisSessionStore {
         self.handle.prefix()
     }
 
-    /// The pool: it dereferences to the `deadpool_redis::Pool`, and its
-    /// `Debug` never shows the password.
-    pub fn pool(&self) -> &RedisPool {
-        self.handle.pool()
+    /// The pool, unless the store talks to a Redis Cluster: it dereferences
+    /// to the `deadpool_redis::Pool`, and its `Debug` never shows the
+    /// password.
+    pub fn pool(&self) -> Option<&RedisPool> {
+        self.handle.connector().pool()
+    }
+
+    /// What the store connects through.
+    pub fn connector(&self) -> &RedisConnector {
+        self.handle.connector()
     }
 
     /// The key of session `id` of `user`: `<prefix>{u:<user>}:s:<id>`, a hash

@@ -73,6 +73,8 @@ use selfrag_core::{
 #[macro_use]
 mod util;
 pub mod certs;
+#[cfg(unix)]
+pub mod cluster;
 pub mod data;
 mod macros;
 pub mod memory;
