@@ -338,6 +338,7 @@ fn check_identifier(field: &'static str, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SslMode;
 
     #[test]
     fn pg_config_carries_the_settings() {
@@ -358,6 +359,21 @@ mod tests {
         assert_eq!(base.clone().max_connections(0).build().unwrap_err().field(), Some("max_connections"));
         let bad_url = PostgresConfig::with_url("postgres://u@h:notaport/d");
         assert_eq!(bad_url.build().unwrap_err().field(), Some("url"));
+    }
+
+    #[test]
+    fn tls_fields_override_the_url() {
+        let cfg = PostgresConfig::with_url("postgres://u@h/d?sslmode=require&sslrootcert=/url-ca.crt")
+            .tls(PgTls::new(SslMode::VerifyFull));
+        let tls = cfg.effective_tls().unwrap();
+        assert_eq!(tls.mode, Some(SslMode::VerifyFull));
+        assert_eq!(tls.root_cert, Some(crate::RootCerts::File("/url-ca.crt".into())));
+        assert_eq!(cfg.pg_config().unwrap().get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        // A bad combination is refused when building, naming the option.
+        let weak = PostgresConfig::with_url("postgres://u@h/d?sslrootcert=system&sslmode=require");
+        assert_eq!(weak.build().unwrap_err().field(), Some("sslmode"));
+        let missing = PostgresConfig::with_url("postgres://u@h/d?sslmode=verify-ca&sslrootcert=/no/such/ca.crt");
+        assert_eq!(missing.build().unwrap_err().field(), Some("sslrootcert"));
     }
 
     #[test]
@@ -389,6 +405,9 @@ mod tests {
             format!("host=h password={PW} {PW}2=x"),
             format!("host=h password={PW} and more"),
             format!("host=h sslpassword={PW}"),
+            format!("postgres://u:{PW}@h/d?sslmode=verify-full&sslrootcert=/ca.crt&sslkey=/k.key"),
+            format!("host=h password={PW} sslmode=require sslcert=/c.crt sslkey=/c.key"),
+            format!("host=h password='{PW} x' sslmode=allow"),
         ] {
             let config = PostgresConfig::with_url(url.as_str());
             let debug = format!("{config:?}");

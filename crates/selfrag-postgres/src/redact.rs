@@ -572,4 +572,54 @@ mod tests {
         assert_eq!(parse_url("password=x y").unwrap_err().field(), Some("url"));
         assert_eq!(parse_url("postgres://u:pw@h/d").unwrap().get_dbname(), Some("d"));
     }
+
+    #[test]
+    fn tls_options_are_read_and_taken_out() {
+        use tokio_postgres::config::SslMode as DriverMode;
+        let url = "postgres://u:pa?ss@h/d?application_name=a&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt\
+                   &sslcert=/c.crt&sslkey=/c.key";
+        let (c, tls) = parse_url_with_tls(url).unwrap();
+        assert_eq!(c.get_password(), Some(&b"pa?ss"[..]));
+        assert_eq!((c.get_application_name(), c.get_dbname()), (Some("a"), Some("d")));
+        assert_eq!(c.get_ssl_mode(), DriverMode::Require);
+        assert_eq!(tls.mode, Some(SslMode::VerifyFull));
+        assert_eq!(tls.root_cert, Some(RootCerts::File("/etc/ca.crt".into())));
+        assert_eq!(tls.client_cert.as_deref(), Some(std::path::Path::new("/c.crt")));
+        assert_eq!(tls.client_key.as_deref(), Some(std::path::Path::new("/c.key")));
+        assert_eq!(
+            redact_url(url),
+            "postgres://u:***@h:5432/d?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt&sslcert=%2Fc.crt&sslkey=%2Fc.key"
+        );
+
+        let kv = r"host=h sslmode = 'verify-ca' password='a b\' c' sslrootcert=system user=u sslkey=/k\ x";
+        let (c, tls) = parse_url_with_tls(kv).unwrap();
+        assert_eq!((c.get_user(), c.get_password()), (Some("u"), Some(&b"a b' c"[..])));
+        assert_eq!((tls.mode, tls.root_cert), (Some(SslMode::VerifyCa), Some(RootCerts::System)));
+        assert_eq!(tls.client_key.as_deref(), Some(std::path::Path::new("/k x")));
+        assert_eq!(redact_url(kv), "host=h user=u password=*** sslmode=verify-ca sslrootcert=system sslkey='/k x'");
+
+        // The last occurrence wins, as in libpq; plain modes reach the driver.
+        let (c, tls) = parse_url_with_tls("postgres://h/d?sslmode=require&sslmode=disable").unwrap();
+        assert_eq!((c.get_ssl_mode(), tls.mode), (DriverMode::Disable, Some(SslMode::Disable)));
+        assert_eq!(parse_url("postgres://h/d").unwrap().get_ssl_mode(), DriverMode::Prefer);
+        // No TLS over a Unix-domain socket, whatever the mode (as libpq).
+        let c = parse_url("postgres://u@%2Fvar%2Frun%2Fpg/d?sslmode=verify-full").unwrap();
+        assert_eq!(c.get_ssl_mode(), DriverMode::Disable);
+        let c = parse_url("host=/run/pg sslmode=require").unwrap();
+        assert_eq!(c.get_ssl_mode(), DriverMode::Disable);
+    }
+
+    #[test]
+    fn bad_tls_options_name_their_field() {
+        let field = |s: &str| parse_url(s).unwrap_err().field().map(str::to_owned);
+        assert_eq!(field("postgres://h/d?sslmode=allow"), Some("sslmode".to_owned()));
+        assert_eq!(field("postgres://h/d?sslmode=verify_full"), Some("sslmode".to_owned()));
+        assert_eq!(field("sslmode=bogus"), Some("sslmode".to_owned()));
+        assert_eq!(field("postgres://h/d?sslrootcert="), Some("sslrootcert".to_owned()));
+        assert_eq!(field("host=h sslcert=''"), Some("sslcert".to_owned()));
+        assert_eq!(field("postgres://h/d?sslkey=%FF"), Some("url".to_owned()));
+        assert!(!parse_url("sslmode=s3cretish").unwrap_err().to_string().contains("s3cretish"));
+        // Still not supported: an encrypted key's password.
+        assert!(parse_url("postgres://h/d?sslpassword=x").is_err());
+    }
 }
