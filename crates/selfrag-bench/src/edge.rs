@@ -342,3 +342,165 @@ async fn measure_setting(
     }
     Ok(())
 }
+
+/// One single-chunk upsert of the durability rows: a 384-dimensional vector
+/// drawn from the sequence number.
+fn durable_chunk(i: u64) -> selfrag_core::Chunk {
+    let mut s = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let vector = (0..DIM)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            #[allow(clippy::cast_precision_loss)]
+            let x = (s >> 11) as f32 / (1u64 << 53) as f32;
+            x - 0.5
+        })
+        .collect();
+    selfrag_core::Chunk::new(format!("doc-{}", i / 20), (i % 20) as u32, "durability bench", vector)
+}
+
+/// Upserts of one chunk per call into `index`, ids from the sequence number.
+fn upsert_op(index: &Arc<EdgeIndex>, tenant: &Tenant, offset: u64) -> crate::measure::Op {
+    let (ix, t) = (index.clone(), tenant.clone());
+    op(move |i| {
+        let (ix, t) = (ix.clone(), t.clone());
+        async move {
+            ix.upsert(&t, vec![durable_chunk(offset + i)]).await?;
+            Ok(())
+        }
+    })
+}
+
+/// The durability rows: single-chunk upserts under the default
+/// (`Durability::Journal`: journaled and fdatasynced before returning, group
+/// commit) and under `JournalNoSync` (page cache only), each against the same
+/// calls under `OnClose` (no durability), at every concurrency of the plan;
+/// then the time to open an index after a crash left 10,000 points in the
+/// journal, against opening it clean.
+pub(crate) async fn run_durability(plan: &Plan, rows: &mut Vec<Row>) -> Res<()> {
+    let preload: u64 = if plan.quick { 1_000 } else { 10_000 };
+    println!("edge durability: single-chunk upserts, {DIM} dims, indexes preloaded with {preload} points");
+    let tenant = Tenant::new("bench")?;
+    let spec = IndexSpec::new(DIM, Distance::Cosine)?;
+    let dir = tempfile::tempdir()?;
+    let base = EdgeIndexConfig::default().optimize_after_points(None);
+    let open = |name: &str, d: Durability| {
+        let path = dir.path().join(name);
+        let config = base.clone().durability(d);
+        async move { EdgeIndex::open(path, spec, config).await.map(Arc::new) }
+    };
+    let raw = open("onclose", Durability::OnClose).await?;
+    for (label, durability) in [("default: Journal", Durability::Journal), ("JournalNoSync", Durability::JournalNoSync)]
+    {
+        let ours = open(label.split(' ').next_back().unwrap_or(label), durability).await?;
+        for ix in [&ours, &raw] {
+            for start in (0..preload).step_by(1_000) {
+                let chunks: Vec<_> = (start..start + 1_000).map(|i| durable_chunk(1 << 40 | i)).collect();
+                ix.upsert(&tenant, chunks).await?;
+            }
+            ix.flush().await?;
+        }
+        for &c in &plan.concurrency {
+            let offset = (c as u64) << 32;
+            let cmp = compare(
+                &upsert_op(&ours, &tenant, offset),
+                &upsert_op(&raw, &tenant, offset),
+                c,
+                plan.ops(c, 500),
+                plan.rounds,
+                plan.target,
+            )
+            .await?;
+            let operation = format!("embedded upsert, 1 chunk ({label}) vs same under OnClose");
+            let mut row = crate::row(&operation, c, cmp);
+            row.extra.insert("preloaded_points".into(), json!(preload));
+            rows.push(row);
+            crate::print_last(rows);
+        }
+        if let Ok(ix) = Arc::try_unwrap(ours) {
+            ix.close().await?;
+        }
+    }
+    // FlushEveryWrite for scale: an engine flush per call.
+    {
+        let ix = open("every", Durability::FlushEveryWrite).await?;
+        let chunks: Vec<_> = (0..preload).map(|i| durable_chunk(1 << 40 | i)).collect();
+        ix.upsert(&tenant, chunks).await?;
+        let t = Instant::now();
+        for i in 0..20 {
+            ix.upsert(&tenant, vec![durable_chunk(i)]).await?;
+        }
+        let per_call = t.elapsed().as_secs_f64() * 1e3 / 20.0;
+        println!("edge durability: FlushEveryWrite, 1 chunk per call at {preload} points: {per_call:.1} ms per call");
+        if let Some(row) = rows.iter_mut().rev().find(|r| r.operation.contains("Journal)") && r.concurrency == 1) {
+            row.extra.insert("flush_every_write_ms_per_call".into(), json!(round(per_call, 1)));
+        }
+        if let Ok(ix) = Arc::try_unwrap(ix) {
+            ix.close().await?;
+        }
+    }
+    if let Ok(ix) = Arc::try_unwrap(raw) {
+        ix.close().await?;
+    }
+    recovery(plan, &dir, spec, &tenant, rows).await
+}
+
+/// Recovery time: 10,000 points journaled (calls of 10 chunks) and never
+/// flushed by the engine, as a crash leaves them, replayed at open; against
+/// opening the same index with an empty journal.
+async fn recovery(
+    plan: &Plan,
+    dir: &tempfile::TempDir,
+    spec: IndexSpec,
+    tenant: &Tenant,
+    rows: &mut Vec<Row>,
+) -> Res<()> {
+    use crate::measure::{Comparison, Stats};
+    let points: u64 = 10_000;
+    // Write the journal: no engine flush while writing (1 h interval).
+    let source = dir.path().join("journal-source");
+    let config =
+        EdgeIndexConfig::default().optimize_after_points(None).engine_flush_interval(Duration::from_secs(3_600));
+    let ix = EdgeIndex::open(&source, spec, config.clone()).await?;
+    for start in (0..points).step_by(10) {
+        ix.upsert(tenant, (start..start + 10).map(durable_chunk).collect()).await?;
+    }
+    let journal = std::fs::read(source.join(selfrag_edge::JOURNAL_FILE))?;
+    ix.close().await?;
+    let target = dir.path().join("recovered");
+    EdgeIndex::open(&target, spec, config.clone()).await?.close().await?;
+    let reps = if plan.quick { 2 } else { 5 };
+    let (mut replay, mut clean) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        std::fs::write(target.join(selfrag_edge::JOURNAL_FILE), &journal)?;
+        let _ = std::fs::remove_file(target.join(selfrag_edge::STATE_FILE));
+        let t = Instant::now();
+        let ix = EdgeIndex::open(&target, spec, config.clone()).await?;
+        replay.push(t.elapsed());
+        if ix.replayed_at_open() != points / 10 {
+            return Err(format!("replayed {} records, not {}", ix.replayed_at_open(), points / 10).into());
+        }
+        ix.close().await?;
+        let t = Instant::now();
+        let ix = EdgeIndex::open(&target, spec, config.clone()).await?;
+        clean.push(t.elapsed());
+        ix.close().await?;
+    }
+    let stats = |mut v: Vec<Duration>| {
+        v.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let total: f64 = v.iter().map(|d| d.as_secs_f64()).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let ops_per_s = v.len() as f64 / total.max(1e-9);
+        Stats { ops: v.len() as u64, ops_per_s, p50_ms: ms(v[v.len() / 2]), p99_ms: ms(v[v.len() - 1]) }
+    };
+    let (ours, raw) = (stats(replay), stats(clean));
+    let cmp = Comparison { ours, raw, round_ratios: Vec::new() };
+    let mut row = crate::row("embedded open after a crash, 10,000 journaled points vs clean open", 1, cmp);
+    row.extra.insert("journal_bytes".into(), json!(journal.len()));
+    row.extra.insert("journal_records".into(), json!(points / 10));
+    rows.push(row);
+    crate::print_last(rows);
+    Ok(())
+}

@@ -80,6 +80,9 @@ struct Args {
     /// Run the embedded (qdrant-edge) row: 100,000 x 384 vectors (heavy).
     #[arg(long)]
     edge: bool,
+    /// Run only the embedded durability rows (journaled upserts, recovery).
+    #[arg(long)]
+    edge_durability: bool,
     /// Smoke run: fewer operations, a 100,000-row query table, 10,000 embedded vectors.
     #[arg(long)]
     quick: bool,
@@ -170,6 +173,9 @@ async fn main() -> Res<()> {
         for dataset in [edge::Dataset::Corpus, edge::Dataset::Islands] {
             edge::run(&plan, dataset, &mut rows).await?;
         }
+        edge::run_durability(&plan, &mut rows).await?;
+    } else if args.edge_durability {
+        edge::run_durability(&plan, &mut rows).await?;
     } else {
         skipped.push("embedded filtered search row: pass --edge (heavy: 100,000 x 384 vectors)");
     }

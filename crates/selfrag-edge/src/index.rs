@@ -203,12 +203,19 @@ fn payload_indexes() -> Vec<(&'static str, PayloadSchemaParams)> {
 
 impl EdgeIndex {
     /// Opens the index in directory `path`, creating the directory and an
-    /// empty index when there is none, and creates the payload indexes
-    /// (idempotent).
+    /// empty index when there is none, creates the payload indexes
+    /// (idempotent), and replays the journal's records that the engine had
+    /// not flushed (whatever the [`Durability`] setting), then flushes and
+    /// empties the journal. A torn last record (a write cut short by a
+    /// crash, never acknowledged) is dropped.
     ///
     /// # Errors
     /// - [`Error::Incompatible`] when the directory holds an index of
-    ///   another dimension or distance, or data the engine cannot read.
+    ///   another dimension or distance, or data the engine cannot read; when
+    ///   the journal is damaged before its last record (an intact record
+    ///   follows a damaged one: dropping it would lose acknowledged writes),
+    ///   or holds a record of another dimension. The journal is left as it
+    ///   was then.
     /// - [`Error::Unavailable`] when the directory is already open (in this
     ///   process or another): the engine holds an exclusive lock on it.
     /// - [`Error::Backend`] for I/O and other engine failures.

@@ -118,25 +118,25 @@ impl JournalOp {
         b.extend_from_slice(&MAGIC);
         b.extend_from_slice(&[0; 12]);
         b.extend_from_slice(&0u64.to_le_bytes());
-        b.extend_from_slice(&(dimension as u32).to_le_bytes());
+        b.extend_from_slice(&u32_len(dimension, "dimension")?.to_le_bytes());
         match self {
             JournalOp::Upsert(points) => {
                 b.push(KIND_UPSERT);
                 b.reserve(points.len() * (16 + 4 * dimension + 256));
-                b.extend_from_slice(&(points.len() as u32).to_le_bytes());
+                b.extend_from_slice(&u32_len(points.len(), "chunks")?.to_le_bytes());
                 for p in points {
                     b.extend_from_slice(p.id.as_bytes());
                     for x in &p.vector {
                         b.extend_from_slice(&x.to_le_bytes());
                     }
                     let json = serde_json::to_vec(&p.payload).map_err(|e| encode_err(e.to_string()))?;
-                    b.extend_from_slice(&(json.len() as u32).to_le_bytes());
+                    b.extend_from_slice(&u32_len(json.len(), "payload")?.to_le_bytes());
                     b.extend_from_slice(&json);
                 }
             }
             JournalOp::Delete(ids) => {
                 b.push(KIND_DELETE);
-                b.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                b.extend_from_slice(&u32_len(ids.len(), "ids")?.to_le_bytes());
                 for id in ids {
                     b.extend_from_slice(id.as_bytes());
                 }
@@ -152,6 +152,11 @@ impl JournalOp {
         }
         Ok(b)
     }
+}
+
+/// A length as the journal's u32.
+fn u32_len(n: usize, field: &'static str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::invalid(field, format!("{n} is too large for one journal record")))
 }
 
 fn encode_err(e: String) -> Error {
@@ -171,9 +176,10 @@ fn checksum(body: &[u8]) -> u64 {
 /// Sets `seq` and the header of an encoded record.
 fn seal(record: &mut [u8], seq: u64) {
     record[SEQ_AT..SEQ_AT + 8].copy_from_slice(&seq.to_le_bytes());
-    let body_len = record.len() - HEADER;
+    // `encode` kept the body under MAX_BODY (1 GiB), which fits a u32.
+    let body_len = u32::try_from(record.len() - HEADER).unwrap_or(u32::MAX);
     let check = checksum(&record[HEADER..]);
-    record[4..8].copy_from_slice(&(body_len as u32).to_le_bytes());
+    record[4..8].copy_from_slice(&body_len.to_le_bytes());
     record[8..16].copy_from_slice(&check.to_le_bytes());
 }
 
@@ -518,7 +524,7 @@ mod tests {
 
     fn upsert(id: u128, dim: usize) -> JournalOp {
         let mut payload = Map::new();
-        payload.insert("k".into(), Value::from(id as u64));
+        payload.insert("k".into(), Value::from(id.to_string()));
         JournalOp::Upsert(vec![JournalPoint {
             id: Uuid::from_u128(id),
             vector: (0..dim).map(|i| i as f32 + 0.25).collect(),

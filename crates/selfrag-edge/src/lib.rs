@@ -8,7 +8,7 @@
 //! use selfrag_edge::{Durability, EdgeIndex, EdgeIndexConfig};
 //!
 //! let spec = IndexSpec::new(3, Distance::Cosine)?;
-//! let config = EdgeIndexConfig::default().durability(Durability::FlushEveryWrite);
+//! let config = EdgeIndexConfig::default().durability(Durability::Journal); // the default
 //! let index = EdgeIndex::open("./selfrag-data/vectors", spec, config).await?;
 //! let tenant = Tenant::new("acme")?;
 //! index.upsert(&tenant, vec![Chunk::new("doc", 0, "hello", vec![1.0, 0.0, 0.0]).tags(["intro"])]).await?;
@@ -29,7 +29,8 @@
 //!
 //! # Layout
 //! One engine shard per directory: `edge_config.json` (dimension,
-//! distance), `segments/` (vectors, payloads, indexes) and `wal/`. All
+//! distance), `segments/` (vectors, payloads, indexes) and `wal/`, plus this
+//! crate's journal ([`JOURNAL_FILE`], [`STATE_FILE`]). All
 //! tenants share it; each point's id is
 //! [`point_id(tenant, chunk_id)`](selfrag_core::vector::point_id) (a UUID),
 //! its payload is [`ChunkPayload::to_json`](selfrag_core::ChunkPayload::to_json),
@@ -77,9 +78,15 @@
 //! measured guidance.
 //!
 //! # Durability
-//! See [`Durability`]: flush on every write, periodically (default: every
-//! second), or on close. The engine version used here (0.7.2) does not replay
-//! its WAL on open, so unflushed writes are lost by a crash of the process.
+//! See [`Durability`]. By default every upsert and delete call is appended
+//! to a journal of this crate's own (`selfrag-journal` in the directory) and
+//! `fdatasync`ed before it returns, concurrent calls sharing one
+//! `fdatasync`; the engine is flushed in the background and the journal
+//! replayed on open, because the engine version used here (0.7.2) does not
+//! replay its own WAL. Nothing acknowledged is lost on a process crash or a
+//! power loss. A torn last record is dropped; a damaged record followed by
+//! intact ones, or a record of another dimension, makes
+//! [`EdgeIndex::open`] refuse with `Error::Incompatible`.
 //!
 //! # Threads
 //! The engine is synchronous and blocking. Every call runs on tokio's

@@ -171,7 +171,8 @@ async fn acknowledged_writes_survive_kill_9() {
     let cycles: u32 = std::env::var("SELFRAG_EDGE_KILLS").map_or(50, |c| c.parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("idx");
-    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        ^ u64::from(std::process::id()) << 32;
     println!("seed {seed}");
     // The model: every point that must exist.
     let mut model: BTreeMap<Uuid, (Vec<f32>, Map<String, Value>)> = BTreeMap::new();
@@ -210,7 +211,7 @@ async fn acknowledged_writes_survive_kill_9() {
         // flushes the engine every 40 ms, so kills land before, during and
         // after flushes and journal truncations).
         let _ = first_rx.recv_timeout(Duration::from_secs(30));
-        std::thread::sleep(Duration::from_micros(splitmix(&mut seed) % 300_000));
+        std::thread::sleep(Duration::from_micros(splitmix(&mut seed) % 150_000));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let acked = reader.join().unwrap();
@@ -225,7 +226,7 @@ async fn acknowledged_writes_survive_kill_9() {
         for t in 0..WRITERS {
             let last = acked.get(&t).map(|k| i64::from(*k)).unwrap_or(-1);
             for k in 0..=(last + 1) {
-                let k = k as u32;
+                let k = u32::try_from(k).unwrap();
                 let in_flight = i64::from(k) == last + 1;
                 if is_delete(k) {
                     let chunks = batch(cycle, t, k - 3, DIM);
