@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
+use selfrag_postgres::PgTls;
 use tokio::process::Command;
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use crate::fsutil;
 use crate::manifest::{check_entry_files, Entry, EntryKind, FileEntry, Manifest, PostgresInfo};
@@ -167,7 +168,10 @@ pub struct PostgresBackup {
     /// Connection URL (`postgres://user[:password]@host[:port]/db`) or
     /// `key=value` string. The password never reaches a command line: it is
     /// handed to `pg_dump` as `PGPASSWORD` in the child's environment. No
-    /// error, `Debug` or manifest quotes it.
+    /// error, `Debug` or manifest quotes it. TLS options (`sslmode`,
+    /// `sslrootcert`, `sslcert`, `sslkey`) apply to this crate's own
+    /// connections and reach `pg_dump` as `PGSSLMODE`, `PGSSLROOTCERT`,
+    /// `PGSSLCERT`, `PGSSLKEY` (see `selfrag_postgres::PgTls::libpq_env`).
     pub url: String,
     /// Dump only this schema (where the selfrag tables live when the stores
     /// use `PostgresConfig::schema`). `None`: the whole database.
@@ -272,18 +276,25 @@ fn check_dbname(name: &str) -> Result<()> {
     }
 }
 
-/// The driver's settings for `url`; an error quotes nothing of it.
-fn parse_url(url: &str) -> Result<Config> {
-    selfrag_postgres::parse_url(url)
+/// The driver's settings for `url` and its TLS settings (checked); an
+/// error quotes nothing of it.
+fn parse_url(url: &str) -> Result<(Config, PgTls)> {
+    let (config, tls) = selfrag_postgres::parse_url_with_tls(url)?;
+    tls.summary()?;
+    Ok((config, tls))
 }
 
 /// Connects to `config`, which `label` names in errors: the URL it came
 /// from as [`redact_url`](selfrag_postgres::redact_url) prints it (the one
 /// printable form of a connection string), and the database when it is not
 /// the URL's.
-async fn connect(config: &Config, label: &str) -> Result<Client> {
+///
+/// TLS as the URL says, with the stores' connector; a refused
+/// configuration (certificate, password, `pg_hba.conf`) is a non-retryable
+/// error saying what to change (`selfrag_postgres::connect_error`).
+async fn connect(config: &Config, tls: &PgTls, label: &str) -> Result<Client> {
     let (client, conn) =
-        config.connect(NoTls).await.map_err(|e| Error::unavailable(PG, format!("cannot connect to {label}"), e))?;
+        config.connect(tls.connector()?).await.map_err(|e| selfrag_postgres::connect_error(e, label))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "backup connection ended");
@@ -307,9 +318,11 @@ fn sql_err(what: &str, e: tokio_postgres::Error) -> Error {
     }
 }
 
-/// The connection settings of `config` as libpq environment variables for a
-/// child process: the password goes there, never into arguments.
-fn child_env(config: &Config) -> Vec<(&'static str, String)> {
+/// The connection settings of `config` and `tls` as libpq environment
+/// variables for a child process: the password goes there, never into
+/// arguments; the TLS variables are always set (empty is "unset" to libpq),
+/// so none inherited from this process applies.
+fn child_env(config: &Config, tls: &PgTls) -> Vec<(&'static str, String)> {
     let mut env = Vec::new();
     let hosts: Vec<String> = config
         .get_hosts()
@@ -340,6 +353,7 @@ fn child_env(config: &Config) -> Vec<(&'static str, String)> {
         env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string()));
     }
     env.push(("PGAPPNAME", "selfrag-backup".to_owned()));
+    env.extend(tls.libpq_env());
     env
 }
 
@@ -452,11 +466,11 @@ pub async fn backup_postgres<'r>(run: &'r mut BackupRun, opts: &PostgresBackup) 
     if opts.compression.is_some_and(|c| c > 9) {
         return Err(Error::invalid("compression", "must be 0 to 9"));
     }
-    let config = parse_url(&opts.url)?;
+    let (config, tls) = parse_url(&opts.url)?;
     let pg_dump = opts.tools.version("pg_dump").await?;
     // pg_restore is needed to check the archive: find it before dumping.
     opts.tools.resolve("pg_restore")?;
-    let client = connect(&config, &selfrag_postgres::redact_url(&opts.url)).await?;
+    let client = connect(&config, &tls, &selfrag_postgres::redact_url(&opts.url)).await?;
     let server = server_info(&client).await?;
     check_dump_version(&pg_dump, server.version_num)?;
 
@@ -493,7 +507,7 @@ pub async fn backup_postgres<'r>(run: &'r mut BackupRun, opts: &PostgresBackup) 
             args.push(format!("--table={schema}.{t}"));
         }
     }
-    let env = child_env(&config);
+    let env = child_env(&config, &tls);
     if let Err(e) = run_tool(&pg_dump.path, &args, &env).await {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -812,7 +826,7 @@ pub async fn restore_postgres(
         None => manifest.first_of(EntryKind::Postgres)?,
     };
     let info = postgres_info(entry)?;
-    let mut config = parse_url(&opts.url)?;
+    let (mut config, tls) = parse_url(&opts.url)?;
     let database = match &opts.database {
         Some(d) => d.clone(),
         None => config.get_dbname().map(str::to_owned).ok_or_else(|| Error::invalid("url", "names no database"))?,
@@ -837,7 +851,7 @@ pub async fn restore_postgres(
     // The target database.
     let mut created = false;
     let admin_db = config.get_dbname().map(str::to_owned);
-    let admin = connect(&config, &selfrag_postgres::redact_url(&opts.url)).await?;
+    let admin = connect(&config, &tls, &selfrag_postgres::redact_url(&opts.url)).await?;
     let exists = admin
         .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&database])
         .await
@@ -854,7 +868,7 @@ pub async fn restore_postgres(
         created = true;
     }
     drop(admin);
-    let result = restore_into(&mut config, &database, opts, &toc, &archive, &pg_restore.path).await;
+    let result = restore_into(&mut config, &tls, &database, opts, &toc, &archive, &pg_restore.path).await;
     if let Err(e) = result {
         if created {
             // Leave no half-restored database behind that a retry would
@@ -864,7 +878,7 @@ pub async fn restore_postgres(
                 Some(_) => selfrag_postgres::redact_url(&opts.url),
                 None => label_for(&opts.url, "postgres"),
             };
-            if let Err(drop_err) = drop_database(&config, &label, &database).await {
+            if let Err(drop_err) = drop_database(&config, &tls, &label, &database).await {
                 tracing::warn!(database, error = %drop_err, "could not drop the database created for a failed restore");
             }
         }
@@ -881,8 +895,8 @@ pub async fn restore_postgres(
 
 /// Drops `database` (created by a restore that then failed), ending any
 /// session still attached (`WITH (FORCE)` since Postgres 13).
-async fn drop_database(config: &Config, label: &str, database: &str) -> Result<()> {
-    let admin = connect(config, label).await?;
+async fn drop_database(config: &Config, tls: &PgTls, label: &str, database: &str) -> Result<()> {
+    let admin = connect(config, tls, label).await?;
     let server = server_info(&admin).await?;
     let force = if server.version_num >= 130_000 { " WITH (FORCE)" } else { "" };
     admin
@@ -895,6 +909,7 @@ async fn drop_database(config: &Config, label: &str, database: &str) -> Result<(
 /// emptiness check and `pg_restore`.
 async fn restore_into(
     config: &mut Config,
+    tls: &PgTls,
     database: &str,
     opts: &PostgresRestore,
     toc: &[TocTable],
@@ -902,7 +917,7 @@ async fn restore_into(
     pg_restore: &Path,
 ) -> Result<()> {
     config.dbname(database);
-    let target = connect(config, &label_for(&opts.url, database)).await?;
+    let target = connect(config, tls, &label_for(&opts.url, database)).await?;
     let mut present = Vec::new();
     for t in toc {
         let row = target
@@ -940,7 +955,7 @@ async fn restore_into(
         args.push("--if-exists".to_owned());
     }
     args.push(archive.display().to_string());
-    run_tool(pg_restore, &args, &child_env(config)).await?;
+    run_tool(pg_restore, &args, &child_env(config, tls)).await?;
     Ok(())
 }
 
@@ -1017,12 +1032,38 @@ mod tests {
 
     #[test]
     fn the_password_goes_to_the_environment_only() {
-        let config = parse_url("postgres://u:s3cret@db.example:5433/app").unwrap();
-        let env = child_env(&config);
+        let (config, tls) = parse_url("postgres://u:s3cret@db.example:5433/app").unwrap();
+        let env = child_env(&config, &tls);
         assert!(env.contains(&("PGPASSWORD", "s3cret".to_owned())));
         assert!(env.contains(&("PGHOST", "db.example".to_owned())));
         assert!(env.contains(&("PGPORT", "5433".to_owned())));
         assert!(env.contains(&("PGDATABASE", "app".to_owned())));
+        // Always set, so that none inherited from this process applies.
+        assert!(env.contains(&("PGSSLMODE", "prefer".to_owned())));
+        assert!(env.contains(&("PGSSLROOTCERT", String::new())));
+    }
+
+    /// The URL's TLS options reach the tools through their environment
+    /// (libpq's variables), not the command line.
+    #[test]
+    fn tls_options_go_to_the_environment() {
+        let url =
+            "postgres://u:pw@db.example/app?sslmode=verify-full&sslrootcert=/etc/ca.crt&sslcert=/c.crt&sslkey=/c.key";
+        let (config, tls) = parse_url(url).unwrap();
+        let env = child_env(&config, &tls);
+        for pair in [
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", "/etc/ca.crt"),
+            ("PGSSLCERT", "/c.crt"),
+            ("PGSSLKEY", "/c.key"),
+            ("PGPASSWORD", "pw"),
+        ] {
+            assert!(env.contains(&(pair.0, pair.1.to_owned())), "{pair:?} in {env:?}");
+        }
+        assert_eq!(
+            parse_url("postgres://h/d?sslmode=require&sslrootcert=system").unwrap_err().field(),
+            Some("sslmode")
+        );
     }
 
     /// Every form a password can take in a libpq URL or `key=value`
@@ -1055,8 +1096,8 @@ mod tests {
     async fn connection_errors_name_no_password() {
         const PW: &str = "Bk9SecretPw";
         for url in [format!("postgres://u:{PW}@127.0.0.1:1/d"), format!("host=127.0.0.1 port=1 password='{PW} x'")] {
-            let config = parse_url(&url).unwrap();
-            let err = connect(&config, &selfrag_postgres::redact_url(&url)).await.unwrap_err();
+            let (config, tls) = parse_url(&url).unwrap();
+            let err = connect(&config, &tls, &selfrag_postgres::redact_url(&url)).await.unwrap_err();
             let mut text = format!("{err} {err:?}");
             let mut source = std::error::Error::source(&err);
             while let Some(s) = source {

@@ -314,6 +314,19 @@ impl TestCerts {
         ]
     }
 
+    /// [`crate::servers::PgOptions`] for a server with these certificates
+    /// ([`TestCerts::postgres_conf`] and [`TestCerts::postgres_files`]);
+    /// set `hba`, `auth_method` and `password` on the result as the test
+    /// needs (e.g. `hostssl` lines only, `scram-sha-256`).
+    #[cfg(unix)]
+    pub fn postgres_options(&self, wrong_host: bool) -> crate::servers::PgOptions {
+        crate::servers::PgOptions {
+            conf: Self::postgres_conf(),
+            files: self.postgres_files(wrong_host),
+            ..crate::servers::PgOptions::default()
+        }
+    }
+
     /// The `redis-server` arguments for a TLS-only server on `tls_port`
     /// with these certificates (`--port 0` closes the plaintext port; the
     /// wrong-host certificate when `wrong_host`). `--tls-auth-clients
