@@ -93,6 +93,19 @@ pub struct EdgePoint {
     pub payload: Map<String, Value>,
 }
 
+/// What [`EdgeIndex::backup_to`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HotBackup {
+    /// The journal sequence number of the last write in the copy (0 when
+    /// the index writes no journal).
+    pub seq: u64,
+    /// How long writes were held: the engine flush and the copy.
+    pub hold: Duration,
+    /// Bytes copied.
+    pub bytes: u64,
+}
+
 /// A snapshot of an index's state, from [`EdgeIndex::stats`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -332,6 +345,25 @@ impl EdgeIndex {
         while self.is_optimizing() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Copies the open index into directory `dest` (missing or empty),
+    /// consistent to one point in time, while it keeps serving: searches and
+    /// other reads run throughout; writes wait while the engine is flushed
+    /// and the files are copied (the "hold", returned with its duration),
+    /// and a running optimization is waited for first (it swaps segment
+    /// files). The copy is a closed index directory with an empty journal:
+    /// [`EdgeIndex::open`] it where it is or copy it anywhere (for example
+    /// with `selfrag_backup::backup_edge`, which takes closed indexes).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when `dest` exists and is not empty (nothing is
+    /// written); [`Error::Backend`] when the flush or a copy fails (a
+    /// partial copy is removed).
+    pub async fn backup_to(&self, dest: impl AsRef<Path>) -> Result<HotBackup> {
+        let dest = dest.as_ref().to_path_buf();
+        let inner = self.inner.clone();
+        blocking(move || inner.backup_to(&dest)).await
     }
 
     /// Forces everything written so far to stable storage, whatever the
@@ -643,6 +675,61 @@ impl Inner {
         }
     }
 
+    fn backup_to(&self, dest: &Path) -> Result<HotBackup> {
+        let io = |what: String, e: std::io::Error| Error::backend(BACKEND, what, false, e);
+        match std::fs::read_dir(dest) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(Error::Conflict {
+                        what: "backup target",
+                        id: format!("{} is not empty", dest.display()),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(format!("cannot read {}", dest.display()), e)),
+        }
+        let tmp = dest.with_file_name(format!(
+            ".{}.partial",
+            dest.file_name().map_or_else(|| "backup".into(), |n| n.to_string_lossy().into_owned())
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        // No optimization may swap segments during the copy.
+        let _o = lock(&self.optimize_lock);
+        let (seq, hold, bytes) = {
+            let _w = lock(&self.write_lock);
+            let started = std::time::Instant::now();
+            self.dirty.store(true, Ordering::SeqCst);
+            self.flush_locked()?;
+            let seq = self.journal.as_ref().map_or(0, Journal::last_appended);
+            let copied = copy_tree(&self.path, &tmp);
+            if let Err(e) = &copied {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(io(
+                    format!("cannot copy {} to {}", self.path.display(), tmp.display()),
+                    std::io::Error::new(e.kind(), e.to_string()),
+                ));
+            }
+            (seq, started.elapsed(), copied.unwrap_or(0))
+        };
+        let finish = || -> std::io::Result<()> {
+            sync_tree(&tmp)?;
+            if dest.exists() {
+                std::fs::remove_dir(dest)?;
+            }
+            std::fs::rename(&tmp, dest)?;
+            if let Some(parent) = dest.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(io(format!("cannot complete the backup in {}", dest.display()), e));
+        }
+        Ok(HotBackup { seq, hold, bytes })
+    }
+
     /// One optimization, never concurrent with another.
     fn run_optimize(&self) -> Result<bool> {
         let _o = lock(&self.optimize_lock);
@@ -668,6 +755,37 @@ impl Inner {
             last_optimize_error: lock(&self.last_optimize_error).clone(),
         }
     }
+}
+
+/// Copies a directory tree (regular files and directories); returns the
+/// bytes copied.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<u64> {
+    std::fs::create_dir_all(to)?;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            bytes += copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            bytes += std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(bytes)
+}
+
+/// `fsync`s every file and directory of a tree.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The engine's form of [`Quantization`].

@@ -99,7 +99,7 @@ mod index;
 mod journal;
 
 pub use config::{Durability, EdgeIndexConfig, Quantization};
-pub use index::{EdgeIndex, EdgePoint, EdgeStats};
+pub use index::{EdgeIndex, EdgePoint, EdgeStats, HotBackup};
 pub use journal::{JOURNAL_FILE, STATE_FILE};
 /// The engine crate, for callers who need its types.
 pub use qdrant_edge;
