@@ -471,7 +471,7 @@ async fn hot_backup_under_writes_and_searches_is_one_point_in_time() {
         let present: Vec<bool> = (0..after[t as usize] + 1)
             .map(|k| batch(7, t, k, DIM).iter().all(|c| got.contains_key(&expected_point(c).0)))
             .collect();
-        let n = present.iter().take_while(|p| **p).count() as u32;
+        let n = u32::try_from(present.iter().take_while(|p| **p).count()).unwrap();
         assert!(present[n as usize..].iter().all(|p| !p), "writer {t}: not a prefix: {present:?}");
         assert!(
             n >= before[t as usize],
