@@ -10,6 +10,11 @@
 //! is written; while the copy runs, an `EdgeIndex::open` of the directory
 //! fails the same way instead of changing files under it. Close the index
 //! (`EdgeIndex::close().await`, which flushes) before backing it up.
+//!
+//! An index that must keep serving is backed up in two steps by the process
+//! that has it open: `EdgeIndex::backup_to(dir)` copies it at one point in
+//! time (writes wait for the engine flush and the copy, searches go on),
+//! and [`backup_edge`] backs up that closed copy, which may then be deleted.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

@@ -195,3 +195,79 @@ async fn restore_into_an_existing_empty_directory_keeps_that_directory() {
     let err = verify_run(&partial, &PgTools::new(), false).await.unwrap_err();
     assert_eq!(err.field(), Some("run"), "{err}");
 }
+
+/// An index that is open and serving: `EdgeIndex::backup_to` takes a
+/// point-in-time copy while a writer upserts and a reader searches, and
+/// `backup_edge` backs that closed copy up; restored into a new directory,
+/// it holds every point of the source at the copy's point in time (a
+/// prefix of the writer's calls, each point equal to the source's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_index_is_backed_up_through_a_point_in_time_copy() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("vectors");
+    let spec = IndexSpec::new(DIM, Distance::Euclid).unwrap();
+    let tenant = Tenant::new("acme").unwrap();
+    let index =
+        Arc::new(EdgeIndex::open(&src, spec, EdgeIndexConfig::default().optimize_after_points(None)).await.unwrap());
+    let all = chunks(0);
+    let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let writer = {
+        let (index, stop, acked, tenant, all) =
+            (index.clone(), stop.clone(), acked.clone(), tenant.clone(), all.clone());
+        tokio::spawn(async move {
+            for (i, c) in all.into_iter().enumerate() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                index.upsert(&tenant, vec![c]).await.unwrap();
+                acked.store(i + 1, Ordering::SeqCst);
+            }
+        })
+    };
+    let reader = {
+        let (index, stop, tenant) = (index.clone(), stop.clone(), tenant.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                index.search(&tenant, &SearchRequest::new(vector(0, 1), 3)).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    while acked.load(Ordering::SeqCst) < 40 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let before = acked.load(Ordering::SeqCst);
+    let copy = tmp.path().join("copy");
+    let hot = index.backup_to(&copy).await.unwrap();
+    let after = acked.load(Ordering::SeqCst) + 1;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    assert!(reader.await.unwrap() > 0, "searches ran during the backup");
+
+    let root = tmp.path().join("backups");
+    let mut run = BackupRun::begin(&root).unwrap();
+    backup_edge(&mut run, &copy, None).await.unwrap();
+    let done = run.finish().unwrap();
+    verify_run(&done.dir, &PgTools::new(), false).await.unwrap();
+    let restored = tmp.path().join("restored");
+    restore_edge(&done.dir, None, &restored).await.unwrap();
+
+    let source: std::collections::HashMap<_, _> =
+        index.export_points().await.unwrap().into_iter().map(|p| (p.id, p)).collect();
+    let back = EdgeIndex::open(&restored, spec, EdgeIndexConfig::default()).await.unwrap();
+    let got = back.export_points().await.unwrap();
+    let n = got.len();
+    eprintln!("hot edge backup: hold {:?}, {n} points (acked {before} before, at most {after} started)", hot.hold);
+    assert!((before..=after).contains(&n), "{n} points, expected {before}..={after}");
+    let ids: Vec<ChunkId> = all[..n].iter().map(|c| c.id).collect();
+    assert_eq!(back.get(&tenant, &ids).await.unwrap().len(), n, "the copy holds the first {n} calls");
+    for p in &got {
+        assert_eq!(Some(p), source.get(&p.id), "point {} differs from the source", p.id);
+    }
+    back.close().await.unwrap();
+}
