@@ -15,10 +15,12 @@
 //!
 //! Each reachable service also gets a `tls` check saying whether its
 //! connection is encrypted and whether the server's certificate is
-//! verified (JSON: `tls: {encrypted, verified, mode, local, version,
-//! cipher}`): Postgres from the server's `pg_stat_ssl` row for our own
-//! backend and the configured `sslmode`; Redis from the URL (`rediss://`,
-//! `#insecure`); Qdrant from the URL (`https://` is always verified).
+//! verified (JSON: `tls: {encrypted, verified, host_verified, mode, local,
+//! version, cipher}`): Postgres from the server's `pg_stat_ssl` row for our
+//! own backend and the effective TLS settings (`sslmode`, `sslrootcert`,
+//! client certificate: `PostgresConfig::effective_tls`); Redis from the URL
+//! (`rediss://`, `#insecure`); Qdrant from the URL (`https://` is always
+//! verified).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -76,9 +78,11 @@ struct Check {
 struct Tls {
     /// Whether the traffic is encrypted.
     encrypted: bool,
-    /// Whether the server's certificate is checked against trusted roots
-    /// (and its name against the host).
+    /// Whether the server's certificate is checked against trusted roots.
     verified: bool,
+    /// Whether the certificate must also name the host connected to
+    /// (Postgres `verify-full`; always with Redis and Qdrant verification).
+    host_verified: bool,
     /// The setting that decides it: `sslmode=...`, `rediss://`, `https://`.
     mode: String,
     /// Every host is this machine (loopback or a Unix socket): nothing
@@ -106,7 +110,13 @@ impl Tls {
         };
         let place = if self.local { "local connection" } else { "remote connection" };
         match (self.encrypted, self.verified) {
-            (true, true) => (State::Ok, format!("encrypted{how}, server certificate verified ({})", self.mode)),
+            (true, true) if self.host_verified => {
+                (State::Ok, format!("encrypted{how}, server certificate verified ({})", self.mode))
+            }
+            (true, true) => (
+                State::Ok,
+                format!("encrypted{how}, server certificate chain verified, host name not checked ({})", self.mode),
+            ),
             (true, false) => (
                 if self.local { State::Ok } else { State::Warn },
                 format!(
@@ -201,8 +211,10 @@ pub(crate) async fn run(global: &Global, out: Out) -> Result<Exit, Failure> {
         Some(_) => {
             out.progress("checking Postgres");
             let (config, pool) = global.postgres_pool()?;
-            let pg = config.pg_config().map_err(|e| Failure::from_core("invalid Postgres configuration", &e))?;
-            check_postgres(&pool, &pg, &mut checks).await;
+            let invalid = |e: selfrag_core::Error| Failure::from_core("invalid Postgres configuration", &e);
+            let pg = config.pg_config().map_err(invalid)?;
+            let summary = config.effective_tls().and_then(|tls| tls.summary()).map_err(invalid)?;
+            check_postgres(&pool, &pg, &summary, &mut checks).await;
         }
         None => checks.push("postgres", "configured", State::Skip, "not configured (set DATABASE_URL)"),
     }
@@ -303,20 +315,6 @@ fn pg_pool_cause(err: &selfrag_postgres::deadpool_postgres::PoolError) -> String
     }
 }
 
-/// The configured `sslmode` as libpq spells it, and whether it verifies
-/// the server's certificate.
-fn pg_sslmode(pg: &selfrag_postgres::tokio_postgres::Config) -> (String, bool) {
-    use selfrag_postgres::tokio_postgres::config::SslMode;
-    let mode = match pg.get_ssl_mode() {
-        SslMode::Disable => "disable".to_owned(),
-        SslMode::Prefer => "prefer".to_owned(),
-        SslMode::Require => "require".to_owned(),
-        other => format!("{other:?}").to_lowercase(),
-    };
-    let verified = mode.starts_with("verify");
-    (mode, verified)
-}
-
 /// Whether every host of `pg` is this machine.
 fn pg_is_local(pg: &selfrag_postgres::tokio_postgres::Config) -> bool {
     use selfrag_postgres::tokio_postgres::config::Host;
@@ -329,40 +327,67 @@ fn pg_is_local(pg: &selfrag_postgres::tokio_postgres::Config) -> bool {
 }
 
 /// The `tls` check: what the server says of our own backend
-/// (`pg_stat_ssl`: encrypted or not, protocol, cipher) and whether the
-/// configured `sslmode` verifies the server.
-async fn check_postgres_tls(conn: &Object, pg: &selfrag_postgres::tokio_postgres::Config, checks: &mut Checks) {
+/// (`pg_stat_ssl`: encrypted or not, protocol, cipher) and what the
+/// configured TLS settings check (`summary`: `sslmode`, roots).
+async fn check_postgres_tls(
+    conn: &Object,
+    pg: &selfrag_postgres::tokio_postgres::Config,
+    summary: &selfrag_postgres::TlsSummary,
+    checks: &mut Checks,
+) {
     const S: &str = "postgres";
-    let (mode, verified) = pg_sslmode(pg);
     let row = conn.query_opt("SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await;
     let (encrypted, version, cipher) = match row {
         Ok(Some(row)) => (row.get::<_, bool>(0), row.get::<_, Option<String>>(1), row.get::<_, Option<String>>(2)),
         Ok(None) => return checks.push(S, "tls", State::Warn, "pg_stat_ssl has no row for this connection"),
         Err(e) => return checks.push(S, "tls", State::Warn, format!("cannot read pg_stat_ssl: {}", chain(&e))),
     };
+    // `sslmode=verify-full`, and where the trusted roots come from when
+    // the chain is checked.
+    let mut mode = format!("sslmode={}", summary.mode);
+    match &summary.roots {
+        Some(selfrag_postgres::RootCerts::File(path)) if summary.verifies_chain => {
+            let _ = write!(mode, ", roots from {}", path.display());
+        }
+        Some(selfrag_postgres::RootCerts::System) if summary.verifies_chain => mode.push_str(", system roots"),
+        _ => {}
+    }
+    if summary.client_cert {
+        mode.push_str(", client certificate");
+    }
     let tls = Tls {
         encrypted,
-        verified: encrypted && verified,
-        mode: format!("sslmode={mode}"),
+        verified: encrypted && summary.verifies_chain,
+        host_verified: encrypted && summary.verifies_host,
+        mode,
         local: pg_is_local(pg),
         version,
         cipher,
     };
-    checks.tls(
-        S,
-        tls,
-        "set sslmode=verify-full (with sslrootcert when the server's CA is not a system root) in DATABASE_URL",
-    );
+    checks.tls(S, tls, "set sslmode=verify-full in DATABASE_URL (with sslrootcert=<CA file> when the server's CA is not a system root)");
 }
 
 async fn check_postgres(
     pool: &selfrag_postgres::Pool,
     pg: &selfrag_postgres::tokio_postgres::Config,
+    summary: &selfrag_postgres::TlsSummary,
     checks: &mut Checks,
 ) {
     const S: &str = "postgres";
     let conn: Object = match pool.get().await {
         Ok(conn) => conn,
+        Err(selfrag_postgres::deadpool_postgres::PoolError::Backend(e)) => {
+            // The stores' own mapping: TLS, password and pg_hba refusals
+            // say what to change.
+            let err = selfrag_postgres::connect_error(e, &pg_endpoint(pg));
+            let state = match exit_of(&err) {
+                Exit::Usage => State::Config,
+                Exit::Unreachable => State::Unreachable,
+                _ => State::Fail,
+            };
+            checks.push(S, "connection", state, explain(&err));
+            return;
+        }
         Err(e) => {
             checks.connection(S, &pg_endpoint(pg), &pg_pool_cause(&e), &e);
             return;
@@ -381,7 +406,7 @@ async fn check_postgres(
         return;
     };
     checks.push(S, "connection", State::Ok, format!("{}: server {version}, schema {schema}", pg_endpoint(pg)));
-    check_postgres_tls(&conn, pg, checks).await;
+    check_postgres_tls(&conn, pg, summary, checks).await;
 
     match selfrag_postgres::migration_status(pool).await {
         Ok(status) => {
@@ -664,7 +689,7 @@ fn redis_tls(url: &str) -> Tls {
     };
     let scheme = url.split_once("://").map_or("redis", |(s, _)| s);
     let mode = if encrypted && !verified { format!("{scheme}:// #insecure") } else { format!("{scheme}://") };
-    Tls { encrypted, verified, mode, local, version: None, cipher: None }
+    Tls { encrypted, verified, host_verified: verified, mode, local, version: None, cipher: None }
 }
 
 /// How a Qdrant URL connects: `https://` is TLS verified against the
@@ -686,7 +711,16 @@ fn qdrant_tls(config: &selfrag_qdrant::QdrantIndexConfig) -> (Tls, &'static str)
     } else {
         "use an https:// QDRANT_URL"
     };
-    (Tls { encrypted, verified: encrypted, mode, local: is_local_host(host), version: None, cipher: None }, fix)
+    let tls = Tls {
+        encrypted,
+        verified: encrypted,
+        host_verified: encrypted,
+        mode,
+        local: is_local_host(host),
+        version: None,
+        cipher: None,
+    };
+    (tls, fix)
 }
 
 async fn check_qdrant(
@@ -809,7 +843,15 @@ mod tests {
     use super::*;
 
     fn tls(encrypted: bool, verified: bool, local: bool) -> Tls {
-        Tls { encrypted, verified, mode: "m".into(), local, version: Some("TLSv1.3".into()), cipher: None }
+        Tls {
+            encrypted,
+            verified,
+            host_verified: verified,
+            mode: "m".into(),
+            local,
+            version: Some("TLSv1.3".into()),
+            cipher: None,
+        }
     }
 
     /// Verified encryption and local connections are ok; a remote

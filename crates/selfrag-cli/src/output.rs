@@ -147,12 +147,20 @@ pub(crate) fn is_auth_failure(err: &(dyn std::error::Error + 'static)) -> bool {
 /// - a Postgres database that does not exist (SQLSTATE `3D000`, or the
 ///   same words from `pg_dump`, which only reach us as text);
 /// - TLS asked for (`sslmode=require` or stricter) by a build of the
-///   Postgres driver that has none.
+///   Postgres driver that has none;
+/// - a TLS handshake the settings make fail: a server certificate the
+///   client refuses (unknown CA, wrong host name, expired), a client
+///   certificate the server refuses, or no TLS on a server the settings
+///   require it of (rustls' and the driver's words; the libraries say
+///   what to change in their message, see [`explain`]).
 ///
 /// `None` for anything else (an outage, a failed check).
 pub(crate) fn config_problem(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     const NO_DATABASE: &str = "the database named in DATABASE_URL / --database-url does not exist on that \
          server: create it (`CREATE DATABASE ...`, `createdb`) or correct the name in the URL";
+    const TLS_MISMATCH: &str = "the TLS settings do not fit the server: check sslmode and sslrootcert (the CA \
+         that signed the server's certificate), sslcert / sslkey, and that the URL's host is a name the \
+         certificate holds";
     const NO_TLS: &str = "the URL asks for TLS (`sslmode=require` or stricter) but this Postgres connection \
          has no TLS support: remove `sslmode` from the URL, or use a selfrag build with Postgres TLS";
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -171,6 +179,12 @@ pub(crate) fn config_problem(err: &(dyn std::error::Error + 'static)) -> Option<
         }
         if text.contains("no TLS implementation configured") {
             return Some(NO_TLS);
+        }
+        if ["invalid peer certificate", "received fatal alert", "server does not support TLS"]
+            .iter()
+            .any(|p| text.contains(p))
+        {
+            return Some(TLS_MISMATCH);
         }
         current = e.source();
     }
@@ -192,9 +206,16 @@ fn names_missing_database(text: &str) -> bool {
 /// ([`config_problem`]).
 pub(crate) fn explain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = chain(err);
-    if let Some(fix) = config_problem(err) {
-        text.push_str(". Fix: ");
-        text.push_str(fix);
+    // The Postgres store already says what to change for a TLS failure
+    // ("... (the server's certificate is not signed by a trusted root: set
+    // sslrootcert ...)"): no second advice then.
+    let advised = ["sslmode", "sslrootcert", "sslcert"].iter().any(|w| text.contains(w));
+    match config_problem(err) {
+        Some(fix) if !(advised && fix.contains("sslrootcert")) => {
+            text.push_str(". Fix: ");
+            text.push_str(fix);
+        }
+        _ => {}
     }
     text
 }
