@@ -443,7 +443,67 @@ pub(crate) async fn run_durability(plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
     if let Ok(ix) = Arc::try_unwrap(raw) {
         ix.close().await?;
     }
-    recovery(plan, &dir, spec, &tenant, rows).await
+    recovery(plan, &dir, spec, &tenant, rows).await?;
+    hot_backup_hold(plan, &dir, spec, &tenant, rows).await
+}
+
+/// How long `EdgeIndex::backup_to` holds writes on an index of 100,000 ×
+/// 384 (10,000 in quick mode) while a writer keeps upserting; reported in
+/// the extras of the last row and printed.
+async fn hot_backup_hold(
+    plan: &Plan,
+    dir: &tempfile::TempDir,
+    spec: IndexSpec,
+    tenant: &Tenant,
+    rows: &mut [Row],
+) -> Res<()> {
+    let n: u64 = if plan.quick { 10_000 } else { 100_000 };
+    let ix = Arc::new(
+        EdgeIndex::open(dir.path().join("hot"), spec, EdgeIndexConfig::default().optimize_after_points(None)).await?,
+    );
+    for start in (0..n).step_by(1_000) {
+        ix.upsert(tenant, (start..start + 1_000).map(|i| durable_chunk(2 << 40 | i)).collect()).await?;
+    }
+    ix.flush().await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (ix, stop, t) = (ix.clone(), stop.clone(), tenant.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            let mut worst = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let s = Instant::now();
+                ix.upsert(&t, vec![durable_chunk(3 << 40 | i)]).await?;
+                worst = worst.max(s.elapsed());
+                i += 1;
+            }
+            Ok::<_, selfrag_core::Error>(worst)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    let hot = ix.backup_to(dir.path().join("hot-copy")).await?;
+    let total = t.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let worst = writer.await??;
+    println!(
+        "edge hot backup at {n} x {DIM}: writes held {:.2} s (flush + copy of {} MB), backup_to {:.2} s, slowest concurrent upsert {:.2} s",
+        hot.hold.as_secs_f64(),
+        hot.bytes / 1_000_000,
+        total.as_secs_f64(),
+        worst.as_secs_f64()
+    );
+    if let Some(row) = rows.last_mut() {
+        row.extra.insert("hot_backup_points".into(), json!(n));
+        row.extra.insert("hot_backup_hold_s".into(), json!(round(hot.hold.as_secs_f64(), 3)));
+        row.extra.insert("hot_backup_bytes".into(), json!(hot.bytes));
+        row.extra.insert("hot_backup_slowest_upsert_s".into(), json!(round(worst.as_secs_f64(), 3)));
+    }
+    if let Ok(ix) = Arc::try_unwrap(ix) {
+        ix.close().await?;
+    }
+    Ok(())
 }
 
 /// Recovery time: 10,000 points journaled (calls of 10 chunks) and never
