@@ -372,6 +372,10 @@ impl Handle {
 /// A connect error: nothing of the caller's was sent, so an unavailable
 /// server is never "maybe applied".
 pub(crate) fn connect_error(err: RedisError) -> Error {
+    // Refused credentials or TLS handshake: configuration, no retry fixes it.
+    if let Some(why) = crate::tls::refusal(&err) {
+        return Error::backend(BACKEND, format!("connect: {why}"), false, err);
+    }
     match redis_error(err, "connect") {
         Error::Unavailable { backend, message, source, .. } => {
             Error::Unavailable { backend, message, maybe_applied: false, source }

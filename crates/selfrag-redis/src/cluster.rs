@@ -145,7 +145,18 @@ impl RedisClusterClient {
         if config.cluster_nodes.is_empty() {
             return Err(Error::invalid("cluster_nodes", "is empty: not a cluster configuration"));
         }
-        let client = builder(config).build().map_err(|e| Error::invalid("cluster_nodes", e.to_string()))?;
+        let mut tls = builder(config);
+        if config.cluster_nodes.iter().any(|u| u.trim().starts_with("rediss://")) {
+            // TLS settings: see `crate::tls`.
+            crate::tls::install_default_provider();
+            if let Some(certs) = crate::tls::certificates(config)? {
+                tls = tls.certs(certs);
+            }
+            if config.tls_insecure {
+                tls = tls.tls(redis::TlsMode::Insecure);
+            }
+        }
+        let client = tls.build().map_err(|e| Error::invalid("cluster_nodes", e.to_string()))?;
         Ok(Self {
             inner: Arc::new(ClientInner {
                 client,
@@ -394,6 +405,7 @@ pub async fn cluster_health(config: &RedisConfig) -> Result<ClusterHealth> {
     let mut last = None;
     for seed in &config.cluster_nodes {
         let info = seed.trim().into_connection_info().map_err(|e| Error::invalid("cluster_nodes", e.to_string()))?;
+        let info = config.with_tls(info)?;
         let reported_by = addr_of(&info);
         let mut conn = match node_connection(info.clone(), config).await {
             Ok(conn) => conn,

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +19,10 @@ use selfrag_core::{Error, Result};
 /// `Debug` shows the URL through [`redact_url`]: never its password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// The server URL, e.g. `redis://127.0.0.1:6379/0` or
-    /// `rediss://user:pass@host:6380` (TLS needs a TLS feature of the
-    /// re-exported `deadpool_redis`). Default `redis://127.0.0.1:6379`.
+    /// The server URL, e.g. `redis://127.0.0.1:6379/0`, or
+    /// `rediss://user:pass@host:6380` for TLS (checked against the system's
+    /// roots, or [`tls_ca_file`](Self::tls_ca_file)) and an ACL user. Default
+    /// `redis://127.0.0.1:6379`.
     pub url: String,
     /// Seed nodes of a Redis Cluster: `redis://` or `rediss://` URLs with
     /// the same credentials and TLS mode. Empty (the default): one server at
@@ -50,6 +52,22 @@ pub struct RedisConfig {
     /// Longest wait for the reply to one command or script (default 2 s); a
     /// call that takes longer fails with [`Error::Timeout`].
     pub response_timeout: Duration,
+    /// CA certificates (PEM file) that the server's certificate must chain
+    /// to, instead of the system's roots. Needs a `rediss://` URL. Default:
+    /// none (the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM, its chain may follow) to present, for
+    /// servers started with `tls-auth-clients yes`. Needs
+    /// [`tls_client_key_file`](Self::tls_client_key_file). Default: none.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1,
+    /// not encrypted). Default: none.
+    pub tls_client_key_file: Option<PathBuf>,
+    /// Encrypt, but check no certificate (chain nor host name): like
+    /// Postgres's `sslmode=require`, and like a `#insecure` fragment on the
+    /// URL. Only for servers whose certificate cannot be checked; anyone on
+    /// the path can then read and change the traffic. Default: `false`.
+    pub tls_insecure: bool,
 }
 
 impl RedisConfig {
@@ -79,6 +97,10 @@ impl RedisConfig {
     /// | `SELFRAG_REDIS_POOL_SIZE` | `pool_size` | 16 |
     /// | `SELFRAG_REDIS_CONNECT_TIMEOUT_MS` | `connect_timeout` | 2000 |
     /// | `SELFRAG_REDIS_RESPONSE_TIMEOUT_MS` | `response_timeout` | 2000 |
+    /// | `SELFRAG_REDIS_TLS_CA` | `tls_ca_file` | none: system roots |
+    /// | `SELFRAG_REDIS_TLS_CERT` | `tls_client_cert_file` | none |
+    /// | `SELFRAG_REDIS_TLS_KEY` | `tls_client_key_file` | none |
+    /// | `SELFRAG_REDIS_TLS_INSECURE` | `tls_insecure` (`1`/`true`, `0`/`false`) | `false` |
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming the variable when a value does not
@@ -111,6 +133,17 @@ impl RedisConfig {
         if let Some(ms) = lookup("SELFRAG_REDIS_RESPONSE_TIMEOUT_MS") {
             b = b.response_timeout(Duration::from_millis(parse_num("SELFRAG_REDIS_RESPONSE_TIMEOUT_MS", &ms)?));
         }
+        let path = |var: &str| lookup(var).filter(|v| !v.trim().is_empty()).map(PathBuf::from);
+        b.config.tls_ca_file = path("SELFRAG_REDIS_TLS_CA");
+        b.config.tls_client_cert_file = path("SELFRAG_REDIS_TLS_CERT");
+        b.config.tls_client_key_file = path("SELFRAG_REDIS_TLS_KEY");
+        if let Some(v) = lookup("SELFRAG_REDIS_TLS_INSECURE") {
+            b = b.tls_insecure(match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "" | "0" | "false" | "no" | "off" => false,
+                _ => return Err(Error::invalid("SELFRAG_REDIS_TLS_INSECURE", "must be 1/true or 0/false")),
+            });
+        }
         b.build()
     }
 
@@ -121,7 +154,10 @@ impl RedisConfig {
     /// `redis://`, `rediss://` or `unix://` URL), `cluster_nodes` (a seed
     /// that is not a `redis://` or `rediss://` URL the driver accepts, or
     /// seeds differing in credentials or TLS mode), `key_prefix` (see the
-    /// field), `pool_size` (0), `connect_timeout` / `response_timeout` (zero).
+    /// field), `pool_size` (0), `connect_timeout` / `response_timeout` (zero),
+    /// the TLS fields (set without a `rediss://` URL; a certificate without
+    /// its key or the reverse; `tls_insecure` with `tls_ca_file`, which it
+    /// would ignore). Files are read by [`RedisConfig::create_pool`].
     pub fn validate(&self) -> Result<()> {
         let url = self.url.trim();
         if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| url.starts_with(s)) {
@@ -138,7 +174,7 @@ impl RedisConfig {
         if self.response_timeout.is_zero() {
             return Err(Error::invalid("response_timeout", "must be positive"));
         }
-        Ok(())
+        self.validate_tls()
     }
 
     /// A connection pool for this configuration. Connections are opened
@@ -157,18 +193,85 @@ impl RedisConfig {
                 "a cluster has no single-server pool: use RedisConfig::connector",
             ));
         }
-        let mut cfg = deadpool_redis::Config::from_url(self.url.trim());
         let mut pool = PoolConfig::new(self.pool_size);
         pool.timeouts = Timeouts {
             wait: Some(self.connect_timeout),
             create: Some(self.connect_timeout),
             recycle: Some(self.connect_timeout),
         };
-        cfg.pool = Some(pool);
         // The driver's messages name what is wrong (`Invalid database
-        // number`, `Missing hostname`), never the URL itself.
-        let pool = cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| Error::invalid("url", e.to_string()))?;
+        // number`, `Missing hostname`), never the URL itself. The manager is
+        // built from the connection info (not deadpool's `Config`, whose
+        // serializable copy of it drops the TLS certificates).
+        let info = self.connection_info(self.url.trim())?;
+        let manager = deadpool_redis::Manager::new(info).map_err(|e| Error::invalid("url", e.to_string()))?;
+        let pool = Pool::builder(manager)
+            .config(pool)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::backend(crate::BACKEND, "cannot build the connection pool", false, e))?;
         Ok(RedisPool { pool, server: Some(redact_url(&self.url).into()) })
+    }
+
+    /// The driver's connection info for `url` with this configuration's TLS
+    /// settings: the CA and client certificate files read now (a pool
+    /// keeps them; build a new one to pick up rotated files), `tls_insecure`
+    /// as the driver's `#insecure`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`]: `url` when the driver rejects it, the TLS
+    /// field naming a file that cannot be read or holds no PEM of the right
+    /// kind (the message never quotes a key).
+    pub fn connection_info(&self, url: &str) -> Result<deadpool_redis::redis::ConnectionInfo> {
+        use deadpool_redis::redis::IntoConnectionInfo;
+        let info = url.into_connection_info().map_err(|e| Error::invalid("url", e.to_string()))?;
+        self.with_tls(info)
+    }
+
+    /// `info` with this configuration's TLS settings (see
+    /// [`RedisConfig::connection_info`]); unchanged when it is not TLS.
+    pub(crate) fn with_tls(
+        &self,
+        mut info: deadpool_redis::redis::ConnectionInfo,
+    ) -> Result<deadpool_redis::redis::ConnectionInfo> {
+        use deadpool_redis::redis::ConnectionAddr;
+        let ConnectionAddr::TcpTls { insecure, .. } = &mut info.addr else {
+            return Ok(info);
+        };
+        crate::tls::install_default_provider();
+        if self.tls_insecure {
+            *insecure = true;
+        }
+        match crate::tls::certificates(self)? {
+            Some(certs) => deadpool_redis::redis::Client::build_with_tls(info, certs)
+                .map(|client| client.get_connection_info().clone())
+                .map_err(|e| Error::invalid("tls_ca_file", e.to_string())),
+            None => Ok(info),
+        }
+    }
+
+    fn validate_tls(&self) -> Result<()> {
+        let tls_url = |u: &str| u.trim().starts_with("rediss://");
+        let any_tls = tls_url(&self.url) || self.cluster_nodes.iter().any(|u| tls_url(u));
+        for (field, set) in [
+            ("tls_ca_file", self.tls_ca_file.is_some()),
+            ("tls_client_cert_file", self.tls_client_cert_file.is_some()),
+            ("tls_client_key_file", self.tls_client_key_file.is_some()),
+            ("tls_insecure", self.tls_insecure),
+        ] {
+            if set && !any_tls {
+                return Err(Error::invalid(field, "needs a rediss:// URL (TLS)"));
+            }
+        }
+        match (&self.tls_client_cert_file, &self.tls_client_key_file) {
+            (Some(_), None) => Err(Error::invalid("tls_client_key_file", "is needed with tls_client_cert_file")),
+            (None, Some(_)) => Err(Error::invalid("tls_client_cert_file", "is needed with tls_client_key_file")),
+            _ if self.tls_insecure && self.tls_ca_file.is_some() => Err(Error::invalid(
+                "tls_insecure",
+                "checks no certificate, so tls_ca_file would be ignored: set one or the other",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// [`RedisConfig::url`] without its password: see [`redact_url`].
@@ -186,6 +289,10 @@ impl fmt::Debug for RedisConfig {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client_cert_file", &self.tls_client_cert_file)
+            .field("tls_client_key_file", &self.tls_client_key_file)
+            .field("tls_insecure", &self.tls_insecure)
             .finish()
     }
 }
@@ -331,6 +438,10 @@ impl Default for RedisConfig {
             pool_size: Self::DEFAULT_POOL_SIZE,
             connect_timeout: Self::DEFAULT_TIMEOUT,
             response_timeout: Self::DEFAULT_TIMEOUT,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            tls_insecure: false,
         }
     }
 }
@@ -375,6 +486,26 @@ impl RedisConfigBuilder {
     /// Sets [`RedisConfig::response_timeout`].
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.config.response_timeout = timeout;
+        self
+    }
+
+    /// Sets [`RedisConfig::tls_ca_file`].
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// Sets [`RedisConfig::tls_client_cert_file`] and
+    /// [`RedisConfig::tls_client_key_file`].
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.config.tls_client_cert_file = Some(cert.into());
+        self.config.tls_client_key_file = Some(key.into());
+        self
+    }
+
+    /// Sets [`RedisConfig::tls_insecure`].
+    pub fn tls_insecure(mut self, insecure: bool) -> Self {
+        self.config.tls_insecure = insecure;
         self
     }
 

@@ -145,6 +145,7 @@ mod cluster;
 mod config;
 mod ratelimit;
 mod session;
+mod tls;
 
 pub use cluster::{
     cluster_health, ClusterHealth, MasterHealth, RedisClusterClient, RedisConnector, CLUSTER_SLOTS,
