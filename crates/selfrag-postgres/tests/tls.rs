@@ -225,6 +225,20 @@ async fn disable_against_a_hostssl_only_server_is_refused() {
     assert!(err.to_string().contains("sslmode=verify-full"), "the message says what to set: {err}");
 }
 
+/// `require` and stronger against a server with `ssl = off` (a private
+/// server of its own, plaintext, `trust`): refused, saying so; `prefer`
+/// falls back to plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_against_a_server_without_tls_is_refused() {
+    let Some(plain) = PrivatePostgres::start_or_skip(PgOptions::default()).await else { return };
+    for mode in ["require", "verify-full"] {
+        let err = expect_refused(&config(&format!("{}?sslmode={mode}", plain.url())), "does not offer TLS").await;
+        assert!(err.to_string().contains("sslmode=prefer"), "{err}");
+    }
+    let pool = connect(&config(&format!("{}?sslmode=prefer", plain.url()))).await.expect("prefer falls back");
+    assert!(!ssl_in_use(&pool).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_an_authentication_error_not_a_hang() {
     let Some(s) = server().await else { return };
