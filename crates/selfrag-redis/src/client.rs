@@ -297,7 +297,8 @@ impl Handle {
     /// `follow_ask` (sent to the importing node after `ASKING`, in one
     /// pipeline so no other call's command slips between them on the shared
     /// socket; otherwise the `ASK` is returned), `TRYAGAIN` and a
-    /// missing node connection (after a short pause). At most
+    /// missing node connection (after a short pause, doubled each time; a
+    /// second `MOVED` too). At most
     /// [`CLUSTER_ATTEMPTS`] sends. Anything else, a broken connection above
     /// all, is returned as it is: the command may have run, so only the
     /// caller may decide to send it again.
@@ -331,7 +332,10 @@ impl Handle {
                 return Err(err);
             }
             match err.kind() {
-                RedisKind::Moved => {}
+                // The first `MOVED` goes straight to the new owner; another
+                // means the nodes disagree for a moment (a slot's new owner
+                // being announced node by node), so wait a little.
+                RedisKind::Moved if attempt == 1 => {}
                 RedisKind::Ask if !follow_ask => return Err(err),
                 RedisKind::Ask => {
                     ask = err.redirect_node().and_then(|(node, _slot)| {
@@ -341,7 +345,10 @@ impl Handle {
                 }
                 // `ClientError`: the `ASK` target has no connection yet
                 // (the driver only routes by address to nodes it knows).
-                RedisKind::TryAgain | RedisKind::ClusterConnectionNotFound | RedisKind::ClientError => {
+                RedisKind::Moved
+                | RedisKind::TryAgain
+                | RedisKind::ClusterConnectionNotFound
+                | RedisKind::ClientError => {
                     let until = (tokio::time::Instant::now() + pause).min(deadline);
                     tokio::time::sleep_until(until).await;
                     pause *= 2;
