@@ -29,6 +29,15 @@
 //! on the `search_path` of every connection) and the `application_name`.
 //! Callers that already hold a [`Pool`] pass it to the stores' `new`.
 //!
+//! TLS follows libpq's `sslmode` (`disable`, `prefer` (default), `require`,
+//! `verify-ca`, `verify-full`), `sslrootcert` (a CA file, or the system's
+//! roots), `sslcert` / `sslkey`, read from the URL or `key=value` string
+//! ([`parse_url_with_tls`]) or set with [`PostgresConfig::tls`] ([`PgTls`]),
+//! on rustls (tokio-postgres-rustls). A refused certificate, password or
+//! `pg_hba.conf` entry is a non-retryable
+//! [`Error::Backend`](selfrag_core::Error::Backend) whose message says what to
+//! change.
+//!
 //! No password is ever printed: `PostgresConfig`'s `Debug` shows the URL
 //! through [`redact_url`] (rebuilt from the parsed settings, with `***` for
 //! the password), parse errors ([`parse_url`]) quote nothing of the string,

@@ -11,6 +11,13 @@
 //! `SELFRAG_REDIS_CONNECT_TIMEOUT_MS`, `SELFRAG_REDIS_RESPONSE_TIMEOUT_MS`).
 //! Callers that already hold a [`deadpool_redis::Pool`] use `new(pool)`.
 //!
+//! TLS: a `rediss://` URL, checked against the system's roots or
+//! [`RedisConfig::tls_ca_file`], with an optional client certificate
+//! ([`RedisConfig::tls_client_cert_file`]); ACL users:
+//! `rediss://user:password@host`. A refused handshake or password is a
+//! non-retryable [`Error::Backend`](selfrag_core::Error::Backend) saying what
+//! to change.
+//!
 //! ```no_run
 //! use selfrag_core::{NewSession, RateLimitKey, RateLimitPolicy, RateLimiter, SessionStore, UserId};
 //! use selfrag_redis::{FailurePolicy, RedisConfig, RedisRateLimiter, RedisSessionStore};
