@@ -100,8 +100,30 @@
 //!   `set_data`, `revoke`, `list_recent` and rate-limit `check` (one
 //!   `EVALSHA` each), and per 500 sessions of `revoke_all`, once the scripts
 //!   are cached by the server: the first
-//!   call of a script after a server restart or `SCRIPT FLUSH` gets
-//!   `NOSCRIPT`, loads the script and retries (three round trips, once).
+//!   call of a script after a server restart, a `SCRIPT FLUSH` or a failover
+//!   (the script cache is not replicated) gets `NOSCRIPT` and is sent again
+//!   as `EVAL` with the source, which caches it on that server (two round
+//!   trips, once per script and server).
+//!
+//! # Redis Cluster
+//! [`RedisConfig::cluster_nodes`] names seed nodes (from the environment:
+//! several comma-separated URLs in `REDIS_URL`, or `SELFRAG_REDIS_CLUSTER=1`);
+//! [`RedisConfig::connector`] then gives a [`RedisClusterClient`] instead of a
+//! pool, and the stores take either ([`RedisConnector`]). A store holds one
+//! driver cluster connection (a socket per node) and sends each call, one
+//! command in its user's slot, to that slot's master. The driver retries
+//! nothing itself (it would re-send a call whose connection broke with it in
+//! flight); the store re-sends only what certainly did not run: `MOVED`,
+//! `TRYAGAIN`, and `ASK` for `get` and the scripts whose keys are all
+//! declared. Scripts that derive keys inside Lua (list, revoke-all, create,
+//! the rate-limit buckets) never follow `ASK`: while their user's slot
+//! migrates they fail as unavailable rather than run on half its keys. A
+//! master failover fails calls with retryable errors for about the node
+//! timeout plus 1-2 s and the same stores serve every call afterwards;
+//! counts the master acknowledged but had not replicated are lost
+//! (asynchronous replication). [`cluster_health`] reports the cluster state
+//! and pings every master. See docs/redis.md, "Redis Cluster", for the
+//! measured figures.
 //!
 //! # Connections
 //! **Each store (with its clones, and stores derived from it with another
