@@ -168,7 +168,7 @@ fn debian_pg_bin_dirs() -> Vec<PathBuf> {
         .flatten()
         .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
     dirs.into_iter().map(|(_, dir)| dir).collect()
 }
 

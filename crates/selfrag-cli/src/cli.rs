@@ -34,9 +34,14 @@ pub(crate) struct Global {
     /// search_path, normally `public`).
     #[arg(long, env = "SELFRAG_POSTGRES_SCHEMA", global = true)]
     pub(crate) schema: Option<String>,
-    /// Redis URL.
+    /// Redis URL; several comma-separated URLs are the seed nodes of a
+    /// Redis Cluster.
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     pub(crate) redis_url: Option<String>,
+    /// `1`: --redis-url names Redis Cluster seeds even when it is one URL;
+    /// `0`: one server (default: a cluster when there are several URLs).
+    #[arg(long, env = "SELFRAG_REDIS_CLUSTER", global = true)]
+    pub(crate) redis_cluster: Option<String>,
     /// Redis key prefix.
     #[arg(long, env = "SELFRAG_REDIS_PREFIX", global = true, default_value = "selfrag:")]
     pub(crate) redis_prefix: String,

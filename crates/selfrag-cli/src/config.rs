@@ -39,17 +39,26 @@ impl Global {
         Ok((config, pool))
     }
 
-    /// The Redis settings, if `REDIS_URL` / `--redis-url` is set.
+    /// The Redis settings, if `REDIS_URL` / `--redis-url` is set, read as
+    /// the library reads them ([`RedisConfig::from_lookup`]): several
+    /// comma-separated URLs (or `--redis-cluster` /
+    /// `SELFRAG_REDIS_CLUSTER=1`) are the seeds of a Redis Cluster; the
+    /// other `SELFRAG_REDIS_*` variables (timeouts, TLS files) apply as in
+    /// the services. The pool is small: the tool runs a few commands.
     pub(crate) fn redis(&self) -> Option<Result<RedisConfig, Failure>> {
         let url = present(&self.redis_url)?;
-        Some(
-            RedisConfig::builder()
-                .url(url)
-                .key_prefix(self.redis_prefix.clone())
-                .pool_size(2)
-                .build()
-                .map_err(|e| Failure::from_core("invalid Redis configuration", &e)),
-        )
+        let invalid = |e: selfrag_core::Error| Failure::from_core("invalid Redis configuration", &e);
+        let lookup = |name: &str| match name {
+            "REDIS_URL" => Some(url.to_owned()),
+            "SELFRAG_REDIS_PREFIX" => Some(self.redis_prefix.clone()),
+            "SELFRAG_REDIS_CLUSTER" => self.redis_cluster.clone(),
+            other => std::env::var(other).ok(),
+        };
+        Some(RedisConfig::from_lookup(lookup).map_err(invalid).and_then(|mut config| {
+            config.pool_size = 2;
+            config.validate().map_err(invalid)?;
+            Ok(config)
+        }))
     }
 
     /// The index spec to check against, if a dimension was given.

@@ -9,6 +9,12 @@
 //! elsewhere, so not inspected; a remote connection that is not encrypted
 //! or not verified) do not count.
 //!
+//! Redis Cluster (several URLs in `REDIS_URL`, or `SELFRAG_REDIS_CLUSTER=1`):
+//! a `cluster` check gives `cluster_state`, the slots served and every
+//! master answering `PING` (with its latency), and fails naming any master
+//! that does not; the rate-limit check runs through the cluster, and the
+//! scan of existing buckets walks every master.
+//!
 //! A failed connection names where it went (`host:port`, database and
 //! user; the URL without its password for Redis) and the driver's own
 //! cause, never the pool's "Error occurred while creating a new object".
@@ -19,8 +25,9 @@
 //! version, cipher}`): Postgres from the server's `pg_stat_ssl` row for our
 //! own backend and the effective TLS settings (`sslmode`, `sslrootcert`,
 //! client certificate: `PostgresConfig::effective_tls`); Redis from the URL
-//! (`rediss://`, `#insecure`); Qdrant from the URL (`https://` is always
-//! verified).
+//! and its TLS settings (`rediss://`, `#insecure` or `tls_insecure`,
+//! `tls_ca_file`, a client certificate); Qdrant from the URL (`https://` is
+//! always verified).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -31,7 +38,7 @@ use selfrag_postgres::deadpool_postgres::Object;
 use selfrag_postgres::selfrag_migrations::MigrationState;
 use selfrag_qdrant::report::check_vectors;
 use selfrag_redis::deadpool_redis::redis;
-use selfrag_redis::RedisRateLimiter;
+use selfrag_redis::{RedisConnector, RedisRateLimiter};
 use serde::Serialize;
 use serde_json::json;
 
@@ -465,54 +472,144 @@ async fn check_postgres(
     }
 }
 
-/// Reachability, then one rate-limit check on a fresh user (so no real
-/// user's budget is touched) with the default policy, the PTTL of each
-/// bucket it wrote against `2·W`, and the keys deleted again.
+/// Reachability (every master of a cluster, and the cluster's state), the
+/// connection's protection, then one rate-limit check on a fresh user (so
+/// no real user's budget is touched) with the default policy, the PTTL of
+/// each bucket it wrote against `2·W`, and the keys deleted again; then a
+/// bounded scan of the services' own buckets.
 async fn check_redis(config: &selfrag_redis::RedisConfig, checks: &mut Checks) -> Result<(), Failure> {
     const S: &str = "redis";
-    let pool = config.create_pool().map_err(|e| Failure::from_core("invalid Redis configuration", &e))?;
-    let endpoint = selfrag_redis::redact_url(&config.url);
-    let mut conn = match pool.get().await {
-        Ok(conn) => conn,
-        Err(e) => {
-            use selfrag_redis::deadpool_redis::PoolError;
-            // Without the pool's "Error occurred while creating a new object".
-            let cause = match &e {
-                PoolError::Backend(inner) => chain(inner),
-                PoolError::Timeout(_) => "timed out connecting".to_owned(),
-                other => chain(other),
+    let connector = config.connector().map_err(|e| Failure::from_core("invalid Redis configuration", &e))?;
+    let limiter = RedisRateLimiter::with_config(connector.clone(), config, RateLimitPolicy::default())
+        .map_err(|e| Failure::from_core("invalid Redis configuration", &e))?;
+    match &connector {
+        RedisConnector::Pool(pool) => {
+            let endpoint = selfrag_redis::redact_url(&config.url);
+            let mut conn = match pool.get().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    use selfrag_redis::deadpool_redis::PoolError;
+                    // Without the pool's "Error occurred while creating a new object".
+                    let cause = match &e {
+                        PoolError::Backend(inner) => chain(inner),
+                        PoolError::Timeout(_) => "timed out connecting".to_owned(),
+                        other => chain(other),
+                    };
+                    checks.connection(S, &endpoint, &cause, &e);
+                    return Ok(());
+                }
             };
-            checks.connection(S, &endpoint, &cause, &e);
-            return Ok(());
-        }
-    };
-    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-    match pong {
-        Ok(_) => {
+            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+            if let Err(e) = pong {
+                checks.connection(S, &endpoint, &chain(&e), &e);
+                return Ok(());
+            }
             checks.push(S, "connection", State::Ok, format!("{endpoint}: PING ok, key prefix `{}`", config.key_prefix));
-            checks.tls(S, redis_tls(&config.url), "use rediss:// (and drop #insecure) in REDIS_URL");
+            checks.tls(S, redis_tls(config, &config.url), REDIS_TLS_FIX);
+            check_bucket_ttls(&limiter, &mut conn, checks).await;
+            check_existing_buckets(&config.key_prefix, &mut Nodes::Server(&mut conn), checks).await;
         }
-        Err(e) => {
-            checks.connection(S, &endpoint, &chain(&e), &e);
-            return Ok(());
+        RedisConnector::Cluster(client) => {
+            let seeds: Vec<String> = config.cluster_nodes.iter().map(|u| selfrag_redis::redact_url(u)).collect();
+            let health = match selfrag_redis::cluster_health(config).await {
+                Ok(health) => health,
+                Err(e) => {
+                    let detail = format!("no seed of the cluster answered ({}): {}", seeds.join(", "), explain(&e));
+                    let state = match exit_of(&e) {
+                        Exit::Usage => State::Config,
+                        Exit::Unreachable => State::Unreachable,
+                        _ => State::Fail,
+                    };
+                    checks.push(S, "connection", state, detail);
+                    return Ok(());
+                }
+            };
+            checks.push(
+                S,
+                "connection",
+                State::Ok,
+                format!(
+                    "cluster, seeds {}: {} answered, {} nodes known, key prefix `{}`",
+                    seeds.join(", "),
+                    health.reported_by,
+                    health.known_nodes,
+                    config.key_prefix
+                ),
+            );
+            checks.tls(S, redis_tls(config, &config.cluster_nodes[0]), REDIS_TLS_FIX);
+            checks.push(S, "cluster", cluster_state(&health).0, cluster_state(&health).1);
+            let mut conn = match client.get_connection().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    checks.error(S, "rate-limit TTLs", &e);
+                    return Ok(());
+                }
+            };
+            check_bucket_ttls(&limiter, &mut conn, checks).await;
+            let masters: Vec<(String, u16)> = health
+                .masters
+                .iter()
+                .filter(|m| m.slots > 0 && m.reachable)
+                .filter_map(|m| {
+                    let (host, port) = m.addr.rsplit_once(':')?;
+                    Some((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port.parse().ok()?))
+                })
+                .collect();
+            check_existing_buckets(&config.key_prefix, &mut Nodes::Cluster(&mut conn, masters), checks).await;
         }
     }
+    Ok(())
+}
 
+/// The `cluster` check: `cluster_state`, slots, and every master serving
+/// slots answering `PING` (with its latency); any problem fails it.
+fn cluster_state(health: &selfrag_redis::ClusterHealth) -> (State, String) {
+    let problems = health.problems();
+    if !problems.is_empty() {
+        return (State::Fail, problems.join("; "));
+    }
+    let serving: Vec<String> = health
+        .masters
+        .iter()
+        .filter(|m| m.slots > 0)
+        .map(|m| match m.latency {
+            Some(t) => format!("{} ({} slots, {} ms)", m.addr, m.slots, t.as_millis()),
+            None => format!("{} ({} slots)", m.addr, m.slots),
+        })
+        .collect();
+    (
+        State::Ok,
+        format!(
+            "cluster_state {}, {}/{} slots ok, {} masters answer PING: {}",
+            health.state,
+            health.slots_ok,
+            selfrag_redis::CLUSTER_SLOTS,
+            serving.len(),
+            serving.join(", ")
+        ),
+    )
+}
+
+/// One rate-limit check on a fresh user with the default policy, then the
+/// PTTL of each bucket it wrote against `2·W`, and the keys deleted again.
+/// The keys share the user's hash tag, so on a cluster they are one slot.
+async fn check_bucket_ttls<C: redis::aio::ConnectionLike + Send>(
+    limiter: &RedisRateLimiter,
+    conn: &mut C,
+    checks: &mut Checks,
+) {
+    const S: &str = "redis";
     let policy = RateLimitPolicy::default();
-    let limiter = RedisRateLimiter::with_config(pool.clone(), config, policy.clone())
-        .map_err(|e| Failure::from_core("invalid Redis configuration", &e))?;
-    let key =
-        RateLimitKey::new(UserId::new(), "selfrag-doctor").map_err(|e| Failure::from_core("rate-limit key", &e))?;
+    let key = match RateLimitKey::new(UserId::new(), "selfrag-doctor") {
+        Ok(key) => key,
+        Err(e) => return checks.error(S, "rate-limit TTLs", &e),
+    };
     let outcome = match limiter.check_detailed(&key, 1).await {
         Ok(outcome) => outcome,
-        Err(e) => {
-            checks.error(S, "rate-limit TTLs", &e);
-            return Ok(());
-        }
+        Err(e) => return checks.error(S, "rate-limit TTLs", &e),
     };
     let Some(now_ms) = outcome.redis_time_ms else {
-        checks.push(S, "rate-limit TTLs", State::Fail, "the check was not decided by Redis");
-        return Ok(());
+        return checks.push(S, "rate-limit TTLs", State::Fail, "the check was not decided by Redis");
     };
     let mut keys = Vec::new();
     let mut problems = Vec::new();
@@ -521,7 +618,7 @@ async fn check_redis(config: &selfrag_redis::RedisConfig, checks: &mut Checks) -
         let length = window.length_ms();
         let Ok(length_i64) = i64::try_from(length) else { continue };
         let bucket_key = limiter.bucket_key(&key, length, now_ms.div_euclid(length_i64));
-        let pttl: redis::RedisResult<i64> = redis::cmd("PTTL").arg(&bucket_key).query_async(&mut conn).await;
+        let pttl: redis::RedisResult<i64> = redis::cmd("PTTL").arg(&bucket_key).query_async(conn).await;
         let expected = 2 * length_i64;
         match pttl {
             Ok(ttl) if ttl <= expected && ttl >= expected - TTL_TOLERANCE_MS => {
@@ -536,7 +633,7 @@ async fn check_redis(config: &selfrag_redis::RedisConfig, checks: &mut Checks) -
         }
         keys.push(bucket_key);
     }
-    let deleted: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+    let deleted: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query_async(conn).await;
     if let Err(e) = deleted {
         problems.push(format!("deleting the doctor's keys failed: {}", chain(&e)));
     }
@@ -550,9 +647,12 @@ async fn check_redis(config: &selfrag_redis::RedisConfig, checks: &mut Checks) -
     } else {
         checks.push(S, "rate-limit TTLs", State::Fail, problems.join("; "));
     }
-    check_existing_buckets(&config.key_prefix, &mut conn, checks).await;
-    Ok(())
 }
+
+/// What to change for a Redis connection that is not encrypted or not
+/// verified.
+const REDIS_TLS_FIX: &str =
+    "use rediss:// in REDIS_URL, without #insecure or SELFRAG_REDIS_TLS_INSECURE (SELFRAG_REDIS_TLS_CA names a private CA)";
 
 /// At most this many keys are looked at by the scan of existing buckets, so
 /// a check every few minutes stays cheap on a large keyspace.
@@ -580,71 +680,126 @@ fn window_of(key: &str) -> Option<i64> {
     window.parse::<i64>().ok().filter(|w| *w > 0)
 }
 
+/// Where the keyspace is scanned: one server, or each master of a cluster
+/// (`SCAN` walks one node's keys), addressed by `host:port` as the cluster
+/// announces it.
+enum Nodes<'a> {
+    Server(&'a mut selfrag_redis::deadpool_redis::Connection),
+    Cluster(&'a mut redis::cluster_async::ClusterConnection, Vec<(String, u16)>),
+}
+
+impl Nodes<'_> {
+    /// How many nodes there are to scan.
+    fn len(&self) -> usize {
+        match self {
+            Nodes::Server(_) => 1,
+            Nodes::Cluster(_, masters) => masters.len(),
+        }
+    }
+
+    fn route(masters: &[(String, u16)], node: usize) -> redis::cluster_routing::SingleNodeRoutingInfo {
+        let (host, port) = masters[node].clone();
+        redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port }
+    }
+
+    /// One `SCAN` page of node `node`.
+    async fn scan(&mut self, node: usize, cursor: u64, pattern: &str) -> redis::RedisResult<(u64, Vec<String>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+        match self {
+            Nodes::Server(conn) => cmd.query_async(&mut **conn).await,
+            Nodes::Cluster(conn, masters) => {
+                let route = redis::cluster_routing::RoutingInfo::SingleNode(Self::route(masters, node));
+                redis::from_redis_value(&conn.route_command(&cmd, route).await?)
+            }
+        }
+    }
+
+    /// `PTTL` of each key, all held by node `node`, in one pipeline.
+    async fn pttls(&mut self, node: usize, keys: &[String]) -> redis::RedisResult<Vec<i64>> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("PTTL").arg(key);
+        }
+        match self {
+            Nodes::Server(conn) => pipe.query_async(&mut **conn).await,
+            Nodes::Cluster(conn, masters) => {
+                let values = conn.route_pipeline(&pipe, 0, keys.len(), Self::route(masters, node)).await?;
+                values.iter().map(redis::from_redis_value).collect()
+            }
+        }
+    }
+}
+
 /// The rate-limit buckets the services wrote (not only the doctor's own):
-/// `SCAN` over `<prefix>{u:*}:rl:*` (at most [`SCAN_LIMIT`] keys), each
-/// must expire (PTTL not -1) within twice its window. A bucket without a
-/// TTL never goes away; one with a longer TTL outlives the policy.
-async fn check_existing_buckets(
-    prefix: &str,
-    conn: &mut selfrag_redis::deadpool_redis::Connection,
-    checks: &mut Checks,
-) {
+/// `SCAN` over `<prefix>{u:*}:rl:*` on the server, or on each master of a
+/// cluster (at most [`SCAN_LIMIT`] keys in all), each must expire (PTTL not
+/// -1) within twice its window. A bucket without a TTL never goes away; one
+/// with a longer TTL outlives the policy.
+async fn check_existing_buckets(prefix: &str, nodes: &mut Nodes<'_>, checks: &mut Checks) {
     const S: &str = "redis";
     const CHECK: &str = "rate-limit keys";
     let pattern = format!("{}{{u:*}}:rl:*", glob_escape(prefix));
-    let mut cursor: u64 = 0;
-    let mut keys: Vec<String> = Vec::new();
-    loop {
-        let page: redis::RedisResult<(u64, Vec<String>)> =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await;
-        match page {
-            Ok((next, found)) => {
-                keys.extend(found);
-                cursor = next;
+    // (node, key) of every key found.
+    let mut keys: Vec<(usize, String)> = Vec::new();
+    let mut complete = true;
+    for node in 0..nodes.len() {
+        let mut cursor: u64 = 0;
+        loop {
+            match nodes.scan(node, cursor, &pattern).await {
+                Ok((next, found)) => {
+                    keys.extend(found.into_iter().map(|k| (node, k)));
+                    cursor = next;
+                }
+                Err(e) => return checks.push(S, CHECK, State::Fail, format!("SCAN {pattern}: {}", chain(&e))),
             }
-            Err(e) => return checks.push(S, CHECK, State::Fail, format!("SCAN {pattern}: {}", chain(&e))),
+            if cursor == 0 || keys.len() >= SCAN_LIMIT {
+                break;
+            }
         }
-        if cursor == 0 || keys.len() >= SCAN_LIMIT {
+        if keys.len() >= SCAN_LIMIT {
+            complete = cursor == 0 && node + 1 == nodes.len();
             break;
         }
     }
-    let complete = cursor == 0;
     keys.truncate(SCAN_LIMIT);
     let mut problems = Vec::new();
     let mut checked = 0usize;
-    for batch in keys.chunks(500) {
-        let mut pipe = redis::pipe();
-        for key in batch {
-            pipe.cmd("PTTL").arg(key);
-        }
-        let ttls: redis::RedisResult<Vec<i64>> = pipe.query_async(conn).await;
-        let ttls = match ttls {
-            Ok(ttls) => ttls,
-            Err(e) => return checks.push(S, CHECK, State::Fail, format!("PTTL: {}", chain(&e))),
-        };
-        for (key, ttl) in batch.iter().zip(ttls) {
-            let Some(window) = window_of(key) else {
-                problems.push(format!("{key} is not a bucket key `...:rl:<scope>:<window_ms>:<bucket>`"));
-                continue;
+    for node in 0..nodes.len() {
+        let on_node: Vec<String> = keys.iter().filter(|(n, _)| *n == node).map(|(_, k)| k.clone()).collect();
+        for batch in on_node.chunks(500) {
+            let ttls = match nodes.pttls(node, batch).await {
+                Ok(ttls) => ttls,
+                Err(e) => return checks.push(S, CHECK, State::Fail, format!("PTTL: {}", chain(&e))),
             };
-            match ttl {
-                -2 => continue, // expired between SCAN and PTTL
-                -1 => problems.push(format!("{key} has no TTL (expected at most {}s)", 2 * window / 1000)),
-                ttl if ttl > 2 * window => {
-                    problems.push(format!("{key} has PTTL {ttl} ms, more than 2x its window ({} ms)", 2 * window))
+            for (key, ttl) in batch.iter().zip(ttls) {
+                let Some(window) = window_of(key) else {
+                    problems.push(format!("{key} is not a bucket key `...:rl:<scope>:<window_ms>:<bucket>`"));
+                    continue;
+                };
+                match ttl {
+                    -2 => continue, // expired between SCAN and PTTL
+                    -1 => problems.push(format!("{key} has no TTL (expected at most {}s)", 2 * window / 1000)),
+                    ttl if ttl > 2 * window => {
+                        problems.push(format!("{key} has PTTL {ttl} ms, more than 2x its window ({} ms)", 2 * window))
+                    }
+                    _ => {}
                 }
-                _ => {}
+                checked += 1;
             }
-            checked += 1;
         }
     }
     let scope = if complete { String::new() } else { format!(" (the first {SCAN_LIMIT}; the scan stops there)") };
+    let on = match nodes {
+        Nodes::Server(_) => String::new(),
+        Nodes::Cluster(_, masters) => format!(" on {} masters", masters.len()),
+    };
     if problems.is_empty() {
         checks.push(
             S,
             CHECK,
             State::Ok,
-            format!("{checked} bucket key(s) scanned{scope}, all expire within 2x their window"),
+            format!("{checked} bucket key(s) scanned{on}{scope}, all expire within 2x their window"),
         );
     } else {
         let shown = problems.len().min(5);
@@ -655,7 +810,7 @@ async fn check_existing_buckets(
             CHECK,
             State::Fail,
             format!(
-                "{} of {checked} bucket key(s){scope} wrong: {}{more}",
+                "{} of {checked} bucket key(s){on}{scope} wrong: {}{more}",
                 problems.len(),
                 problems[..shown].join("; ")
             ),
@@ -663,18 +818,17 @@ async fn check_existing_buckets(
     }
 }
 
-/// How a Redis URL connects: `rediss://` is TLS, verified unless the URL
-/// says `#insecure` (the driver then checks neither the certificate's
-/// issuer nor its name).
-fn redis_tls(url: &str) -> Tls {
+/// How a Redis connection is protected: `rediss://` is TLS, verified
+/// (issuer and host name) unless the URL says `#insecure` or
+/// `tls_insecure` is set; the roots are `tls_ca_file` or the system's.
+fn redis_tls(config: &selfrag_redis::RedisConfig, url: &str) -> Tls {
     use selfrag_redis::deadpool_redis::redis::{ConnectionAddr, IntoConnectionInfo};
     let url = url.trim();
-    let (encrypted, verified, local) = match url.into_connection_info().map(|info| info.addr) {
-        Ok(ConnectionAddr::TcpTls { host, insecure, .. }) => (true, !insecure, is_local_host(&host)),
+    let (encrypted, insecure_url, local) = match url.into_connection_info().map(|info| info.addr) {
+        Ok(ConnectionAddr::TcpTls { host, insecure, .. }) => (true, insecure, is_local_host(&host)),
         Ok(ConnectionAddr::Tcp(host, _)) => (false, false, is_local_host(&host)),
         Ok(ConnectionAddr::Unix(_)) => (false, false, true),
-        // Not parsed here (e.g. `rediss://` where the driver lacks TLS, which
-        // connecting then reports): judged from the text.
+        // Not parsed here (connecting reports why): judged from the text.
         Err(_) => {
             let rest = url.split_once("://").map_or("", |(_, r)| r);
             let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -683,12 +837,25 @@ fn redis_tls(url: &str) -> Tls {
                 Some((h, port)) if !port.contains(']') => h,
                 _ => host_port,
             };
-            let encrypted = url.starts_with("rediss://");
-            (encrypted, encrypted && !url.ends_with("#insecure"), url.starts_with("unix") || is_local_host(host))
+            (url.starts_with("rediss://"), url.ends_with("#insecure"), url.starts_with("unix") || is_local_host(host))
         }
     };
+    let verified = encrypted && !insecure_url && !config.tls_insecure;
     let scheme = url.split_once("://").map_or("redis", |(s, _)| s);
-    let mode = if encrypted && !verified { format!("{scheme}:// #insecure") } else { format!("{scheme}://") };
+    let mut mode = format!("{scheme}://");
+    if encrypted && !verified {
+        mode.push_str(if insecure_url { " #insecure" } else { ", tls_insecure" });
+    } else if verified {
+        match &config.tls_ca_file {
+            Some(ca) => {
+                let _ = write!(mode, ", roots from {}", ca.display());
+            }
+            None => mode.push_str(", system roots"),
+        }
+    }
+    if encrypted && config.tls_client_cert_file.is_some() {
+        mode.push_str(", client certificate");
+    }
     Tls { encrypted, verified, host_verified: verified, mode, local, version: None, cipher: None }
 }
 
@@ -874,13 +1041,24 @@ mod tests {
 
     #[test]
     fn redis_and_qdrant_urls() {
-        let r = redis_tls("rediss://:pw@cache.example:6380");
-        assert!(r.encrypted && r.verified && !r.local, "{r:?}");
-        let r = redis_tls("rediss://cache.example:6380/#insecure");
+        let plain = selfrag_redis::RedisConfig::default();
+        let r = redis_tls(&plain, "rediss://:pw@cache.example:6380");
+        assert!(r.encrypted && r.verified && !r.local && r.mode.contains("system roots"), "{r:?}");
+        let r = redis_tls(&plain, "rediss://cache.example:6380/#insecure");
         assert!(r.encrypted && !r.verified && r.mode.contains("#insecure"), "{r:?}");
-        let r = redis_tls("redis://127.0.0.1:6379");
+        let insecure = selfrag_redis::RedisConfig { tls_insecure: true, ..plain.clone() };
+        let r = redis_tls(&insecure, "rediss://cache.example:6380");
+        assert!(r.encrypted && !r.verified && r.mode.contains("tls_insecure"), "{r:?}");
+        let ca = selfrag_redis::RedisConfig {
+            tls_ca_file: Some("/etc/ca.pem".into()),
+            tls_client_cert_file: Some("/etc/c.pem".into()),
+            ..plain.clone()
+        };
+        let r = redis_tls(&ca, "rediss://cache.example:6380");
+        assert!(r.verified && r.mode.contains("roots from /etc/ca.pem, client certificate"), "{r:?}");
+        let r = redis_tls(&plain, "redis://127.0.0.1:6379");
         assert!(!r.encrypted && r.local, "{r:?}");
-        assert!(redis_tls("redis+unix:///run/redis.sock").local);
+        assert!(redis_tls(&plain, "redis+unix:///run/redis.sock").local);
 
         let spec = selfrag_core::IndexSpec::new(4, selfrag_core::Distance::Cosine).unwrap();
         let config = |url: &str| selfrag_qdrant::QdrantIndexConfig::new(url, "c", spec);

@@ -14,13 +14,18 @@
 //!
 //! Every setting is a flag with an environment fallback (`--database-url` /
 //! `DATABASE_URL`, `--schema` / `SELFRAG_POSTGRES_SCHEMA`, `--redis-url` /
-//! `REDIS_URL`, `--redis-prefix` / `SELFRAG_REDIS_PREFIX`, `--qdrant-url` /
+//! `REDIS_URL` (several comma-separated URLs: Redis Cluster seeds),
+//! `--redis-cluster` / `SELFRAG_REDIS_CLUSTER`, `--redis-prefix` /
+//! `SELFRAG_REDIS_PREFIX`, `--qdrant-url` /
 //! `QDRANT_URL`, `--qdrant-api-key` / `QDRANT_API_KEY`, `--collection` /
 //! `SELFRAG_QDRANT_COLLECTION`, `--vector-dimension` /
 //! `SELFRAG_VECTOR_DIMENSION`, `--distance` / `SELFRAG_VECTOR_DISTANCE`,
 //! `--edge-path` / `SELFRAG_EDGE_PATH`, `--backup-dir` /
 //! `SELFRAG_BACKUP_DIR`, `--pg-bin-dir` / `SELFRAG_PG_BIN_DIR`); see
-//! `selfrag --help`.
+//! `selfrag --help`. The TLS settings are the services' own: Postgres's in
+//! the URL (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`), Redis's
+//! `rediss://` and the other `SELFRAG_REDIS_*` variables, Qdrant's
+//! `https://`.
 //!
 //! # Output
 //! Human-readable text on stdout by default; with `--json` exactly one JSON

@@ -158,9 +158,9 @@ pub(crate) fn is_auth_failure(err: &(dyn std::error::Error + 'static)) -> bool {
 pub(crate) fn config_problem(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     const NO_DATABASE: &str = "the database named in DATABASE_URL / --database-url does not exist on that \
          server: create it (`CREATE DATABASE ...`, `createdb`) or correct the name in the URL";
-    const TLS_MISMATCH: &str = "the TLS settings do not fit the server: check sslmode and sslrootcert (the CA \
-         that signed the server's certificate), sslcert / sslkey, and that the URL's host is a name the \
-         certificate holds";
+    const TLS_MISMATCH: &str = "the TLS settings do not fit the server: the CA that signed its certificate \
+         (Postgres: sslrootcert in DATABASE_URL; Redis: SELFRAG_REDIS_TLS_CA), a client certificate it accepts \
+         (sslcert / sslkey; SELFRAG_REDIS_TLS_CERT / _KEY), and a host name in the URL that the certificate holds";
     const NO_TLS: &str = "the URL asks for TLS (`sslmode=require` or stricter) but this Postgres connection \
          has no TLS support: remove `sslmode` from the URL, or use a selfrag build with Postgres TLS";
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -206,10 +206,12 @@ fn names_missing_database(text: &str) -> bool {
 /// ([`config_problem`]).
 pub(crate) fn explain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = chain(err);
-    // The Postgres store already says what to change for a TLS failure
-    // ("... (the server's certificate is not signed by a trusted root: set
-    // sslrootcert ...)"): no second advice then.
-    let advised = ["sslmode", "sslrootcert", "sslcert"].iter().any(|w| text.contains(w));
+    // The Postgres and Redis stores already say what to change for a TLS
+    // failure ("... the server's certificate is not signed by a trusted
+    // root: set sslrootcert ..." / "... set tls_ca_file ..."): no second
+    // advice then.
+    let advised =
+        ["sslmode", "sslrootcert", "sslcert", "tls_ca_file", "tls_client_cert_file"].iter().any(|w| text.contains(w));
     match config_problem(err) {
         Some(fix) if !(advised && fix.contains("sslrootcert")) => {
             text.push_str(". Fix: ");

@@ -41,6 +41,10 @@ pub(crate) fn collect() {
         for value in values {
             if urls {
                 found.extend(url_secrets(&value));
+                // `REDIS_URL` may list Redis Cluster seeds: each URL alone too.
+                if value.contains(',') {
+                    found.extend(value.split(',').flat_map(url_secrets));
+                }
             } else {
                 found.push(value.trim().to_owned());
             }
@@ -219,6 +223,7 @@ mod tests {
         assert!(has("redis://:s3cret@h:6379", "s3cret"));
         assert!(has("redis+unix:///tmp/r.sock?pass=s3cret", "s3cret"));
         assert!(has("http://h:6334/?api-key=s3cret", "s3cret"));
+        assert!(has("rediss://:s3cret@h2:6380", "s3cret"), "one seed of a cluster list");
         assert!(url_secrets("postgres://u@h/d").is_empty());
     }
 

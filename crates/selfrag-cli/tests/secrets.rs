@@ -19,6 +19,7 @@ const TOOL_VARS: &[&str] = &[
     "SELFRAG_POSTGRES_SCHEMA",
     "REDIS_URL",
     "SELFRAG_REDIS_PREFIX",
+    "SELFRAG_REDIS_CLUSTER",
     "QDRANT_URL",
     "QDRANT_REST_URL",
     "QDRANT_API_KEY",
@@ -168,6 +169,24 @@ fn every_postgres_form_is_kept_out_of_the_output() {
         // The same URL as a flag instead of the variable.
         both_modes(&["--database-url", url.as_str(), "migrate", "up"], &[]);
     }
+}
+
+/// Redis Cluster seeds in `REDIS_URL`, each with its password, and the
+/// switch for one seed: nothing of them is printed.
+#[test]
+fn redis_cluster_seeds_are_kept_out_of_the_output() {
+    let seeds = [
+        format!("redis://:{PW}@127.0.0.1:1,redis://:{PW}@127.0.0.1:2"),
+        format!("rediss://u:{PW}@127.0.0.1:1, rediss://u:{PW}@127.0.0.1:2"),
+        format!("redis://:{PW}@127.0.0.1:1,redis://:other{PW}@127.0.0.1:2"),
+    ];
+    for url in &seeds {
+        let (human, _) = both_modes(&["doctor"], &[("REDIS_URL", url.as_str())]);
+        assert!(matches!(human.code, 2 | 3), "refused or unreachable: {}", human.text());
+    }
+    let one = format!("redis://:{PW}@127.0.0.1:1");
+    let (human, _) = both_modes(&["doctor", "--redis-cluster", "1"], &[("REDIS_URL", one.as_str())]);
+    assert_eq!(human.code, 3, "{}", human.text());
 }
 
 #[test]

@@ -34,6 +34,11 @@ const TOOL_VARS: &[&str] = &[
     "SELFRAG_EDGE_PATH",
     "SELFRAG_BACKUP_DIR",
     "SELFRAG_PG_BIN_DIR",
+    "SELFRAG_REDIS_TLS_CA",
+    "SELFRAG_REDIS_TLS_CERT",
+    "SELFRAG_REDIS_TLS_KEY",
+    "SELFRAG_REDIS_TLS_INSECURE",
+    "SELFRAG_REDIS_CONNECT_TIMEOUT_MS",
     "PGSSLMODE",
     "PGSSLROOTCERT",
     "PGSSLCERT",
@@ -144,4 +149,54 @@ async fn doctor_reports_verified_tls_and_mismatched_tls_is_a_configuration_error
         &[("DATABASE_URL", full.as_str()), ("SELFRAG_BACKUP_DIR", backups.path().to_str().unwrap())],
     );
     assert_eq!(backup.code, 0, "{backup:?}");
+}
+
+/// Issue 13, item 5, for Redis: a TLS-only `redis-server` of the test's
+/// own. `rediss://` with the test CA is encrypted and verified; `#insecure`
+/// is encrypted, not verified; a CA that did not sign the server's
+/// certificate is a configuration error (exit 2) that says what to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_redis_tls() {
+    use selfrag_testkit::servers::{free_port, PrivateRedis, RedisOptions};
+    let certs = TestCerts::generate("cli_user").expect("certificates");
+    let port = free_port().expect("a free port");
+    let opts = RedisOptions { args: certs.redis_args(port, false), ..RedisOptions::default() };
+    let Some(_redis) = PrivateRedis::start_or_skip(opts).await else { return };
+    let url = format!("rediss://localhost:{port}");
+    let ca = certs.ca_path().display().to_string();
+    // A TLS connect is slow in a debug build on busy cores.
+    let timeout = ("SELFRAG_REDIS_CONNECT_TIMEOUT_MS", "10000");
+
+    let run =
+        selfrag(&["doctor", "--json"], &[("REDIS_URL", url.as_str()), ("SELFRAG_REDIS_TLS_CA", ca.as_str()), timeout]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json();
+    let tls = check(&doc, "redis", "tls");
+    assert_eq!(tls["state"], "ok", "{doc:#}");
+    assert_eq!(
+        (tls["tls"]["encrypted"].clone(), tls["tls"]["verified"].clone()),
+        (Value::Bool(true), Value::Bool(true))
+    );
+    assert!(tls["tls"]["mode"].as_str().unwrap().contains(&format!("roots from {ca}")), "{doc:#}");
+
+    let insecure = format!("{url}/#insecure");
+    let doc = selfrag(&["doctor", "--json"], &[("REDIS_URL", insecure.as_str()), timeout]).json();
+    let tls = check(&doc, "redis", "tls");
+    assert_eq!(
+        (tls["tls"]["encrypted"].clone(), tls["tls"]["verified"].clone()),
+        (Value::Bool(true), Value::Bool(false))
+    );
+
+    let other = certs.other_ca_path().display().to_string();
+    let run = selfrag(
+        &["doctor", "--json"],
+        &[("REDIS_URL", url.as_str()), ("SELFRAG_REDIS_TLS_CA", other.as_str()), timeout],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    let doc = run.json();
+    let conn = check(&doc, "redis", "connection");
+    assert_eq!(conn["state"], "config", "{doc:#}");
+    let detail = conn["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("localhost:{port}")), "names the server: {detail}");
+    assert!(detail.contains("certificate") && detail.contains("SELFRAG_REDIS_TLS_CA"), "cause and fix: {detail}");
 }
