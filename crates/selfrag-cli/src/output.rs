@@ -146,8 +146,6 @@ pub(crate) fn is_auth_failure(err: &(dyn std::error::Error + 'static)) -> bool {
 /// (2) that retrying cannot fix:
 /// - a Postgres database that does not exist (SQLSTATE `3D000`, or the
 ///   same words from `pg_dump`, which only reach us as text);
-/// - TLS asked for (`sslmode=require` or stricter) by a build of the
-///   Postgres driver that has none;
 /// - a TLS handshake the settings make fail: a server certificate the
 ///   client refuses (unknown CA, wrong host name, expired), a client
 ///   certificate the server refuses, or no TLS on a server the settings
@@ -161,8 +159,6 @@ pub(crate) fn config_problem(err: &(dyn std::error::Error + 'static)) -> Option<
     const TLS_MISMATCH: &str = "the TLS settings do not fit the server: the CA that signed its certificate \
          (Postgres: sslrootcert in DATABASE_URL; Redis: SELFRAG_REDIS_TLS_CA), a client certificate it accepts \
          (sslcert / sslkey; SELFRAG_REDIS_TLS_CERT / _KEY), and a host name in the URL that the certificate holds";
-    const NO_TLS: &str = "the URL asks for TLS (`sslmode=require` or stricter) but this Postgres connection \
-         has no TLS support: remove `sslmode` from the URL, or use a selfrag build with Postgres TLS";
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
         if let Some(pg) = e.downcast_ref::<selfrag_postgres::tokio_postgres::Error>() {
@@ -170,15 +166,9 @@ pub(crate) fn config_problem(err: &(dyn std::error::Error + 'static)) -> Option<
                 return Some(NO_DATABASE);
             }
         }
-        if e.is::<selfrag_postgres::tokio_postgres::tls::NoTlsError>() {
-            return Some(NO_TLS);
-        }
         let text = e.to_string();
         if names_missing_database(&text) {
             return Some(NO_DATABASE);
-        }
-        if text.contains("no TLS implementation configured") {
-            return Some(NO_TLS);
         }
         if ["invalid peer certificate", "received fatal alert", "server does not support TLS"]
             .iter()
@@ -344,5 +334,29 @@ mod tests {
         };
         assert_eq!(exit_of(&err), Exit::Usage);
         assert!(explain(&err).contains("Fix: the database named in DATABASE_URL"), "{}", explain(&err));
+    }
+
+    /// TLS handshakes the settings make fail are configuration errors; the
+    /// stores' own advice is not repeated.
+    #[test]
+    fn tls_refusals_are_configuration_problems() {
+        let backend = |message: &str| selfrag_core::Error::Backend {
+            backend: "redis",
+            message: message.into(),
+            retryable: false,
+            source: None,
+        };
+        for text in [
+            "cannot connect to rediss://h:6380: invalid peer certificate: UnknownIssuer",
+            "TLS: received fatal alert: CertificateRequired",
+            "cannot connect: error performing TLS handshake: server does not support TLS",
+        ] {
+            let err = backend(text);
+            assert_eq!(exit_of(&err), Exit::Usage, "{text}");
+            assert!(explain(&err).contains("Fix: the TLS settings do not fit"), "{}", explain(&err));
+        }
+        let advised = backend("invalid peer certificate: UnknownIssuer; set tls_ca_file (SELFRAG_REDIS_TLS_CA)");
+        assert_eq!(exit_of(&advised), Exit::Usage);
+        assert!(!explain(&advised).contains("Fix:"), "{}", explain(&advised));
     }
 }
