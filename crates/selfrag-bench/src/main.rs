@@ -83,6 +83,9 @@ struct Args {
     /// Run only the embedded durability rows (journaled upserts, recovery).
     #[arg(long)]
     edge_durability: bool,
+    /// Run only the coalesced-append rows of Postgres (with --postgres).
+    #[arg(long)]
+    only_coalesced: bool,
     /// Smoke run: fewer operations, a 100,000-row query table, 10,000 embedded vectors.
     #[arg(long)]
     quick: bool,
@@ -158,7 +161,7 @@ async fn main() -> Res<()> {
     println!("selfrag-bench ({profile} build{})", if plan.quick { ", QUICK smoke run" } else { "" });
 
     match &args.postgres {
-        Some(url) => pg::run(url, &plan, &mut rows).await?,
+        Some(url) => pg::run(url, &plan, args.only_coalesced, &mut rows).await?,
         None => skipped.push("postgres rows (memory append/batch/query): no --postgres URL"),
     }
     match &args.redis {

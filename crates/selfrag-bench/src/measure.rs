@@ -149,7 +149,7 @@ const WARM_CAP: u64 = 2_000;
 
 /// Runs `count` operations (numbered from `first`) on `concurrency` tasks;
 /// returns the wall time and every operation's latency.
-async fn phase(op: &Op, concurrency: usize, first: u64, count: u64) -> Res<(Duration, Vec<Duration>)> {
+pub(crate) async fn phase(op: &Op, concurrency: usize, first: u64, count: u64) -> Res<(Duration, Vec<Duration>)> {
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

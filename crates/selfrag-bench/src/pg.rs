@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use selfrag_core::{MemoryQuery, MemoryStore, NewMemoryLog, UserId, UserStore};
-use selfrag_postgres::{PostgresConfig, PostgresMemoryStore, PostgresUserStore};
+use selfrag_postgres::{CoalesceConfig, PostgresConfig, PostgresMemoryStore, PostgresUserStore};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -14,7 +14,7 @@ use tokio_postgres::types::{Json, Type};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use crate::measure::{compare, op, Op, Res, Row};
+use crate::measure::{compare, op, phase, Op, Res, Row};
 use crate::Plan;
 
 const INSERT_ONE: &str = r#"INSERT INTO memory_logs (id, user_id, "timestamp", type, content, meta_data)
@@ -106,8 +106,12 @@ RESET search_path;"#
     Ok(admin.query_one(&format!("SELECT anchor FROM {schema}.bench_meta"), &[]).await?.get(0))
 }
 
-pub(crate) async fn run(url: &str, plan: &Plan, rows: &mut Vec<Row>) -> Res<()> {
+pub(crate) async fn run(url: &str, plan: &Plan, only_coalesced: bool, rows: &mut Vec<Row>) -> Res<()> {
     let admin = admin(url).await?;
+    coalesced_rows(url, plan, &admin, rows).await?;
+    if only_coalesced {
+        return Ok(());
+    }
     let (schema, table_rows) = if plan.quick { ("selfrag_bench_quick", 100_000) } else { ("selfrag_bench", 1_000_000) };
 
     // Writes go to their own schema, emptied before and after, so the query
@@ -273,4 +277,157 @@ fn check_len(n: usize) -> Res<()> {
     } else {
         Err(format!("memory query returned {n} rows, expected 50").into())
     }
+}
+
+/// Concurrency levels of the coalesced-append rows.
+const COALESCED_CONCURRENCY: [usize; 4] = [1, 8, 64, 256];
+
+/// The raw single-row append: a pooled connection, the prepared `INSERT`.
+fn raw_append(pool: &Arc<Pool>, user: Uuid) -> Op {
+    let p = pool.clone();
+    op(move |i| {
+        let p = p.clone();
+        async move {
+            let conn = p.get().await?;
+            let stmt = conn.prepare_cached(INSERT_ONE).await?;
+            let (id, now, text, m) = (Uuid::now_v7(), OffsetDateTime::now_utc(), content(i), meta());
+            conn.execute(&stmt, &[&id, &user, &now, &"fact", &text, &Json(&m)]).await?;
+            Ok(())
+        }
+    })
+}
+
+/// Server counters read around a counting pass.
+#[derive(Debug, Clone, Copy)]
+struct ServerCounters {
+    commits: i64,
+    wal_records: i64,
+    wal_write: i64,
+    wal_sync: i64,
+    wal_bytes: f64,
+}
+
+/// Makes every connection of `pool` report its pending statistics: a
+/// backend flushes them when it goes idle at least a second after its last
+/// flush, so each of the pool's connections runs one statement after a
+/// 1.1 s pause.
+async fn flush_stats(pool: &Pool) -> Res<()> {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let size = pool.status().max_size;
+    let mut held = Vec::with_capacity(size);
+    for _ in 0..size {
+        held.push(pool.get().await?);
+    }
+    for c in &held {
+        c.batch_execute("SELECT 1").await?;
+    }
+    Ok(())
+}
+
+async fn server_counters(admin: &tokio_postgres::Client) -> Res<ServerCounters> {
+    let r = admin
+        .query_one(
+            "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
+                    wal_records, wal_write, wal_sync,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8
+             FROM pg_stat_wal",
+            &[],
+        )
+        .await?;
+    Ok(ServerCounters {
+        commits: r.get(0),
+        wal_records: r.get(1),
+        wal_write: r.get(2),
+        wal_sync: r.get(3),
+        wal_bytes: r.get(4),
+    })
+}
+
+/// Runs `ops` operations of `side` at `concurrency` between two counter
+/// snapshots; returns the per-row figures.
+async fn counted(
+    admin: &tokio_postgres::Client,
+    pool: &Pool,
+    side: &Op,
+    concurrency: usize,
+    ops: u64,
+) -> Res<serde_json::Map<String, Value>> {
+    flush_stats(pool).await?;
+    let before = server_counters(admin).await?;
+    let (wall, _) = phase(side, concurrency, 1 << 41, ops).await?;
+    flush_stats(pool).await?;
+    let after = server_counters(admin).await?;
+    #[allow(clippy::cast_precision_loss)]
+    let per_k = |d: i64| d as f64 * 1000.0 / ops as f64;
+    let mut m = serde_json::Map::new();
+    #[allow(clippy::cast_precision_loss)]
+    let rate = ops as f64 / wall.as_secs_f64();
+    m.insert("rows_per_s".into(), json!(crate::measure::round(rate, 0)));
+    // Commits, WAL writes and fsyncs are cluster-wide (the machine is
+    // shared), per 1,000 appended rows.
+    m.insert("commits_per_1k_rows".into(), json!(crate::measure::round(per_k(after.commits - before.commits), 1)));
+    m.insert(
+        "wal_records_per_1k_rows".into(),
+        json!(crate::measure::round(per_k(after.wal_records - before.wal_records), 1)),
+    );
+    m.insert(
+        "wal_writes_per_1k_rows".into(),
+        json!(crate::measure::round(per_k(after.wal_write - before.wal_write), 1)),
+    );
+    m.insert("wal_syncs_per_1k_rows".into(), json!(crate::measure::round(per_k(after.wal_sync - before.wal_sync), 1)));
+    #[allow(clippy::cast_precision_loss)]
+    let wal_bytes_per_row = (after.wal_bytes - before.wal_bytes) / ops as f64;
+    m.insert("wal_bytes_per_row".into(), json!(crate::measure::round(wal_bytes_per_row, 0)));
+    Ok(m)
+}
+
+/// Single-row appends with coalescing on against the raw prepared `INSERT`,
+/// at 1, 8, 64 and 256 tasks, two pools of 16; then a counting pass of each
+/// side (server commits, WAL records/writes/fsyncs per 1,000 rows, the
+/// store's statements and rows per statement).
+async fn coalesced_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Client, rows: &mut Vec<Row>) -> Res<()> {
+    admin.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {WRITES_SCHEMA}")).await?;
+    let (ours_pool, raw_pool) = (pool(url, WRITES_SCHEMA, "ours")?, pool(url, WRITES_SCHEMA, "raw")?);
+    selfrag_postgres::migrate(&ours_pool).await?;
+    admin.batch_execute(&format!("TRUNCATE {WRITES_SCHEMA}.memory_logs")).await?;
+    let users = PostgresUserStore::new(ours_pool.clone());
+    let (ours_user, raw_user) = (users.create_user().await?, users.create_user().await?);
+    let store = PostgresMemoryStore::new(ours_pool.clone()).coalescing(CoalesceConfig::new());
+    let raw_pool = Arc::new(raw_pool);
+    for c in COALESCED_CONCURRENCY {
+        let ops = plan.ops(c, 2_000);
+        let s = store.clone();
+        let ours = op(move |i| {
+            let s = s.clone();
+            async move {
+                let log = NewMemoryLog::new("fact", content(i))?.with_metadata(Value::Object(meta()))?;
+                s.append(ours_user, log).await?;
+                Ok(())
+            }
+        });
+        let raw = raw_append(&raw_pool, *raw_user.as_uuid());
+        let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
+        let mut row = crate::row("memory append (1 row, coalesced) vs prepared INSERT", c, cmp);
+        // Counting passes: about half a second of each side.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let count_ops = ((row.raw.ops_per_s * 0.5) as u64).max(c as u64 * 4);
+        let stats_before = store.coalescing_stats().unwrap_or_default();
+        let mut ours_counts = counted(admin, &ours_pool, &ours, c, count_ops).await?;
+        let stats = store.coalescing_stats().unwrap_or_default();
+        let statements = stats.statements - stats_before.statements;
+        #[allow(clippy::cast_precision_loss)]
+        let per_statement = (stats.rows - stats_before.rows) as f64 / statements.max(1) as f64;
+        ours_counts.insert("statements".into(), json!(statements));
+        ours_counts.insert("rows_per_statement".into(), json!(crate::measure::round(per_statement, 1)));
+        ours_counts.insert("split_statements".into(), json!(stats.split - stats_before.split));
+        let raw_counts = counted(admin, &raw_pool, &raw, c, count_ops).await?;
+        row.extra.insert("counted_rows".into(), json!(count_ops));
+        row.extra.insert("ours_counters".into(), Value::Object(ours_counts));
+        row.extra.insert("raw_counters".into(), Value::Object(raw_counts));
+        rows.push(row);
+        crate::print_last(rows);
+    }
+    store.close_coalescing().await;
+    admin.batch_execute(&format!("TRUNCATE {WRITES_SCHEMA}.memory_logs")).await?;
+    Ok(())
 }
