@@ -222,14 +222,23 @@ impl Handle {
     /// answers `READONLY` forever; only a new connection reaches the new one.
     /// A healthy connection dropped by mistake costs one reconnect.
     ///
-    /// A cluster connection is dropped only after a timeout: the driver
-    /// reconnects to a node whose socket broke and re-reads the slot map
-    /// after a redirection by itself, but a node that stopped answering
-    /// (a partition that drops packets) keeps a socket the driver never
-    /// gives up. Dropping it on every error during a failover would make
-    /// each call open connections to every node.
+    /// A cluster connection is dropped after an I/O error, a timeout or a
+    /// protocol error, not after the cluster's refusals (`CLUSTERDOWN`,
+    /// `MOVED`, ...), which would make every call during a failover open
+    /// connections to every node while the driver already re-reads the
+    /// slot map. A node that stopped answering (a partition that drops
+    /// packets) keeps a socket the driver never gives up, and a connection
+    /// whose background task is gone (its runtime shut down) fails every
+    /// call with a broken pipe: only a new connection helps. I/O errors are
+    /// rare even in a failover (the calls in flight when a node dies; later
+    /// calls are routed elsewhere), so the reconnects they cost are few.
     fn forget(&self, err: &RedisError, cluster: bool) {
-        if if cluster { err.is_timeout() } else { breaks_connection(err) } {
+        let broken = if cluster {
+            err.is_io_error() || err.is_timeout() || err.is_unrecoverable_error()
+        } else {
+            breaks_connection(err)
+        };
+        if broken {
             *self.lock() = None;
         }
     }

@@ -316,3 +316,27 @@ async fn cluster_configs_and_errors_hide_the_password() {
         assert!(!text.contains(PW), "{text}");
     }
 }
+
+/// A cluster connection runs a background task on the runtime that opened
+/// it; when that runtime ends, every call on it fails with a broken pipe.
+/// The store then drops it and opens a new one, instead of failing for good.
+#[test]
+fn a_cluster_connection_whose_runtime_ended_is_replaced() {
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let opened = first.block_on(async {
+        let cluster = PrivateRedisCluster::shared().await?;
+        let config = config(cluster);
+        let store = RedisSessionStore::connect(&config).unwrap();
+        let user = UserId::new();
+        let session = store.create(user, NewSession::new(Duration::from_secs(60)).unwrap()).await.unwrap();
+        Some((Cleanup { urls: cluster.urls(), prefix: config.key_prefix }, store, user, session.id))
+    });
+    let Some((_cleanup, store, user, id)) = opened else { return };
+    drop(first);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        if let Err(e) = store.get(user, id).await {
+            assert!(e.is_retryable(), "{e}");
+        }
+        assert_eq!(store.get(user, id).await.unwrap().unwrap().id, id, "a new connection serves the store");
+    });
+}
