@@ -62,6 +62,12 @@
 //!   STDIN` above that; a single `append` is a prepared single-row `INSERT`. A taken id is [`Error::Conflict`]; an
 //!   unknown user is [`Error::NotFound`] (`what = "user"`), from the foreign
 //!   key, with no extra lookup.
+//! - **Coalesced appends** (opt-in, [`PostgresMemoryStore::coalescing`]):
+//!   appends waiting at the same moment share one statement and one commit,
+//!   with no timer; each call keeps its own outcome (a failed shared
+//!   statement is split and each call written alone), a call that gives up
+//!   while queued is never written, and the queue is bounded in rows, bytes
+//!   and waiting calls ([`CoalesceConfig`]).
 //! - **Sessions** use the database clock; reads filter on
 //!   `expires_at > now()`, so an expired session is never returned, and a
 //!   touch slides the expiry in one `UPDATE`. Expired rows are reclaimed by
