@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p selfrag-bench -- \
 //!     --postgres postgres://postgres@127.0.0.1:5432/test --redis redis://127.0.0.1:6379 \
-//!     [--qdrant http://127.0.0.1:6334] [--edge] [--quick] [--json PATH]
+//!     [--qdrant http://127.0.0.1:6334] [--edge] [--tls] [--quick] [--json PATH]
 //! ```
 //!
 //! Rows whose server is not given are skipped with a message. Each row runs
@@ -30,6 +30,8 @@
 //! | vector upsert (256 × 384) | `VectorIndex::upsert` | qdrant-client `upsert_points` |
 //! | vector filtered search (top 10) | `VectorIndex::search` | qdrant-client `query` |
 //! | embedded filtered search | `EdgeIndex::search` | exact scan (plus recall@10, build time) |
+//! | memory append over TLS (`--tls`) | `verify-full` | `sslmode=disable`, same private server |
+//! | session get over TLS (`--tls`) | `rediss://` | `redis://`, same private server |
 //!
 //! The embedded rows (`--edge`) load 100,000 × 384 vectors into an
 //! `EdgeIndex` twice, from two generators in `selfrag_testkit::data`:
@@ -57,6 +59,7 @@ mod measure;
 mod pg;
 mod qdrant;
 mod redis;
+mod tls;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -86,6 +89,11 @@ struct Args {
     /// Run only the coalesced-append rows of Postgres (with --postgres).
     #[arg(long)]
     only_coalesced: bool,
+    /// Run the TLS rows: memory append and session get over TLS against the
+    /// same call in clear, on private Postgres and Redis servers started
+    /// from the machine's binaries (see `src/tls.rs`).
+    #[arg(long)]
+    tls: bool,
     /// Smoke run: fewer operations, a 100,000-row query table, 10,000 embedded vectors.
     #[arg(long)]
     quick: bool,
@@ -167,6 +175,11 @@ async fn main() -> Res<()> {
     match &args.redis {
         Some(url) => redis::run(url, &plan, &mut rows).await?,
         None => skipped.push("redis rows (session get/touch, rate-limit check): no --redis URL"),
+    }
+    if args.tls {
+        tls::run(&plan, &mut rows).await?;
+    } else {
+        skipped.push("TLS rows (memory append, session get over TLS vs plaintext): pass --tls");
     }
     match &args.qdrant {
         Some(url) => qdrant::run(url, &plan, &mut rows).await?,
