@@ -118,8 +118,8 @@ mod users;
 
 pub use coalesce::{CoalesceConfig, CoalesceStats};
 pub use config::PostgresConfig;
-pub use memory::PostgresMemoryStore;
 pub use error::connect_error;
+pub use memory::PostgresMemoryStore;
 pub use redact::{parse_url, parse_url_with_tls, redact_url};
 pub use session::PostgresSessionStore;
 pub use tls::{PgConnector, PgTls, RootCerts, SslMode, TlsSummary};

@@ -222,4 +222,3 @@ async fn rate_limits() -> Option<RateLimitFixture> {
 // As in tests/conformance.rs: Redis scopes session ids to their user.
 selfrag_testkit::session_store_tests!(sessions, skip = [session_id_of_another_user_is_refused]);
 selfrag_testkit::rate_limiter_tests!(rate_limits);
-
