@@ -176,9 +176,7 @@ mod ratelimit;
 mod session;
 mod tls;
 
-pub use cluster::{
-    cluster_health, ClusterHealth, MasterHealth, RedisClusterClient, RedisConnector, CLUSTER_SLOTS,
-};
+pub use cluster::{cluster_health, ClusterHealth, MasterHealth, RedisClusterClient, RedisConnector, CLUSTER_SLOTS};
 pub use config::{redact_url, RedisConfig, RedisConfigBuilder, RedisPool};
 pub use ratelimit::{CheckOutcome, DecisionSource, FailurePolicy, RedisRateLimiter};
 pub use session::RedisSessionStore;
