@@ -9,7 +9,7 @@
 //! ```
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn url(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.trim().is_empty())
@@ -41,7 +41,9 @@ fn quick_run_reports_every_row() {
     let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "benchmark failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(took < Duration::from_secs(90), "--quick took {took:?}");
+    // How long it took is reported, not asserted: timing belongs in the
+    // benchmark, and a loaded CI machine would make such a check flaky.
+    eprintln!("--quick took {took:?}");
     assert!(stdout.contains("SKIPPED: qdrant rows"), "{stdout}");
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
