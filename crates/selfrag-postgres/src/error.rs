@@ -225,7 +225,7 @@ pub(crate) fn write(err: tokio_postgres::Error, user: UserId, what: &'static str
     pg(err)
 }
 
-/// Maps a failure to open a connection: what [`pool`] does for the pool's
+/// Maps a failure to open a connection: what the stores do for the pool's
 /// connections, for callers that connect themselves (`pg_dump`'s checks in
 /// `selfrag-backup`). `target` names the server in the message (print it
 /// through [`redact_url`](crate::redact_url)).

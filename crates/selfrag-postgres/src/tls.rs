@@ -49,7 +49,7 @@ use selfrag_core::{Error, Result};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// libpq's `sslmode`, less `allow` (see the [module docs](self)).
+/// libpq's `sslmode`, less `allow` (see [`PgTls`] and `docs/postgres.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SslMode {
     /// Plaintext only.
