@@ -29,7 +29,7 @@ use std::sync::{Arc, OnceLock};
 
 use selfrag_core::{Error, NewMemoryLog, Result, UserId};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::conn::Db;
@@ -140,9 +140,11 @@ pub(crate) struct Request {
 pub(crate) enum Submitted {
     /// Written (or failed) through the queue.
     Done(Result<Vec<NewMemoryLog>>),
-    /// Not queued (too big, or the coalescer is closed): the caller writes
-    /// these itself.
-    Direct(Vec<NewMemoryLog>),
+    /// Not queued: the caller writes these itself, holding the statement
+    /// slot if one is given (nothing was waiting and a slot was free: the
+    /// call is its own statement, with no hop to another task), or none
+    /// (too big, or the coalescer is closed).
+    Direct(Vec<NewMemoryLog>, Option<OwnedSemaphorePermit>),
 }
 
 /// A boxed, sendable future.
@@ -170,6 +172,8 @@ pub(crate) struct Coalescer {
 #[derive(Debug)]
 struct Running {
     tx: mpsc::Sender<Request>,
+    /// The statements in flight, shared with the flusher.
+    slots: Arc<Semaphore>,
     close: Arc<Notify>,
     done: watch::Receiver<bool>,
 }
@@ -216,6 +220,7 @@ impl Coalescer {
             let (tx, rx) = mpsc::channel(self.config.queue);
             let close = Arc::new(Notify::new());
             let (done_tx, done) = watch::channel(false);
+            let slots = Arc::new(Semaphore::new(self.config.max_in_flight));
             let flusher = Flusher {
                 db: db.clone(),
                 config: self.config,
@@ -223,8 +228,8 @@ impl Coalescer {
                 write_one: self.write_one,
                 write_many: self.write_many,
             };
-            tokio::spawn(flusher.run(rx, close.clone(), done_tx));
-            Running { tx, close, done }
+            tokio::spawn(flusher.run(rx, slots.clone(), close.clone(), done_tx));
+            Running { tx, slots, close, done }
         })
     }
 
@@ -233,9 +238,22 @@ impl Coalescer {
     pub(crate) async fn submit(&self, db: &Db, user: UserId, logs: Vec<NewMemoryLog>, deadline: Instant) -> Submitted {
         let bytes = logs.iter().map(row_bytes).sum::<usize>();
         if logs.len() > self.config.max_rows || bytes > self.config.max_bytes {
-            return Submitted::Direct(logs);
+            return Submitted::Direct(logs, None);
         }
         let running = self.running(db);
+        // Nothing waiting and a statement slot free: this call would be a
+        // statement of its own anyway, so it goes out from here, sparing
+        // the two task hand-offs (to the flusher and back) that cost a lone
+        // caller latency. Holding the slot keeps the in-flight bound, and
+        // calls arriving meanwhile queue up as usual.
+        if !running.tx.is_closed() && running.tx.capacity() == self.config.queue {
+            if let Ok(slot) = running.slots.clone().try_acquire_owned() {
+                self.counters.calls.fetch_add(1, Ordering::Relaxed);
+                self.counters.statements.fetch_add(1, Ordering::Relaxed);
+                self.counters.rows.fetch_add(logs.len() as u64, Ordering::Relaxed);
+                return Submitted::Direct(logs, Some(slot));
+            }
+        }
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, answer) = oneshot::channel();
         let request = Request { user, logs, bytes, state: state.clone(), reply };
@@ -245,7 +263,7 @@ impl Coalescer {
             // Closed: the caller writes on its own.
             Ok(Err(mpsc::error::SendError(request))) => {
                 std::mem::forget(guard);
-                return Submitted::Direct(request.logs);
+                return Submitted::Direct(request.logs, None);
             }
             Err(_) => {
                 guard.cancel();
@@ -312,8 +330,13 @@ struct Flusher {
 }
 
 impl Flusher {
-    async fn run(self, mut rx: mpsc::Receiver<Request>, close: Arc<Notify>, done: watch::Sender<bool>) {
-        let slots = Arc::new(Semaphore::new(self.config.max_in_flight));
+    async fn run(
+        self,
+        mut rx: mpsc::Receiver<Request>,
+        slots: Arc<Semaphore>,
+        close: Arc<Notify>,
+        done: watch::Sender<bool>,
+    ) {
         let this = Arc::new(self);
         // A request that did not fit the previous batch opens the next one.
         let mut carry: Option<Request> = None;
@@ -374,7 +397,8 @@ impl Flusher {
                 drop(slot);
             });
         }
-        // Every batch in flight has answered once all slots are free again.
+        // Every batch in flight (and every caller writing on its own slot)
+        // has answered once all slots are free again.
         let all = u32::try_from(this.config.max_in_flight).unwrap_or(u32::MAX);
         let _ = slots.acquire_many(all).await;
         let _ = done.send(true);

@@ -208,15 +208,17 @@ impl PostgresMemoryStore {
     async fn insert_batch(&self, user: UserId, logs: Vec<NewMemoryLog>) -> Result<Vec<NewMemoryLog>> {
         // Everything is checked before anything is sent (or queued).
         validate_batch(&logs)?;
-        let logs = match &self.coalescer {
+        // `_slot`: a coalescing statement slot this call holds while it
+        // writes on its own (dropped after the write).
+        let (logs, _slot) = match &self.coalescer {
             Some(c) => {
                 let deadline = tokio::time::Instant::now() + self.timeout;
                 match c.submit(&self.db, user, logs, deadline).await {
                     Submitted::Done(result) => return result,
-                    Submitted::Direct(logs) => logs,
+                    Submitted::Direct(logs, slot) => (logs, slot),
                 }
             }
-            None => logs,
+            None => (logs, None),
         };
         write_direct(&self.db, user, &logs).await?;
         Ok(logs)
