@@ -392,7 +392,12 @@ async fn coalesced_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Client, 
     admin.batch_execute(&format!("TRUNCATE {WRITES_SCHEMA}.memory_logs")).await?;
     let users = PostgresUserStore::new(ours_pool.clone());
     let (ours_user, raw_user) = (users.create_user().await?, users.create_user().await?);
-    let store = PostgresMemoryStore::new(ours_pool.clone()).coalescing(CoalesceConfig::new());
+    // SELFRAG_BENCH_COALESCE_IN_FLIGHT overrides `max_in_flight` (default 4),
+    // to compare statement sizes against flushes.
+    let in_flight = std::env::var("SELFRAG_BENCH_COALESCE_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    println!("postgres: coalesced appends with max_in_flight {in_flight}");
+    let config = CoalesceConfig::new().max_in_flight(in_flight);
+    let store = PostgresMemoryStore::new(ours_pool.clone()).coalescing(config);
     let raw_pool = Arc::new(raw_pool);
     for c in COALESCED_CONCURRENCY {
         let ops = plan.ops(c, 2_000);
