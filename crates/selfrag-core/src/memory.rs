@@ -208,13 +208,15 @@ impl NewMemoryLog {
         })
     }
 
-    /// Sets the metadata, which must be a JSON object.
+    /// Sets the metadata, which must be a JSON object: a [`Value`] (e.g.
+    /// `json!({...})`) or a `serde_json::Map`, the type
+    /// [`MemoryQuery::metadata_contains`] takes.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] (`metadata`) for a non-object, NUL bytes, more
     /// than 64 KiB or more than 32 levels of nesting.
-    pub fn with_metadata(mut self, metadata: Value) -> Result<Self> {
-        (self.metadata, self.metadata_bytes) = validate::json_object_sized("metadata", metadata)?;
+    pub fn with_metadata(mut self, metadata: impl Into<Value>) -> Result<Self> {
+        (self.metadata, self.metadata_bytes) = validate::json_object_sized("metadata", metadata.into())?;
         Ok(self)
     }
 
@@ -762,6 +764,11 @@ mod tests {
         assert_eq!(NewMemoryLog::new("fact", big).unwrap_err().field(), Some("content"));
         let log = NewMemoryLog::new("fact", "ok").unwrap();
         assert_eq!(log.clone().with_metadata(json!([1])).unwrap_err().field(), Some("metadata"));
+        // A Map works as well as a Value: the type metadata filters take.
+        let Value::Object(map) = json!({"k": 1}) else { unreachable!() };
+        let from_map = log.clone().with_metadata(map.clone()).unwrap();
+        assert_eq!(from_map.metadata(), &map);
+        assert!(MemoryQuery::new().metadata_contains(map).matches(&from_map.into_log(UserId::new())));
         assert!(log.with_metadata(json!({"k": 1})).is_ok());
     }
 

@@ -74,12 +74,14 @@ impl NewSession {
         Error::Conflict { what: "session", id: id.to_string() }
     }
 
-    /// Attaches application data (a JSON object of at most 64 KiB).
+    /// Attaches application data (a JSON object of at most 64 KiB): a
+    /// [`Value`] or a `serde_json::Map`, the type [`SessionStore::set_data`]
+    /// takes.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] (`data`), as for memory log metadata.
-    pub fn with_data(mut self, data: Value) -> Result<Self> {
-        self.data = validate::json_object("data", data)?;
+    pub fn with_data(mut self, data: impl Into<Value>) -> Result<Self> {
+        self.data = validate::json_object("data", data.into())?;
         Ok(self)
     }
 
