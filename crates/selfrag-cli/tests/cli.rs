@@ -9,24 +9,8 @@ use selfrag_redis::deadpool_redis::redis;
 use serde_json::Value;
 use tokio_postgres::NoTls;
 
-/// Every variable the tool reads, removed so the caller's environment
-/// cannot leak into a test.
-const TOOL_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "SELFRAG_POSTGRES_SCHEMA",
-    "REDIS_URL",
-    "SELFRAG_REDIS_PREFIX",
-    "SELFRAG_REDIS_CLUSTER",
-    "QDRANT_URL",
-    "QDRANT_REST_URL",
-    "QDRANT_API_KEY",
-    "SELFRAG_QDRANT_COLLECTION",
-    "SELFRAG_VECTOR_DIMENSION",
-    "SELFRAG_VECTOR_DISTANCE",
-    "SELFRAG_EDGE_PATH",
-    "SELFRAG_BACKUP_DIR",
-    "SELFRAG_PG_BIN_DIR",
-];
+mod common;
+use common::TOOL_VARS;
 
 struct Run {
     code: i32,

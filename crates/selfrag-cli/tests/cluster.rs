@@ -10,16 +10,8 @@ use selfrag_redis::RedisConfig;
 use selfrag_testkit::cluster::PrivateRedisCluster;
 use serde_json::Value;
 
-const TOOL_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "REDIS_URL",
-    "SELFRAG_REDIS_PREFIX",
-    "SELFRAG_REDIS_CLUSTER",
-    "QDRANT_URL",
-    "QDRANT_API_KEY",
-    "SELFRAG_EDGE_PATH",
-    "SELFRAG_BACKUP_DIR",
-];
+mod common;
+use common::TOOL_VARS;
 
 #[derive(Debug)]
 struct Run {

@@ -9,27 +9,11 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod common;
+use common::TOOL_VARS;
+
 /// The secret. Long and distinctive, so that any occurrence is a leak.
 const PW: &str = "Sekr1tPassw0rd";
-
-/// Every variable the tool reads, removed so the caller's environment
-/// cannot leak into a test.
-const TOOL_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "SELFRAG_POSTGRES_SCHEMA",
-    "REDIS_URL",
-    "SELFRAG_REDIS_PREFIX",
-    "SELFRAG_REDIS_CLUSTER",
-    "QDRANT_URL",
-    "QDRANT_REST_URL",
-    "QDRANT_API_KEY",
-    "SELFRAG_QDRANT_COLLECTION",
-    "SELFRAG_VECTOR_DIMENSION",
-    "SELFRAG_VECTOR_DISTANCE",
-    "SELFRAG_EDGE_PATH",
-    "SELFRAG_BACKUP_DIR",
-    "SELFRAG_PG_BIN_DIR",
-];
 
 struct Run {
     what: String,

@@ -10,40 +10,15 @@ use selfrag_testkit::certs::TestCerts;
 use selfrag_testkit::servers::{PgOptions, PrivatePostgres};
 use serde_json::Value;
 
+mod common;
+use common::TOOL_VARS;
+
 /// TLS only over TCP; no password (the test is about the channel).
 const HBA: &str = "\
 local all all trust
 hostssl all all 127.0.0.1/32 trust
 hostssl all all ::1/128 trust
 ";
-
-/// Every variable the tool reads, removed so the caller's environment
-/// cannot leak into a test.
-const TOOL_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "SELFRAG_POSTGRES_SCHEMA",
-    "REDIS_URL",
-    "SELFRAG_REDIS_PREFIX",
-    "SELFRAG_REDIS_CLUSTER",
-    "QDRANT_URL",
-    "QDRANT_REST_URL",
-    "QDRANT_API_KEY",
-    "SELFRAG_QDRANT_COLLECTION",
-    "SELFRAG_VECTOR_DIMENSION",
-    "SELFRAG_VECTOR_DISTANCE",
-    "SELFRAG_EDGE_PATH",
-    "SELFRAG_BACKUP_DIR",
-    "SELFRAG_PG_BIN_DIR",
-    "SELFRAG_REDIS_TLS_CA",
-    "SELFRAG_REDIS_TLS_CERT",
-    "SELFRAG_REDIS_TLS_KEY",
-    "SELFRAG_REDIS_TLS_INSECURE",
-    "SELFRAG_REDIS_CONNECT_TIMEOUT_MS",
-    "PGSSLMODE",
-    "PGSSLROOTCERT",
-    "PGSSLCERT",
-    "PGSSLKEY",
-];
 
 #[derive(Debug)]
 struct Run {
