@@ -140,6 +140,12 @@ pub struct PostgresInfo {
     pub server_version_num: u32,
     /// `pg_dump --version` output.
     pub pg_dump_version: String,
+    /// The erasure ledger's position when the dump began (`None`: the
+    /// database had no ledger, or a manifest written before ledgers). A
+    /// restore re-applies the erasures of later ledgers, matched by user id
+    /// (see [`crate::erasures`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasures: Option<crate::erasures::LedgerPosition>,
 }
 
 /// Details of a Qdrant snapshot.

@@ -11,6 +11,7 @@ use tokio::process::Command;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config};
 
+use crate::erasures::{self, LedgerEntry};
 use crate::fsutil;
 use crate::manifest::{check_entry_files, Entry, EntryKind, FileEntry, Manifest, PostgresInfo};
 use crate::run::BackupRun;
@@ -489,6 +490,9 @@ pub async fn backup_postgres<'r>(run: &'r mut BackupRun, opts: &PostgresBackup) 
             return Err(Error::NotFound { what: "table", id: format!("{schema}.{t} in database {}", server.database) });
         }
     }
+    // Read before the dump's snapshot is taken: whatever the ledger gains
+    // meanwhile is above this position, and a restore re-applies it.
+    let ledger = erasures::position(&client, &schema).await?;
     drop(client);
 
     let file_name = format!("{name}.dump");
@@ -539,6 +543,7 @@ pub async fn backup_postgres<'r>(run: &'r mut BackupRun, opts: &PostgresBackup) 
             server_version: server.version,
             server_version_num: server.version_num,
             pg_dump_version: pg_dump.text,
+            erasures: ledger,
         }),
         qdrant: None,
         edge: None,
@@ -783,6 +788,15 @@ pub struct PostgresRestoreReport {
     pub created_database: bool,
     /// The tables restored (`schema.table`).
     pub tables: Vec<String>,
+    /// The erasure ledger's position in the archive, as the manifest
+    /// recorded it.
+    pub backup_ledger: Option<crate::LedgerPosition>,
+    /// The databases whose ledgers were read before the restore (the
+    /// target when it existed, and the URL's database when it is another).
+    pub ledger_sources: Vec<String>,
+    /// The users erased again after the restore: erasures those ledgers
+    /// held and the archive did not.
+    pub erasures_reapplied: u64,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
 }
@@ -867,30 +881,101 @@ pub async fn restore_postgres(
             .map_err(|e| sql_err(&format!("creating database {database}"), e))?;
         created = true;
     }
-    drop(admin);
-    let result = restore_into(&mut config, &tls, &database, opts, &toc, &archive, &pg_restore.path).await;
-    if let Err(e) = result {
-        if created {
-            // Leave no half-restored database behind that a retry would
-            // then refuse as non-empty.
-            config.dbname(admin_db.as_deref().unwrap_or("postgres"));
-            let label = match &admin_db {
-                Some(_) => selfrag_postgres::redact_url(&opts.url),
-                None => label_for(&opts.url, "postgres"),
-            };
-            if let Err(drop_err) = drop_database(&config, &tls, &label, &database).await {
-                tracing::warn!(database, error = %drop_err, "could not drop the database created for a failed restore");
-            }
-        }
-        return Err(e);
+    // Erasures the archive may not hold, read before anything is touched: a
+    // clean restore replaces the target's own ledger.
+    let mut ledgers = Vec::new();
+    let mut ledger_sources = Vec::new();
+    if admin_db.as_deref() != Some(database.as_str()) {
+        let entries = erasures::read_all(&admin, schema).await?;
+        ledger_sources.push(admin_db.clone().unwrap_or_else(|| "postgres".to_owned()));
+        ledgers.push(entries);
     }
+    drop(admin);
+    if exists {
+        let mut target_config = config.clone();
+        target_config.dbname(&database);
+        let target = connect(&target_config, &tls, &label_for(&opts.url, &database)).await?;
+        ledgers.push(erasures::read_all(&target, schema).await?);
+        ledger_sources.push(database.clone());
+    }
+    let pending = erasures::merge(ledgers);
+    let result = async {
+        restore_into(&mut config, &tls, &database, opts, &toc, &archive, &pg_restore.path).await?;
+        reapply_erasures(&config, &tls, &label_for(&opts.url, &database), schema, &pending).await
+    }
+    .await;
+    if result.is_err() && created {
+        // Leave no half-restored database behind that a retry would then
+        // refuse as non-empty (nor one holding users erased since the
+        // backup).
+        config.dbname(admin_db.as_deref().unwrap_or("postgres"));
+        let label = match &admin_db {
+            Some(_) => selfrag_postgres::redact_url(&opts.url),
+            None => label_for(&opts.url, "postgres"),
+        };
+        if let Err(drop_err) = drop_database(&config, &tls, &label, &database).await {
+            tracing::warn!(database, error = %drop_err, "could not drop the database created for a failed restore");
+        }
+    }
+    let reapplied = result?;
     Ok(PostgresRestoreReport {
         entry: entry.name.clone(),
         database,
         created_database: created,
         tables: toc.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect(),
+        backup_ledger: info.erasures,
+        ledger_sources,
+        erasures_reapplied: reapplied,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     })
+}
+
+/// Re-applies `pending` erasures in the restored database (see
+/// [`erasures`]), retrying a transient failure: each batch is idempotent.
+/// A failure that persists names the users still to erase, so that an
+/// operator can finish with `selfrag erase-user`.
+async fn reapply_erasures(
+    config: &Config,
+    tls: &PgTls,
+    label: &str,
+    schema: &str,
+    pending: &[LedgerEntry],
+) -> Result<u64> {
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let run = async {
+            let mut client = connect(config, tls, label).await?;
+            erasures::reapply(&mut client, schema, pending).await
+        }
+        .await;
+        match run {
+            Ok(done) => return Ok(u64::try_from(done.len()).unwrap_or(u64::MAX)),
+            Err(e) if e.is_retryable() && attempt < 4 => {
+                tracing::warn!(attempt, error = %e, "re-applying erasures after the restore failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(250 * attempt)).await;
+            }
+            Err(e) => {
+                let ids: Vec<String> = pending.iter().take(20).map(|p| p.user_id.to_string()).collect();
+                let more = pending.len().saturating_sub(ids.len());
+                return Err(Error::Backend {
+                    backend: PG,
+                    message: format!(
+                        "the archive was restored, but re-applying {} erasure(s) recorded after the backup failed \
+                         ({e}); the restored data may hold erased users until they are erased again: {}{}",
+                        pending.len(),
+                        ids.join(", "),
+                        if more > 0 { format!(" and {more} more") } else { String::new() }
+                    ),
+                    retryable: false,
+                    source: Some(Box::new(e)),
+                });
+            }
+        }
+    }
 }
 
 /// Drops `database` (created by a restore that then failed), ending any
@@ -996,6 +1081,7 @@ mod tests {
             server_version: "15.20".into(),
             server_version_num: 150020,
             pg_dump_version: v.into(),
+            erasures: None,
         };
         assert!(check_restore_version(&restore, &info("pg_dump (PostgreSQL) 15.2")).is_ok());
         let e = check_restore_version(&restore, &info("pg_dump (PostgreSQL) 16.1")).unwrap_err();

@@ -353,3 +353,98 @@ async fn a_database_created_for_a_failed_restore_is_dropped() {
     assert!(err.to_string().contains("pg_restore failed"), "{err}");
     assert!(!exists, "the database created for the failed restore was left behind");
 }
+
+/// Erases `user` the way the ledger sees it: the user's rows go (memory
+/// logs and sessions by cascade), then the ledger row is written.
+async fn erase_in_sql(client: &Client, schema: &str, user: uuid::Uuid) {
+    client.execute(&format!("DELETE FROM {schema}.users WHERE id = $1"), &[&user]).await.unwrap();
+    client
+        .execute(&format!("INSERT INTO {schema}.erasures (user_id, vectors) VALUES ($1, '[]')"), &[&user])
+        .await
+        .unwrap();
+}
+
+/// How many rows of `user` each user-owned table holds.
+async fn traces(client: &Client, schema: &str, user: uuid::Uuid) -> [i64; 3] {
+    let mut out = [0; 3];
+    for (i, (table, column)) in
+        [("users", "id"), ("memory_logs", "user_id"), ("user_sessions", "user_id")].iter().enumerate()
+    {
+        out[i] = client
+            .query_one(&format!("SELECT count(*) FROM {schema}.{table} WHERE {column} = $1"), &[&user])
+            .await
+            .unwrap()
+            .get(0);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_reapplies_erasures_recorded_after_the_backup() {
+    let Some(server) = selfrag_testkit::servers::postgres().await else { return };
+    let url = server.url.clone();
+    let admin = connect(&url).await;
+    let url_db = url.rsplit_once('/').unwrap().1.split('?').next().unwrap().to_owned();
+    let schema = populated_schema(&url, 5, 20).await;
+    let users: Vec<uuid::Uuid> = admin
+        .query(&format!("SELECT id FROM {schema}.users ORDER BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // One erasure before the backup: the archive holds it.
+    erase_in_sql(&admin, &schema, users[0]).await;
+
+    let root = tempfile::tempdir().unwrap();
+    let mut run = BackupRun::begin(root.path()).unwrap();
+    let entry = backup_postgres(&mut run, &PostgresBackup::new(&url).schema(&schema)).await.unwrap().clone();
+    let done = run.finish().unwrap();
+    let position = entry.postgres.as_ref().unwrap().erasures.expect("the manifest records the ledger position");
+    assert_eq!(position.count, 1, "{position:?}");
+    assert!(position.seq >= 1, "{position:?}");
+
+    // Two erasures after it.
+    erase_in_sql(&admin, &schema, users[1]).await;
+    erase_in_sql(&admin, &schema, users[2]).await;
+    let live = fingerprint(&admin, &schema).await;
+
+    // Into a new database: the URL's database holds the later ledger.
+    let db = restore_db_name();
+    let restored =
+        restore_postgres(&done.dir, None, &PostgresRestore::new(&url).database(&db).create_database(true)).await;
+    let target = connect(&with_db(&url, &db)).await;
+    let result = async {
+        let report = restored?;
+        assert_eq!(report.erasures_reapplied, 2, "{report:?}");
+        assert_eq!(report.backup_ledger, Some(position));
+        assert_eq!(report.ledger_sources, vec![url_db.clone()], "the new database had no ledger yet");
+        for erased in &users[..3] {
+            assert_eq!(traces(&target, &schema, *erased).await, [0, 0, 0], "erased user {erased} came back");
+        }
+        for kept in &users[3..] {
+            assert_eq!(traces(&target, &schema, *kept).await, [1, 20, 2], "a neighbour lost data");
+        }
+        // The restored database now holds the same data and ledger users as
+        // the live one.
+        assert_eq!(fingerprint(&target, &schema).await[..3], live[..3]);
+        let ledger: i64 =
+            target.query_one(&format!("SELECT count(*) FROM {schema}.erasures"), &[]).await.unwrap().get(0);
+        assert_eq!(ledger, 3);
+
+        // A clean restore over the live schema: its own ledger is read first.
+        let over = restore_postgres(&done.dir, None, &PostgresRestore::new(&url).clean(true)).await?;
+        assert_eq!(over.erasures_reapplied, 2, "{over:?}");
+        assert_eq!(over.ledger_sources, vec![url_db.clone()], "the target is the URL's database");
+        for erased in &users[..3] {
+            assert_eq!(traces(&admin, &schema, *erased).await, [0, 0, 0], "erased user {erased} came back");
+        }
+        assert_eq!(fingerprint(&admin, &schema).await[..3], live[..3]);
+        Ok::<_, Error>(())
+    }
+    .await;
+    drop(target);
+    drop_database(&admin, &db).await;
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    result.unwrap();
+}

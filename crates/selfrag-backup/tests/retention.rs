@@ -125,6 +125,7 @@ fn entry(kind: EntryKind, name: &str, table_only: bool, collection: &str) -> Ent
             server_version: "15.20".into(),
             server_version_num: 150020,
             pg_dump_version: "pg_dump (PostgreSQL) 15.20".into(),
+            erasures: None,
         }),
         qdrant: (kind == EntryKind::Qdrant).then(|| QdrantInfo {
             collection: collection.into(),
