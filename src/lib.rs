@@ -59,7 +59,12 @@ struct ReadmeDoctests;
 pub use selfrag_core::*;
 
 mod composed;
+mod erase;
 mod storage;
+pub use erase::{
+    EraseError, EraseOptions, ErasePlan, EraseReport, EraseStep, ExportReport, ProgressEvent, ProgressFn, SessionCount,
+    VectorCount, VectorScope,
+};
 pub use storage::{Backends, Storage, StorageOptions};
 
 // The public API takes and returns these crates' types

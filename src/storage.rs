@@ -4,12 +4,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use selfrag_core::local::{LocalRateLimiter, LocalStore, LocalVectorIndex};
+use selfrag_core::local::{LocalErasureLedger, LocalRateLimiter, LocalStore, LocalVectorIndex};
 
 use crate::composed::{CascadingUsers, UserCheckedSessions};
 use selfrag_core::{
-    Distance, Error, IndexSpec, MemoryStore, RateLimitPolicy, RateLimiter, Result, SessionLimits, SessionStore,
-    UserStore, VectorIndex,
+    Distance, ErasureLedger, Error, IndexSpec, MemoryStore, RateLimitPolicy, RateLimiter, Result, SessionLimits,
+    SessionStore, UserStore, VectorIndex,
 };
 
 /// The backends of one service, as trait objects.
@@ -31,6 +31,16 @@ pub struct Storage {
     pub vectors: Arc<dyn VectorIndex>,
     /// Which backend serves each part, e.g. `memory: postgres`.
     pub backends: Backends,
+    /// The erasure ledger: Postgres (`erasures`) when `DATABASE_URL` is set,
+    /// in process otherwise. Written by [`Storage::erase_user`].
+    pub erasures: Arc<dyn ErasureLedger>,
+    /// The session store of the users' own backend (Postgres or in
+    /// process) when [`sessions`](Storage::sessions) is served by another
+    /// one (Redis): sessions written there before Redis was configured are
+    /// still the user's, so [`Storage::erase_user`] and
+    /// [`Storage::export_user`] cover them too. `None` when `sessions` is
+    /// that backend.
+    pub user_sessions: Option<Arc<dyn SessionStore>>,
 }
 
 /// The name of the backend behind each part of a [`Storage`].
@@ -102,8 +112,8 @@ impl Default for StorageOptions {
 
 impl Storage {
     /// Everything in process: [`LocalStore`] for users, memory logs and
-    /// sessions, [`LocalRateLimiter`], [`LocalVectorIndex`]. Nothing outlives
-    /// the process.
+    /// sessions, [`LocalRateLimiter`], [`LocalVectorIndex`],
+    /// [`LocalErasureLedger`]. Nothing outlives the process.
     pub fn local(options: &StorageOptions) -> Self {
         let store = Arc::new(LocalStore::new().with_session_limits(options.session_limits));
         Self {
@@ -113,6 +123,8 @@ impl Storage {
             rate_limiter: Arc::new(LocalRateLimiter::new(options.policy.clone())),
             vectors: Arc::new(LocalVectorIndex::new(options.spec)),
             backends: Backends { memory: "local", sessions: "local", rate_limiter: "local", vectors: "local" },
+            erasures: Arc::new(LocalErasureLedger::new()),
+            user_sessions: None,
         }
     }
 
@@ -121,7 +133,7 @@ impl Storage {
     ///
     /// | variable | feature | serves |
     /// | --- | --- | --- |
-    /// | `DATABASE_URL` (+ `SELFRAG_POSTGRES_SCHEMA`, an existing schema) | `postgres` | users, memory logs, and sessions unless Redis is set (migrated first when [`StorageOptions::migrate`]) |
+    /// | `DATABASE_URL` (+ `SELFRAG_POSTGRES_SCHEMA`, an existing schema) | `postgres` | users, memory logs, the erasure ledger, and sessions unless Redis is set (migrated first when [`StorageOptions::migrate`]) |
     /// | `REDIS_URL` (+ `SELFRAG_REDIS_*`) | `redis` | sessions and rate limits |
     /// | `QDRANT_URL` (+ `QDRANT_API_KEY`, `SELFRAG_QDRANT_COLLECTION`) | `qdrant` | vectors (the collection is ensured) |
     /// | `SELFRAG_EDGE_PATH` | `edge` | vectors, embedded, in that directory (when `QDRANT_URL` is unset) |
@@ -198,7 +210,9 @@ fn missing_feature(variable: &str, feature: &str) -> Error {
 
 #[cfg(feature = "postgres")]
 async fn postgres(storage: &mut Storage, options: &StorageOptions, url: String, schema: Option<String>) -> Result<()> {
-    use selfrag_postgres::{PostgresConfig, PostgresMemoryStore, PostgresSessionStore, PostgresUserStore};
+    use selfrag_postgres::{
+        PostgresConfig, PostgresErasureLedger, PostgresMemoryStore, PostgresSessionStore, PostgresUserStore,
+    };
     let mut config = PostgresConfig::with_url(url);
     if let Some(schema) = schema {
         config = config.schema(schema);
@@ -209,6 +223,7 @@ async fn postgres(storage: &mut Storage, options: &StorageOptions, url: String, 
     }
     storage.users = Arc::new(PostgresUserStore::with_config(pool.clone(), &config));
     storage.memory = Arc::new(PostgresMemoryStore::with_config(pool.clone(), &config));
+    storage.erasures = Arc::new(PostgresErasureLedger::with_config(pool.clone(), &config));
     storage.sessions = Arc::new(PostgresSessionStore::with_config(pool, &config).with_limits(options.session_limits));
     storage.backends.memory = "postgres";
     storage.backends.sessions = "postgres";
@@ -227,6 +242,8 @@ fn redis(storage: &mut Storage, options: &StorageOptions, lookup: &impl Fn(&str)
     // One server's pool, or a cluster client (several URLs in REDIS_URL, or
     // SELFRAG_REDIS_CLUSTER=1).
     let connector = config.connector()?;
+    // The users' own session store stays reachable for erasure and export.
+    storage.user_sessions = Some(storage.sessions.clone());
     storage.sessions =
         Arc::new(RedisSessionStore::with_config(connector.clone(), &config)?.with_limits(options.session_limits));
     storage.rate_limiter = Arc::new(RedisRateLimiter::with_config(connector, &config, options.policy.clone())?);

@@ -7,9 +7,10 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use crate::{
-    Chunk, ChunkId, ChunkRecord, Filter, IndexSpec, MemoryLog, MemoryLogId, MemoryPage, MemoryQuery, MemoryStore,
-    NewMemoryLog, NewSession, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter, Result, ScoredChunk,
-    SearchRequest, Session, SessionId, SessionStore, Tenant, UserId, UserStore, VectorIndex,
+    Chunk, ChunkId, ChunkPage, ChunkRecord, ErasureLedger, ErasureRecord, Filter, IndexSpec, MemoryLog, MemoryLogId,
+    MemoryPage, MemoryQuery, MemoryStore, NewMemoryLog, NewSession, RateLimitDecision, RateLimitKey, RateLimitPolicy,
+    RateLimiter, Result, ScoredChunk, ScrollCursor, SearchRequest, Session, SessionId, SessionStore, Tenant, UserId,
+    UserStore, VectorIndex,
 };
 
 macro_rules! forward {
@@ -30,6 +31,9 @@ macro_rules! forward {
             }
             async fn delete(&self, user: UserId, id: MemoryLogId) -> Result<bool> {
                 (**self).delete(user, id).await
+            }
+            async fn purge_user_logs(&self, user: UserId, max_rows: u32) -> Result<u64> {
+                (**self).purge_user_logs(user, max_rows).await
             }
         }
 
@@ -89,6 +93,9 @@ macro_rules! forward {
             async fn reset(&self, key: &RateLimitKey) -> Result<()> {
                 (**self).reset(key).await
             }
+            async fn reset_user(&self, user: UserId) -> Result<u64> {
+                (**self).reset_user(user).await
+            }
         }
 
         #[async_trait]
@@ -119,6 +126,31 @@ macro_rules! forward {
             }
             async fn count(&self, tenant: &Tenant, filter: Option<&Filter>) -> Result<u64> {
                 (**self).count(tenant, filter).await
+            }
+            async fn scroll(
+                &self,
+                tenant: &Tenant,
+                filter: Option<&Filter>,
+                from: Option<ScrollCursor>,
+                limit: usize,
+            ) -> Result<ChunkPage> {
+                (**self).scroll(tenant, filter, from, limit).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: ErasureLedger + ?Sized> ErasureLedger for $ptr<T> {
+            async fn record(&self, user: UserId, vectors: Value) -> Result<bool> {
+                (**self).record(user, vectors).await
+            }
+            async fn get(&self, user: UserId) -> Result<Option<ErasureRecord>> {
+                (**self).get(user).await
+            }
+            async fn list_after(&self, after: u64, limit: u32) -> Result<Vec<ErasureRecord>> {
+                (**self).list_after(after, limit).await
+            }
+            async fn position(&self) -> Result<u64> {
+                (**self).position().await
             }
         }
     };

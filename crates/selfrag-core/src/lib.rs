@@ -31,6 +31,7 @@
 //! ```
 
 pub mod clock;
+pub mod erasure;
 pub mod error;
 pub mod ids;
 pub mod local;
@@ -41,6 +42,7 @@ mod validate;
 pub mod vector;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use erasure::{ErasureLedger, ErasureRecord};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use ids::{ChunkId, MemoryLogId, SessionId, Tenant, UserId};
 pub use memory::{Cursor, MemoryLog, MemoryPage, MemoryQuery, MemoryStore, MemoryType, NewMemoryLog, UserStore};
@@ -48,8 +50,8 @@ pub use ratelimit::{RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimite
 pub use session::{NewSession, OnLimit, Session, SessionLimits, SessionStore};
 pub use validate::{MAX_JSON_BYTES, MAX_JSON_DEPTH};
 pub use vector::{
-    Chunk, ChunkPayload, ChunkRecord, Distance, Field, Filter, IndexSpec, MatchValue, ScoredChunk, SearchRequest,
-    VectorIndex,
+    Chunk, ChunkPage, ChunkPayload, ChunkRecord, Distance, Field, Filter, IndexSpec, MatchValue, ScoredChunk,
+    ScrollCursor, SearchRequest, VectorIndex,
 };
 
 /// `dyn MemoryStore`, for `Arc<DynMemoryStore>`.
@@ -62,6 +64,8 @@ pub type DynRateLimiter = dyn RateLimiter;
 pub type DynVectorIndex = dyn VectorIndex;
 /// `dyn UserStore`.
 pub type DynUserStore = dyn UserStore;
+/// `dyn ErasureLedger`.
+pub type DynErasureLedger = dyn ErasureLedger;
 
 mod forward;
 

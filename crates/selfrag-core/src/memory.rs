@@ -690,6 +690,39 @@ pub trait MemoryStore: fmt::Debug + Send + Sync + 'static {
     /// Deletes the log `id` of `user`; returns whether it existed. Another
     /// user's log is never deleted.
     async fn delete(&self, user: UserId, id: MemoryLogId) -> Result<bool>;
+
+    /// Deletes up to `max_rows` of `user`'s memory logs and returns how many
+    /// it deleted: one bounded step of erasing a user's logs (see
+    /// `Storage::erase_user` in the `selfrag` facade).
+    ///
+    /// # Contract
+    /// - Only `user`'s logs are deleted; the user itself stays (delete it
+    ///   with [`UserStore::delete_user`]).
+    /// - One call is one bounded unit of work (one statement on Postgres,
+    ///   one lock in process), so erasing a user with many logs never holds
+    ///   one large transaction: call it until it returns `0`. Logs appended
+    ///   meanwhile may or may not be deleted by the calls already running.
+    /// - A call that fails deleted nothing or one whole batch; calling again
+    ///   is always safe. An unknown user, or a user with no log, returns `0`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`max_rows`) for 0 or above
+    /// [`MAX_PURGE_BATCH`]; backend errors otherwise.
+    async fn purge_user_logs(&self, user: UserId, max_rows: u32) -> Result<u64>;
+}
+
+/// Most logs one [`MemoryStore::purge_user_logs`] call deletes.
+pub const MAX_PURGE_BATCH: u32 = 10_000;
+
+/// Checks the `max_rows` of [`MemoryStore::purge_user_logs`].
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`max_rows`) for 0 or above [`MAX_PURGE_BATCH`].
+pub fn validate_purge_batch(max_rows: u32) -> Result<()> {
+    if max_rows == 0 || max_rows > MAX_PURGE_BATCH {
+        return Err(Error::invalid("max_rows", format!("must be between 1 and {MAX_PURGE_BATCH}, got {max_rows}")));
+    }
+    Ok(())
 }
 
 /// The users that own memory logs and sessions.

@@ -403,6 +403,18 @@ pub trait RateLimiter: fmt::Debug + Send + Sync + 'static {
 
     /// Forgets all use recorded for `key`.
     async fn reset(&self, key: &RateLimitKey) -> Result<()>;
+
+    /// Forgets the use recorded for `user` in every scope, and returns how
+    /// many stored entries it deleted (Redis keys; per-scope states in
+    /// process). For erasing a user.
+    ///
+    /// # Contract
+    /// - Every scope of `user` is reset, including scopes this process never
+    ///   checked; no other user's state is touched.
+    /// - Idempotent: a second call returns `0`. A failed call may have
+    ///   deleted some entries; call it again.
+    /// - A check of `user` racing it may leave a fresh entry behind.
+    async fn reset_user(&self, user: UserId) -> Result<u64>;
 }
 
 #[cfg(test)]

@@ -51,6 +51,17 @@ pub(crate) fn json_map(field: &'static str, map: &Map<String, Value>) -> Result<
     Ok(size)
 }
 
+/// The checks of [`json_map`] on any JSON value, with a limit of `max`
+/// bytes as compact JSON.
+pub(crate) fn json_value(field: &'static str, v: &Value, max: usize) -> Result<()> {
+    value(field, v, 1)?;
+    let size = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+    if size > max {
+        return Err(Error::invalid(field, format!("is {size} bytes as JSON, the limit is {max}")));
+    }
+    Ok(())
+}
+
 /// The size of `map` as compact JSON, counted without building the text.
 pub(crate) fn json_size(map: &Map<String, Value>) -> usize {
     struct Count(usize);

@@ -954,6 +954,96 @@ pub trait VectorIndex: fmt::Debug + Send + Sync + 'static {
 
     /// How many chunks of `tenant` pass `filter` (all of them when `None`).
     async fn count(&self, tenant: &Tenant, filter: Option<&Filter>) -> Result<u64>;
+
+    /// One page of the chunks of `tenant` that pass `filter` (all of them
+    /// when `None`), starting at `from` (the first page when `None`): for
+    /// exports, which must read a tenant whole without loading it at once.
+    ///
+    /// # Contract
+    /// - Pages follow the backend's point order (by point id on every
+    ///   backend), which is stable: following [`ChunkPage::next`] from the
+    ///   first page until it is `None` returns every chunk that exists
+    ///   throughout, exactly once. Chunks written or deleted meanwhile may
+    ///   or may not appear.
+    /// - A page holds at most `limit` chunks; `next` is `None` on the last
+    ///   page. A page may be short (even empty) with a `next`, though no
+    ///   backend here returns one.
+    /// - Vectors are not returned (see [`ChunkRecord`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`limit`) for 0 or above [`MAX_SCROLL`];
+    /// (`filter...`) as for [`Filter::validate`].
+    async fn scroll(
+        &self,
+        tenant: &Tenant,
+        filter: Option<&Filter>,
+        from: Option<ScrollCursor>,
+        limit: usize,
+    ) -> Result<ChunkPage>;
+}
+
+/// Most chunks in one [`VectorIndex::scroll`] page.
+pub const MAX_SCROLL: usize = 1_000;
+
+/// Checks the `limit` and `filter` of [`VectorIndex::scroll`].
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`limit`, or the filter's field).
+pub fn validate_scroll(filter: Option<&Filter>, limit: usize) -> Result<()> {
+    if limit == 0 || limit > MAX_SCROLL {
+        return Err(Error::invalid("limit", format!("must be between 1 and {MAX_SCROLL}, got {limit}")));
+    }
+    if let Some(f) = filter {
+        f.validate()?;
+    }
+    Ok(())
+}
+
+/// Where a [`VectorIndex::scroll`] page starts: the point id of its first
+/// chunk (see [`point_id`]). Opaque to callers; it prints and parses as the
+/// UUID, so it can be kept in a file and resumed.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ScrollCursor(Uuid);
+
+impl ScrollCursor {
+    /// The cursor of the point `point`.
+    pub fn from_point(point: Uuid) -> Self {
+        Self(point)
+    }
+
+    /// The point id it starts at.
+    pub fn point(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for ScrollCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for ScrollCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ScrollCursor({})", self.0)
+    }
+}
+
+impl std::str::FromStr for ScrollCursor {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Uuid::parse_str(s).map(Self).map_err(|e| Error::invalid("cursor", format!("is not a scroll cursor: {e}")))
+    }
+}
+
+/// One page of [`VectorIndex::scroll`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkPage {
+    /// The chunks, in the backend's point order.
+    pub chunks: Vec<ChunkRecord>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<ScrollCursor>,
 }
 
 #[cfg(test)]

@@ -18,10 +18,10 @@ use qdrant_edge::{
     QueryRequest, Record, ScalarQuantizationConfig, ScalarType, ScoringQuery, ScrollRequest, SearchParams,
     UpdateOperation, VectorInternal, VectorStructInternal, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
 };
-use selfrag_core::vector::{keys, point_id, validate_chunks, validate_document_id, validate_ids};
+use selfrag_core::vector::{keys, point_id, validate_chunks, validate_document_id, validate_ids, validate_scroll};
 use selfrag_core::{
-    Chunk, ChunkId, ChunkPayload, ChunkRecord, Distance, Error, Field, Filter, IndexSpec, Result, ScoredChunk,
-    SearchRequest, Tenant, VectorIndex,
+    Chunk, ChunkId, ChunkPage, ChunkPayload, ChunkRecord, Distance, Error, Field, Filter, IndexSpec, Result,
+    ScoredChunk, ScrollCursor, SearchRequest, Tenant, VectorIndex,
 };
 use serde_json::{Map, Value};
 
@@ -1032,6 +1032,46 @@ impl VectorIndex for EdgeIndex {
                 .count(CountRequest { filter: Some(filter), exact: true })
                 .map_err(|e| engine_err("count", e))?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn scroll(
+        &self,
+        tenant: &Tenant,
+        filter: Option<&Filter>,
+        from: Option<ScrollCursor>,
+        limit: usize,
+    ) -> Result<ChunkPage> {
+        validate_scroll(filter, limit)?;
+        let filter = tenant_filter(tenant, filter)?;
+        let inner = self.inner.clone();
+        let tenant = tenant.clone();
+        blocking(move || {
+            let request = ScrollRequest {
+                offset: from.map(|c| PointId::Uuid(c.point())),
+                limit: Some(limit),
+                filter: Some(filter),
+                with_payload: Some(WithPayloadInterface::Bool(true)),
+                with_vector: WithVector::Bool(false),
+                order_by: None,
+            };
+            let (records, next) = inner.shard.scroll(request).map_err(|e| engine_err("scroll", e))?;
+            let mut chunks = Vec::with_capacity(records.len());
+            for r in records {
+                chunks.extend(record_chunk(&tenant, r)?);
+            }
+            let next = match next {
+                None => None,
+                Some(PointId::Uuid(id)) => Some(ScrollCursor::from_point(id)),
+                Some(other) => {
+                    return Err(Error::Incompatible {
+                        backend: BACKEND,
+                        message: format!("stored point id {other:?} is not a UUID: not written by this library"),
+                    })
+                }
+            };
+            Ok(ChunkPage { chunks, next })
         })
         .await
     }

@@ -109,6 +109,7 @@
 mod coalesce;
 mod config;
 mod conn;
+mod erasures;
 mod error;
 mod memory;
 mod redact;
@@ -118,6 +119,7 @@ mod users;
 
 pub use coalesce::{CoalesceConfig, CoalesceStats};
 pub use config::PostgresConfig;
+pub use erasures::PostgresErasureLedger;
 pub use error::connect_error;
 pub use memory::PostgresMemoryStore;
 pub use redact::{parse_url, parse_url_with_tls, redact_url};

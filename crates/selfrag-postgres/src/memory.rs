@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use selfrag_core::clock::to_micros;
-use selfrag_core::memory::validate_batch;
+use selfrag_core::memory::{validate_batch, validate_purge_batch};
 use selfrag_core::{
     BoxError, Cursor, Error, MemoryLog, MemoryLogId, MemoryPage, MemoryQuery, MemoryStore, MemoryType, NewMemoryLog,
     Result, UserId,
@@ -621,6 +621,22 @@ impl MemoryStore for PostgresMemoryStore {
             })
             .await?;
         Ok(n == 1)
+    }
+
+    /// One `DELETE` of at most `max_rows` rows, chosen by the
+    /// `(user_id, timestamp, id)` index (one autocommit statement: no
+    /// transaction spans batches).
+    async fn purge_user_logs(&self, user: UserId, max_rows: u32) -> Result<u64> {
+        validate_purge_batch(max_rows)?;
+        let op = self.db.op("purge memory logs");
+        let conn = op.conn().await?;
+        op.run(async {
+            let sql = "DELETE FROM memory_logs WHERE user_id = $1 AND id IN \
+                       (SELECT id FROM memory_logs WHERE user_id = $1 LIMIT $2)";
+            let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
+            conn.execute(&stmt, &[user.as_uuid(), &i64::from(max_rows)]).await.map_err(error::pg)
+        })
+        .await
     }
 }
 

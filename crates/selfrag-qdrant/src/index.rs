@@ -12,9 +12,10 @@ use qdrant_client::qdrant::{
     UpsertPointsBuilder, VectorParamsBuilder, WriteOrdering,
 };
 use qdrant_client::Qdrant;
-use selfrag_core::vector::{keys, validate_chunks, validate_document_id, validate_ids};
+use selfrag_core::vector::{keys, validate_chunks, validate_document_id, validate_ids, validate_scroll};
 use selfrag_core::{
-    Chunk, ChunkId, ChunkRecord, Filter, IndexSpec, Result, ScoredChunk, SearchRequest, Tenant, VectorIndex,
+    Chunk, ChunkId, ChunkPage, ChunkRecord, Error, Filter, IndexSpec, Result, ScoredChunk, ScrollCursor, SearchRequest,
+    Tenant, VectorIndex,
 };
 
 use crate::config::QdrantIndexConfig;
@@ -382,6 +383,64 @@ impl VectorIndex for QdrantIndex {
         let resp = self.client.count(request).await.map_err(|e| map_error(&self.action("count"), e))?;
         Ok(resp.result.map_or(0, |r| r.count))
     }
+
+    async fn scroll(
+        &self,
+        tenant: &Tenant,
+        filter: Option<&Filter>,
+        from: Option<ScrollCursor>,
+        limit: usize,
+    ) -> Result<ChunkPage> {
+        validate_scroll(filter, limit)?;
+        let request = scroll_request(self.collection(), tenant, filter, from, limit, self.read_consistency());
+        let resp = self.client.scroll(request).await.map_err(|e| map_error(&self.action("scroll"), e))?;
+        let mut chunks = Vec::with_capacity(resp.result.len());
+        for p in resp.result {
+            chunks.extend(decode_record(tenant, p.payload)?);
+        }
+        let next = resp.next_page_offset.map(scroll_cursor).transpose()?;
+        Ok(ChunkPage { chunks, next })
+    }
+}
+
+/// The request of one [`VectorIndex::scroll`] page: the tenant's points
+/// passing `filter`, from the point `from`, payloads without vectors.
+pub(crate) fn scroll_request(
+    collection: &str,
+    tenant: &Tenant,
+    filter: Option<&Filter>,
+    from: Option<ScrollCursor>,
+    limit: usize,
+    read_consistency: Option<qdrant::read_consistency::Value>,
+) -> qdrant::ScrollPoints {
+    let mut request = ScrollPointsBuilder::new(collection)
+        .filter(scoped_filter(tenant, filter))
+        .limit(u32::try_from(limit).unwrap_or(u32::MAX))
+        .with_payload(true)
+        .with_vectors(false);
+    if let Some(c) = from {
+        request = request.offset(qdrant::PointId::from(c.point().to_string()));
+    }
+    if let Some(rc) = read_consistency {
+        request = request.read_consistency(rc);
+    }
+    request.build()
+}
+
+/// The cursor of a page's `next_page_offset`.
+///
+/// # Errors
+/// [`Error::Incompatible`] for a numeric or malformed point id: this
+/// library writes UUIDs only.
+pub(crate) fn scroll_cursor(point: qdrant::PointId) -> Result<ScrollCursor> {
+    let bad = |what: String| Error::Incompatible {
+        backend: crate::convert::BACKEND,
+        message: format!("scroll offset {what} is not a UUID point id: not written by this library"),
+    };
+    match point.point_id_options {
+        Some(qdrant::point_id::PointIdOptions::Uuid(s)) => s.parse::<ScrollCursor>().map_err(|_| bad(s)),
+        other => Err(bad(format!("{other:?}"))),
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +448,60 @@ mod tests {
     use super::*;
     use qdrant_client::qdrant::{IntegerIndexParams, KeywordIndexParams};
     use selfrag_core::Distance;
+
+    #[test]
+    fn scroll_requests_are_scoped_paged_and_without_vectors() {
+        use qdrant_client::qdrant::{point_id::PointIdOptions, with_payload_selector, with_vectors_selector};
+        let tenant = Tenant::new("t1").unwrap();
+        let user = selfrag_core::UserId::new();
+        let filter = Filter::eq(selfrag_core::Field::Extra("user_id".into()), user.to_string());
+        let point = uuid::Uuid::new_v4();
+        let r = scroll_request("c", &tenant, Some(&filter), Some(ScrollCursor::from_point(point)), 250, None);
+        assert_eq!(r.collection_name, "c");
+        assert_eq!(r.limit, Some(250));
+        assert_eq!(r.filter, Some(scoped_filter(&tenant, Some(&filter))));
+        let offset = r.offset.and_then(|o| o.point_id_options);
+        assert_eq!(offset, Some(PointIdOptions::Uuid(point.to_string())));
+        let with_payload = r.with_payload.and_then(|w| w.selector_options);
+        assert_eq!(with_payload, Some(with_payload_selector::SelectorOptions::Enable(true)));
+        let with_vectors = r.with_vectors.and_then(|w| w.selector_options);
+        assert_eq!(with_vectors, Some(with_vectors_selector::SelectorOptions::Enable(false)));
+        assert!(r.read_consistency.is_none());
+        // The first page has no offset; the tenant scopes it even without a filter.
+        let first = scroll_request("c", &tenant, None, None, 1, None);
+        assert!(first.offset.is_none());
+        assert_eq!(first.filter, Some(scoped_filter(&tenant, None)));
+    }
+
+    #[test]
+    fn scroll_cursors_come_from_uuid_point_ids_only() {
+        let point = uuid::Uuid::new_v4();
+        let c = scroll_cursor(qdrant::PointId::from(point.to_string())).unwrap();
+        assert_eq!(c.point(), point);
+        let err = scroll_cursor(qdrant::PointId::from(7u64)).unwrap_err();
+        assert_eq!(err.kind(), selfrag_core::ErrorKind::Incompatible, "{err}");
+        let err = scroll_cursor(qdrant::PointId::from("not-a-uuid".to_owned())).unwrap_err();
+        assert_eq!(err.kind(), selfrag_core::ErrorKind::Incompatible, "{err}");
+    }
+
+    #[tokio::test]
+    async fn scroll_checks_its_input_before_sending() {
+        // No server at this address: a request sent would fail as unavailable.
+        let index = QdrantIndex::new(
+            Qdrant::from_url("http://127.0.0.1:1").skip_compatibility_check().build().unwrap(),
+            "c",
+            IndexSpec::new(4, Distance::Cosine).unwrap(),
+        )
+        .unwrap();
+        let t = Tenant::new("t").unwrap();
+        for limit in [0, selfrag_core::vector::MAX_SCROLL + 1] {
+            let err = index.scroll(&t, None, None, limit).await.unwrap_err();
+            assert_eq!(err.field(), Some("limit"), "{err}");
+        }
+        let bad = Filter::eq(selfrag_core::Field::Extra("no spaces".into()), "x");
+        let err = index.scroll(&t, Some(&bad), None, 10).await.unwrap_err();
+        assert_eq!(err.field(), Some("filter.field"), "{err}");
+    }
 
     #[test]
     fn index_requests_carry_tenant_and_range_flags() {

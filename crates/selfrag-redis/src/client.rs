@@ -612,6 +612,21 @@ pub(crate) static RATELIMIT_CHECK: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("lua/ratelimit_check.lua"), 1, Keys::Derived));
 pub(crate) static RATELIMIT_RESET: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("lua/ratelimit_reset.lua"), 1, Keys::Derived));
+pub(crate) static RATELIMIT_RESET_USER: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("lua/ratelimit_reset_user.lua"), 1, Keys::Derived));
+
+/// `text` as a Redis glob pattern matching exactly itself: `*`, `?`, `[`,
+/// `]` and `\` escaped with a backslash.
+pub(crate) fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// A reply that does not have the shape the script returns: a bug or a key
 /// written by someone else.
@@ -627,6 +642,12 @@ pub(crate) fn bad_reply(what: &str, detail: impl fmt::Display) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glob_escape_matches_only_itself() {
+        assert_eq!(glob_escape("selfrag:{u:1}:rl:"), "selfrag:{u:1}:rl:");
+        assert_eq!(glob_escape(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
+    }
 
     #[test]
     fn user_keys_are_built_exactly() {

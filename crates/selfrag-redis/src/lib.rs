@@ -178,7 +178,7 @@ mod tls;
 
 pub use cluster::{cluster_health, ClusterHealth, MasterHealth, RedisClusterClient, RedisConnector, CLUSTER_SLOTS};
 pub use config::{redact_url, RedisConfig, RedisConfigBuilder, RedisPool};
-pub use ratelimit::{CheckOutcome, DecisionSource, FailurePolicy, RedisRateLimiter};
+pub use ratelimit::{CheckOutcome, DecisionSource, FailurePolicy, RedisRateLimiter, RESET_USER_SCAN_COUNT};
 pub use session::RedisSessionStore;
 
 /// The driver and its pool, re-exported so applications need one dependency.

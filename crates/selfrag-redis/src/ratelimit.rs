@@ -9,10 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use selfrag_core::local::LocalRateLimiter;
 use selfrag_core::{
-    Error, ErrorKind, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter, Result, WindowStatus,
+    Error, ErrorKind, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter, Result, UserId, WindowStatus,
 };
 
-use crate::client::{bad_reply, Handle, RATELIMIT_CHECK, RATELIMIT_RESET};
+use crate::client::{bad_reply, glob_escape, Handle, RATELIMIT_CHECK, RATELIMIT_RESET, RATELIMIT_RESET_USER};
 use crate::cluster::RedisConnector;
 use crate::config::RedisConfig;
 
@@ -303,4 +303,41 @@ impl RateLimiter for RedisRateLimiter {
         }
         Ok(())
     }
+
+    /// Deletes every key under `<prefix>{u:<user>}:rl:` (every scope and
+    /// window, whatever policy wrote it), then the fallback limiter's
+    /// states of `user`, and returns how many Redis keys it deleted.
+    ///
+    /// It runs a script that makes one bounded `SCAN` step (`COUNT`
+    /// [`RESET_USER_SCAN_COUNT`]) and deletes what it matched, until the
+    /// scan ends; the script is routed by the user's hash tag, so on a
+    /// cluster it scans the node owning the user's slot, where every key of
+    /// the user lives. The steps are not one transaction: a failed call may
+    /// have deleted some keys (call again). During a migration of the user's
+    /// slot the call fails as unavailable, like the check script.
+    async fn reset_user(&self, user: UserId) -> Result<u64> {
+        let stem = self.handle.user_key(user, &[":rl:"]);
+        let pattern = format!("{}*", glob_escape(&stem));
+        let mut cursor = String::from("0");
+        let mut deleted = 0u64;
+        loop {
+            let mut inv = RATELIMIT_RESET_USER.prepare_invoke();
+            inv.key(&stem).arg(&cursor).arg(&pattern).arg(RESET_USER_SCAN_COUNT);
+            let (next, n): (String, u64) = self.handle.invoke(&inv, "rate limit reset user").await?;
+            deleted += n;
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        if let FailurePolicy::Fallback(local) = &self.on_failure {
+            local.reset_user(user).await?;
+        }
+        Ok(deleted)
+    }
 }
+
+/// The `COUNT` of each `SCAN` step of [`RateLimiter::reset_user`]: how many
+/// keys of the node one step looks at (each step runs as one script, so this
+/// bounds how long one step holds the server).
+pub const RESET_USER_SCAN_COUNT: u32 = 5_000;

@@ -778,6 +778,42 @@ pub async fn retried_appends_return_the_stored_log(f: &MemoryFixture) -> CheckRe
     Ok(())
 }
 
+/// `purge_user_logs` deletes at most `max_rows` of one user's logs per call,
+/// counts them, reaches 0 when none is left, keeps the user and never
+/// touches another user's logs; a bad `max_rows` is refused.
+pub async fn purge_user_logs_is_bounded_and_scoped(f: &MemoryFixture) -> CheckResult {
+    let alice = f.users.create_user().await.ctx("create_user")?;
+    let bob = f.users.create_user().await.ctx("create_user")?;
+    let t = base_time();
+    let alices: Vec<NewMemoryLog> =
+        (0..25).map(|i| log("fact", &format!("a{i}"), t + Duration::from_secs(i))).collect();
+    f.store.append_batch(alice, alices).await.ctx("append_batch alice")?;
+    let bobs: Vec<NewMemoryLog> = (0..3).map(|i| log("fact", &format!("b{i}"), t + Duration::from_secs(i))).collect();
+    let bobs = f.store.append_batch(bob, bobs).await.ctx("append_batch bob")?;
+    for bad in [0, selfrag_core::memory::MAX_PURGE_BATCH + 1] {
+        expect_invalid(f.store.purge_user_logs(alice, bad).await, "purge_user_logs(max_rows bad)", "max_rows")?;
+    }
+    ensure_eq!(count_all(f, alice).await?, 25, "alice's logs after refused purges");
+    let mut steps = Vec::new();
+    loop {
+        let n = f.store.purge_user_logs(alice, 10).await.ctx("purge_user_logs")?;
+        steps.push(n);
+        if n == 0 || steps.len() > 10 {
+            break;
+        }
+    }
+    ensure_eq!(steps, vec![10, 10, 5, 0], "rows deleted per call of 10");
+    ensure_eq!(count_all(f, alice).await?, 0, "alice's logs after purging");
+    ensure!(f.users.user_exists(alice).await.ctx("user_exists")?, "purging deleted the user");
+    ensure_eq!(all_pages(f, bob, &MemoryQuery::new()).await?.len(), bobs.len(), "bob's logs after alice's purge");
+    ensure_eq!(f.store.get(bob, bobs[0].id).await.ctx("get")?, Some(bobs[0].clone()), "bob's log");
+    ensure_eq!(f.store.purge_user_logs(UserId::new(), 10).await.ctx("purge unknown")?, 0, "an unknown user's purge");
+    // The user can write again afterwards.
+    f.store.append(alice, log("fact", "again", t)).await.ctx("append after purge")?;
+    ensure_eq!(count_all(f, alice).await?, 1, "alice's logs after appending again");
+    Ok(())
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __memory_checks {
@@ -806,6 +842,7 @@ macro_rules! __memory_checks {
             metadata_numbers_compare_exactly,
             sub_microsecond_bounds_find_their_logs,
             retried_appends_return_the_stored_log,
+            purge_user_logs_is_bounded_and_scoped,
         ] }
     };
 }

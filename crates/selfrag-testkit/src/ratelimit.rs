@@ -283,6 +283,38 @@ pub async fn concurrent_checks_respect_the_limit(f: &RateLimitFixture) -> CheckR
     Ok(())
 }
 
+/// `reset_user` forgets every scope of one user (a second call finds
+/// nothing) and leaves other users' state alone.
+pub async fn reset_user_forgets_every_scope(f: &RateLimitFixture) -> CheckResult {
+    let l = (f.make)(policy(&[(60_000, 2)]));
+    let (alice, bob) = (UserId::new(), UserId::new());
+    let scopes = ["chat", "embed", "a:b.c"];
+    for scope in scopes {
+        for _ in 0..2 {
+            check(&l, &key(alice, scope), 1).await?;
+        }
+        ensure!(!check(&l, &key(alice, scope), 1).await?.allowed, "alice's {scope} is not at its limit");
+    }
+    for _ in 0..2 {
+        check(&l, &key(bob, "chat"), 1).await?;
+    }
+    let n = l.reset_user(alice).await.ctx("reset_user")?;
+    // One entry per scope at least (a backend keeping one per window
+    // bucket may have two when a bucket boundary passed meanwhile).
+    ensure!(n >= scopes.len() as u64, "reset_user deleted {n} entries for {} scopes", scopes.len());
+    for scope in scopes {
+        let d = check(&l, &key(alice, scope), 1).await?;
+        ensure!(d.allowed && d.remaining() == 1, "alice's {scope} after reset_user: {d:?}");
+    }
+    ensure!(!check(&l, &key(bob, "chat"), 1).await?.allowed, "bob's limit was reset with alice's");
+    // Only what alice consumed since: one entry per scope, deleted again.
+    let again = l.reset_user(alice).await.ctx("reset_user again")?;
+    ensure!(again >= scopes.len() as u64, "the second reset_user deleted {again} entries");
+    ensure_eq!(l.reset_user(alice).await.ctx("reset_user a third time")?, 0, "a reset_user with nothing left");
+    ensure_eq!(l.reset_user(UserId::new()).await.ctx("reset_user unknown")?, 0, "an unknown user's reset_user");
+    Ok(())
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __ratelimit_checks {
@@ -299,6 +331,7 @@ macro_rules! __ratelimit_checks {
             reset_forgets_use,
             bad_costs_are_rejected,
             concurrent_checks_respect_the_limit,
+            reset_user_forgets_every_scope,
         ] }
     };
 }

@@ -1049,6 +1049,58 @@ pub async fn delete_by_filter_matches_reference(f: &VectorFixture) -> CheckResul
     Ok(())
 }
 
+/// `scroll` pages through one tenant's chunks (optionally filtered) so that
+/// every chunk comes exactly once, no page is longer than `limit`, another
+/// tenant never shows, and bad limits and filters are refused.
+pub async fn scroll_visits_each_chunk_once(f: &VectorFixture) -> CheckResult {
+    let idx = index(f, spec(4, Distance::Cosine)).await?;
+    let (shared, other) = (tenant("shared"), tenant("other"));
+    let mut rng = Rng::new(29);
+    let owner = |i: u32| if i % 3 == 0 { "u1" } else { "u2" };
+    let chunks: Vec<Chunk> = (0..37)
+        .map(|i| {
+            Chunk::new(format!("doc{}", i % 4), i, format!("c{i}"), random_vector(&mut rng, 4))
+                .extra("user_id", owner(i))
+        })
+        .collect();
+    idx.upsert(&shared, chunks.clone()).await.ctx("upsert shared")?;
+    let others: Vec<Chunk> = (0..5)
+        .map(|i| Chunk::new("doc0", i, format!("o{i}"), random_vector(&mut rng, 4)).extra("user_id", "u1"))
+        .collect();
+    idx.upsert(&other, others).await.ctx("upsert other")?;
+    let u1 = Filter::eq(Field::Extra("user_id".into()), "u1");
+    for (filter, limit) in [(None, 5), (None, 37), (None, 1000), (Some(&u1), 4), (Some(&u1), 1)] {
+        let mut seen = Vec::new();
+        let mut from = None;
+        for page_no in 0.. {
+            ensure!(page_no <= 40, "scroll(limit {limit}) does not end");
+            let page = idx.scroll(&shared, filter, from, limit).await.ctx(format_args!("scroll(limit {limit})"))?;
+            ensure!(page.chunks.len() <= limit, "a page of {} chunks for limit {limit}", page.chunks.len());
+            seen.extend(page.chunks);
+            match page.next {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+        }
+        let want: Vec<ChunkRecord> =
+            chunks.iter().filter(|c| filter.is_none() || c.payload.extra["user_id"] == "u1").map(record).collect();
+        ensure_eq!(seen.len(), want.len(), "chunks scrolled with filter {filter:?}, limit {limit}");
+        ensure_eq!(id_set(seen.iter().map(|c| &c.id)), id_set(want.iter().map(|c| &c.id)), "ids scrolled");
+        let by_id: HashMap<ChunkId, &ChunkRecord> = want.iter().map(|c| (c.id, c)).collect();
+        for c in &seen {
+            ensure_eq!(Some(&c), by_id.get(&c.id), "a scrolled chunk's payload");
+        }
+    }
+    let empty = idx.scroll(&tenant("empty"), None, None, 10).await.ctx("scroll an empty tenant")?;
+    ensure!(empty.chunks.is_empty() && empty.next.is_none(), "an empty tenant's page: {empty:?}");
+    for limit in [0, selfrag_core::vector::MAX_SCROLL + 1] {
+        expect_invalid(idx.scroll(&shared, None, None, limit).await, "scroll(bad limit)", "limit")?;
+    }
+    let bad = Filter::eq(Field::Extra("not a key".into()), "x");
+    expect_invalid(idx.scroll(&shared, Some(&bad), None, 10).await, "scroll(bad filter)", "filter.field")?;
+    Ok(())
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __vector_checks {
@@ -1072,6 +1124,7 @@ macro_rules! __vector_checks {
             delete_by_ids,
             delete_document_removes_its_chunks,
             delete_by_filter_matches_reference,
+            scroll_visits_each_chunk_once,
         ] }
     };
 }

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use selfrag_core::local::{LocalRateLimiter, LocalStore, LocalVectorIndex};
 use selfrag_core::{
-    Chunk, ChunkId, ChunkRecord, Distance, Filter, IndexSpec, ManualClock, MemoryLog, MemoryLogId, MemoryPage,
-    MemoryQuery, MemoryStore, NewMemoryLog, NewSession, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter,
-    Result, ScoredChunk, SearchRequest, Session, SessionId, SessionLimits, SessionStore, Tenant, UserId, VectorIndex,
+    Chunk, ChunkId, ChunkPage, ChunkRecord, Distance, Filter, IndexSpec, ManualClock, MemoryLog, MemoryLogId,
+    MemoryPage, MemoryQuery, MemoryStore, NewMemoryLog, NewSession, RateLimitDecision, RateLimitKey, RateLimitPolicy,
+    RateLimiter, Result, ScoredChunk, ScrollCursor, SearchRequest, Session, SessionId, SessionLimits, SessionStore,
+    Tenant, UserId, VectorIndex,
 };
 use selfrag_testkit::vector::SCORE_TOLERANCE;
 use selfrag_testkit::{
@@ -49,6 +50,8 @@ enum MemoryBug {
     OffsetPaging,
     /// `delete` ignores the user: any user deletes any log by id.
     DeleteIgnoresUser,
+    /// `purge_user_logs` ignores `max_rows` and deletes everything at once.
+    PurgeUnbounded,
 }
 
 #[derive(Debug)]
@@ -130,6 +133,26 @@ impl MemoryStore for BrokenMemory {
         }
         self.inner.delete(user, id).await
     }
+
+    async fn purge_user_logs(&self, user: UserId, max_rows: u32) -> Result<u64> {
+        if self.bug == MemoryBug::PurgeUnbounded {
+            let mut total = 0;
+            loop {
+                let n = self.inner.purge_user_logs(user, max_rows).await?;
+                total += n;
+                if n == 0 {
+                    return Ok(total);
+                }
+            }
+        }
+        self.inner.purge_user_logs(user, max_rows).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_unbounded_purge_is_caught() {
+    let report = memory_report(MemoryBug::PurgeUnbounded).await;
+    assert_caught("memory purge ignores max_rows", &report, &["purge_user_logs_is_bounded_and_scoped"]);
 }
 
 async fn memory_report(bug: MemoryBug) -> SuiteReport {
@@ -384,6 +407,14 @@ impl RateLimiter for ConsumesOnDenial {
         }
         Ok(())
     }
+
+    async fn reset_user(&self, user: UserId) -> Result<u64> {
+        let mut n = 0;
+        for l in &self.per_window {
+            n += l.reset_user(user).await?;
+        }
+        Ok(n)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -423,6 +454,10 @@ impl RateLimiter for BrokenLimiter {
 
     async fn reset(&self, key: &RateLimitKey) -> Result<()> {
         self.inner.reset(key).await
+    }
+
+    async fn reset_user(&self, user: UserId) -> Result<u64> {
+        self.inner.reset_user(user).await
     }
 }
 
@@ -614,6 +649,16 @@ impl VectorIndex for BrokenIndex {
             return self.inner.count(tenant, None).await;
         }
         self.inner.count(self.tenant(tenant), filter).await
+    }
+
+    async fn scroll(
+        &self,
+        tenant: &Tenant,
+        filter: Option<&Filter>,
+        from: Option<ScrollCursor>,
+        limit: usize,
+    ) -> Result<ChunkPage> {
+        self.inner.scroll(self.tenant(tenant), filter, from, limit).await
     }
 }
 

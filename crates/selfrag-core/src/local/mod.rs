@@ -7,10 +7,12 @@
 //! [`Clock`](crate::Clock), so tests can move it with a
 //! [`ManualClock`](crate::ManualClock).
 
+mod erasure;
 mod ratelimit;
 mod store;
 mod vector;
 
+pub use erasure::LocalErasureLedger;
 pub use ratelimit::LocalRateLimiter;
 pub use store::LocalStore;
 pub use vector::LocalVectorIndex;

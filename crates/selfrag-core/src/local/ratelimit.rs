@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use super::unix_millis;
 use crate::clock::{Clock, SystemClock};
 use crate::error::Result;
+use crate::ids::UserId;
 use crate::ratelimit::{
     bucket_of, evaluate, BucketCounts, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter,
 };
@@ -89,5 +90,12 @@ impl RateLimiter for LocalRateLimiter {
     async fn reset(&self, key: &RateLimitKey) -> Result<()> {
         self.counters.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         Ok(())
+    }
+
+    async fn reset_user(&self, user: UserId) -> Result<u64> {
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let before = counters.len();
+        counters.retain(|key, _| key.user() != user);
+        Ok((before - counters.len()) as u64)
     }
 }

@@ -8,7 +8,9 @@ use time::OffsetDateTime;
 use crate::clock::{to_micros, Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::ids::{MemoryLogId, SessionId, UserId};
-use crate::memory::{validate_batch, MemoryLog, MemoryPage, MemoryQuery, MemoryStore, NewMemoryLog, UserStore};
+use crate::memory::{
+    validate_batch, validate_purge_batch, MemoryLog, MemoryPage, MemoryQuery, MemoryStore, NewMemoryLog, UserStore,
+};
 use crate::session::{validate_data, validate_list_limit, NewSession, OnLimit, Session, SessionLimits, SessionStore};
 
 /// Users, memory logs and sessions in memory: implements [`UserStore`],
@@ -238,6 +240,23 @@ impl MemoryStore for LocalStore {
         }
         state.log_owner.remove(&id);
         Ok(state.user_mut(user)?.logs.remove(&(ts, id)).is_some())
+    }
+
+    async fn purge_user_logs(&self, user: UserId, max_rows: u32) -> Result<u64> {
+        validate_purge_batch(max_rows)?;
+        let mut state = self.state();
+        let Some(data) = state.users.get_mut(&user) else {
+            return Ok(0);
+        };
+        // Oldest first, one batch per lock acquisition.
+        let doomed: Vec<(OffsetDateTime, MemoryLogId)> = data.logs.keys().take(max_rows as usize).copied().collect();
+        for key in &doomed {
+            data.logs.remove(key);
+        }
+        for (_, id) in &doomed {
+            state.log_owner.remove(id);
+        }
+        Ok(doomed.len() as u64)
     }
 }
 

@@ -8,8 +8,8 @@ use uuid::Uuid;
 use crate::error::Result;
 use crate::ids::{ChunkId, Tenant};
 use crate::vector::{
-    point_id, validate_chunks, validate_document_id, validate_ids, Chunk, ChunkPayload, ChunkRecord, Filter, IndexSpec,
-    ScoredChunk, SearchRequest, VectorIndex,
+    point_id, validate_chunks, validate_document_id, validate_ids, validate_scroll, Chunk, ChunkPage, ChunkPayload,
+    ChunkRecord, Filter, IndexSpec, ScoredChunk, ScrollCursor, SearchRequest, VectorIndex,
 };
 
 /// A [`VectorIndex`] in process memory with exact (brute-force) search and
@@ -133,5 +133,26 @@ impl VectorIndex for LocalVectorIndex {
         }
         let points = self.points.read().unwrap_or_else(|e| e.into_inner());
         Ok(Self::tenant_points(&points, tenant, filter).count() as u64)
+    }
+
+    async fn scroll(
+        &self,
+        tenant: &Tenant,
+        filter: Option<&Filter>,
+        from: Option<ScrollCursor>,
+        limit: usize,
+    ) -> Result<ChunkPage> {
+        validate_scroll(filter, limit)?;
+        let points = self.points.read().unwrap_or_else(|e| e.into_inner());
+        // By point id, like the Qdrant backends; the map is unordered, so
+        // each page sorts the tenant's ids (an in-process index is small).
+        let start = from.map(|c| c.point());
+        let mut page: Vec<(&Uuid, &Point)> =
+            Self::tenant_points(&points, tenant, filter).filter(|(k, _)| start.is_none_or(|s| **k >= s)).collect();
+        page.sort_unstable_by_key(|(k, _)| **k);
+        let next = page.get(limit).map(|(k, _)| ScrollCursor::from_point(**k));
+        page.truncate(limit);
+        let chunks = page.into_iter().map(|(_, p)| ChunkRecord { id: p.id, payload: p.payload.clone() }).collect();
+        Ok(ChunkPage { chunks, next })
     }
 }
