@@ -466,12 +466,21 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
                 report.duration_ms
             );
             let _ = writeln!(human, "  tables: {}", report.tables.join(", "));
+            let _ = writeln!(
+                human,
+                "  erasures re-applied: {} (recorded after the backup, read from database {})",
+                report.erasures_reapplied,
+                if report.ledger_sources.is_empty() { "-".to_owned() } else { report.ledger_sources.join(", ") }
+            );
             let doc = json!({
                 "run": dir.display().to_string(),
                 "entry": report.entry,
                 "database": report.database,
                 "created_database": report.created_database,
                 "tables": report.tables,
+                "backup_ledger": report.backup_ledger,
+                "ledger_sources": report.ledger_sources,
+                "erasures_reapplied": report.erasures_reapplied,
                 "duration_ms": report.duration_ms,
             });
             Ok(out.finish(Exit::Ok, &human, doc))
@@ -490,7 +499,11 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
                 )),
                 _ => Failure::from_core("Qdrant restore failed", &e),
             })?;
-            let (human, doc) = qdrant_restore_output(&dir, &report);
+            let reapplied =
+                crate::user::reapply_vector_erasures(global, crate::user::RestoredVectors::Qdrant, out).await?;
+            let (mut human, mut doc) = qdrant_restore_output(&dir, &report);
+            erasures_line(&mut human, reapplied);
+            doc["erasures_reapplied"] = json!(reapplied);
             Ok(out.finish(Exit::Ok, &human, doc))
         }
         RestoreTarget::Edge => {
@@ -502,11 +515,26 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
             selfrag_backup::restore_edge(&dir, entry, target)
                 .await
                 .map_err(|e| Failure::from_core("embedded index restore failed", &e))?;
-            let human = format!("restored the embedded index from {} into {}\n", dir.display(), target.display());
-            let doc = json!({ "run": dir.display().to_string(), "target": target.display().to_string() });
+            let reapplied =
+                crate::user::reapply_vector_erasures(global, crate::user::RestoredVectors::Edge(target), out).await?;
+            let mut human = format!("restored the embedded index from {} into {}\n", dir.display(), target.display());
+            erasures_line(&mut human, reapplied);
+            let doc = json!({
+                "run": dir.display().to_string(),
+                "target": target.display().to_string(),
+                "erasures_reapplied": reapplied,
+            });
             Ok(out.finish(Exit::Ok, &human, doc))
         }
     }
+}
+
+/// The line a vector restore adds about the erasure ledger.
+fn erasures_line(human: &mut String, reapplied: Option<u64>) {
+    let _ = match reapplied {
+        Some(n) => writeln!(human, "  erasures re-applied to the vectors: {n} (from the ledger of DATABASE_URL)"),
+        None => writeln!(human, "  erasures not re-applied: DATABASE_URL is not set (see BACKUP_STRATEGY.md)"),
+    };
 }
 
 /// What `restore qdrant` prints: the human text and the JSON document,

@@ -125,6 +125,61 @@ pub(crate) enum Command {
     /// Delete backup runs (and, with Qdrant configured, server snapshots)
     /// older than --keep-days; never the newest complete run.
     Prune(PruneArgs),
+    /// Erase one user from every configured store (vectors named by
+    /// --vectors-tenant, rate-limit state, sessions in Redis and Postgres,
+    /// memory logs, the user row), then record the erasure in the ledger.
+    /// Resumable: after a failure, run it again. Configure every store the
+    /// services use (DATABASE_URL is required).
+    EraseUser(EraseUserArgs),
+    /// Write everything stored about one user as JSON lines (the user,
+    /// memory logs, sessions, the payloads of the chunks named by
+    /// --vectors-tenant) to --out (or stdout).
+    ExportUser(ExportUserArgs),
+    /// List the erasure ledger (user ids and times; no personal data), e.g.
+    /// to keep a copy beside the backups.
+    Erasures(ErasuresArgs),
+}
+
+/// The user and the vectors that hold the user's chunks.
+#[derive(Debug, Args)]
+pub(crate) struct UserScopeArgs {
+    /// The user's id (a UUID).
+    pub(crate) user: String,
+    /// A vector tenant holding the user's chunks (repeatable). Without
+    /// --vectors-filter, every chunk of the tenant is the user's.
+    #[arg(long = "vectors-tenant", value_name = "TENANT")]
+    pub(crate) vectors_tenants: Vec<String>,
+    /// Only the chunks passing this filter in each --vectors-tenant: a
+    /// selfrag filter as JSON, e.g.
+    /// '{"eq":{"field":{"extra":"user_id"},"value":"<uuid>"}}'.
+    #[arg(long = "vectors-filter", value_name = "JSON")]
+    pub(crate) vectors_filter: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EraseUserArgs {
+    #[command(flatten)]
+    pub(crate) scope: UserScopeArgs,
+    /// Count what would be erased; delete and record nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportUserArgs {
+    #[command(flatten)]
+    pub(crate) scope: UserScopeArgs,
+    /// The file to write (must not exist; written under a temporary name
+    /// and renamed when complete). Default: stdout (not with --json).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ErasuresArgs {
+    /// Only the records after this position (`seq`).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) after: u64,
 }
 
 /// What `backup` covers.

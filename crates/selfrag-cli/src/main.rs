@@ -7,6 +7,9 @@
 //! selfrag verify [--run NAME | --kind K] [--deep]         sizes, SHA-256, pg_restore --list
 //! selfrag restore postgres|qdrant|edge [--run NAME] ...   checked restore of one store
 //! selfrag prune [--keep-days 30] [--dry-run]              retention
+//! selfrag erase-user <uuid> [--vectors-tenant T] [--vectors-filter JSON] [--dry-run]
+//! selfrag export-user <uuid> [--vectors-tenant T] [--vectors-filter JSON] [--out FILE]
+//! selfrag erasures [--after SEQ]                          the erasure ledger
 //! ```
 //!
 //! The backup layout, manifest and guarantees are `selfrag-backup`'s; the
@@ -60,6 +63,7 @@ mod doctor;
 mod migrate;
 mod output;
 mod secrets;
+mod user;
 
 use std::process::ExitCode;
 
@@ -89,6 +93,9 @@ fn main() -> ExitCode {
             Command::Verify(args) => backup::verify(&cli.global, args, out).await,
             Command::Restore(args) => backup::restore(&cli.global, args, out).await,
             Command::Prune(args) => backup::prune(&cli.global, args, out).await,
+            Command::EraseUser(args) => user::erase(&cli.global, args, out).await,
+            Command::ExportUser(args) => user::export(&cli.global, args, out).await,
+            Command::Erasures(args) => user::erasures(&cli.global, args, out).await,
         }
     });
     let exit: Exit = match result {

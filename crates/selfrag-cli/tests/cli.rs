@@ -841,3 +841,249 @@ async fn doctor_reports_encryption_per_service() {
 
     pg.drop_schema().await;
 }
+
+/// The Redis keys of `user` under `prefix`.
+async fn redis_keys_of(conn: &mut redis::aio::MultiplexedConnection, prefix: &str, user: uuid::Uuid) -> Vec<String> {
+    let mut keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}{{u:{user}}}*")).query_async(conn).await.unwrap();
+    keys.sort();
+    keys
+}
+
+/// Two users with the same shapes in Postgres (memory logs, a session),
+/// Redis (sessions, rate-limit state in two scopes) and an embedded index
+/// (chunks in a shared tenant, told apart by `extra.user_id`); returns them.
+async fn two_users(
+    env: &[(&str, &str)],
+    index_dir: &std::path::Path,
+    spec: selfrag_core::IndexSpec,
+) -> [uuid::Uuid; 2] {
+    use selfrag_core::{Chunk, NewMemoryLog, NewSession, RateLimitKey, SessionStore, Tenant, VectorIndex};
+    let lookup = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+    let storage =
+        selfrag_facade::Storage::from_lookup(&selfrag_facade::StorageOptions::default(), lookup).await.unwrap();
+    assert_eq!(storage.backends.sessions, "redis");
+    let pg_sessions = storage.user_sessions.clone().expect("Postgres sessions beside Redis");
+    let index = selfrag_edge::EdgeIndex::open(index_dir, spec, Default::default()).await.unwrap();
+    let tenant = Tenant::new("shared").unwrap();
+    let mut users = Vec::new();
+    for u in 0..2 {
+        let user = storage.users.create_user().await.unwrap();
+        let logs = (0..30).map(|i| NewMemoryLog::new("fact", format!("user {u} fact {i}")).unwrap()).collect();
+        storage.memory.append_batch(user, logs).await.unwrap();
+        for _ in 0..2 {
+            storage.sessions.create(user, NewSession::new(std::time::Duration::from_secs(600)).unwrap()).await.unwrap();
+        }
+        pg_sessions.create(user, NewSession::new(std::time::Duration::from_secs(600)).unwrap()).await.unwrap();
+        for scope in ["chat", "upload"] {
+            storage.rate_limiter.check(&RateLimitKey::new(user, scope).unwrap(), 1).await.unwrap();
+        }
+        let chunks = (0..4u32)
+            .map(|i| {
+                let mut c =
+                    Chunk::new(format!("doc-{u}"), i, format!("chunk {i} of user {u}"), vec![1.0, i as f32, 0.5, 0.25]);
+                c.payload.extra.insert("user_id".into(), user.to_string().into());
+                c
+            })
+            .collect();
+        index.upsert(&tenant, chunks).await.unwrap();
+        users.push(*user.as_uuid());
+    }
+    index.close().await.unwrap();
+    [users[0], users[1]]
+}
+
+/// `erase-user`, `export-user` and `erasures` over Postgres, Redis and the
+/// embedded index together, next to a neighbour with the same shapes; then
+/// a backup taken before the erasure, restored: the user stays erased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_export_and_restore_keep_an_erased_user_erased() {
+    let Some(pg) = postgres().await else { return };
+    let Some(redis_server) = selfrag_testkit::servers::redis().await else { return };
+    let prefix = format!("clierase{}:", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().unwrap();
+    let index_dir = dir.path().join("index");
+    let backups = dir.path().join("backups");
+    let spec = selfrag_core::IndexSpec::new(4, selfrag_core::Distance::Cosine).unwrap();
+    let mut env = pg.env();
+    env.extend([
+        ("REDIS_URL", redis_server.url.as_str()),
+        ("SELFRAG_REDIS_PREFIX", prefix.as_str()),
+        ("SELFRAG_EDGE_PATH", index_dir.to_str().unwrap()),
+        ("SELFRAG_VECTOR_DIMENSION", "4"),
+        ("SELFRAG_BACKUP_DIR", backups.to_str().unwrap()),
+    ]);
+    assert_eq!(selfrag(&["migrate", "up"], &env).code, 0);
+    let [user, neighbour] = two_users(&env[..4], &index_dir, spec).await;
+    let user_s = user.to_string();
+    let filter = format!(r#"{{"eq":{{"field":{{"extra":"user_id"}},"value":"{user}"}}}}"#);
+    let scope = ["--vectors-tenant", "shared", "--vectors-filter", filter.as_str()];
+
+    // Export: every record once, nothing of the neighbour.
+    let out = dir.path().join("export.jsonl");
+    let mut args = vec!["export-user", user_s.as_str(), "--out", out.to_str().unwrap(), "--json"];
+    args.extend(scope);
+    let export = selfrag(&args, &env);
+    assert_eq!(export.code, 0, "{export:?}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let count = |kind: &str| lines.iter().filter(|l| l["kind"] == kind).count();
+    assert_eq!((count("user"), count("memory_log"), count("session"), count("chunk")), (1, 30, 3, 4), "{text}");
+    assert!(!text.contains(&neighbour.to_string()), "the neighbour leaked into the export");
+    assert_eq!(export.json()["report"]["lines"], 38, "{export:?}");
+    // Mistakes: an existing file, --json onto stdout.
+    let again = selfrag(&args, &env);
+    assert_eq!(again.code, 2, "an export never overwrites: {again:?}");
+    let onto_stdout = selfrag(&["export-user", user_s.as_str(), "--json"], &env);
+    assert_eq!(onto_stdout.code, 2, "{onto_stdout:?}");
+
+    // A backup before the erasure.
+    let backup = selfrag(&["backup", "--json"], &env);
+    assert_eq!(backup.code, 0, "{backup:?}");
+
+    // Bad input: nothing erased.
+    let long_tenant = "t".repeat(200);
+    for (bad, why) in [
+        (vec!["erase-user", "not-a-uuid"], "user id"),
+        (vec!["erase-user", user_s.as_str(), "--vectors-filter", filter.as_str()], "needs at least one"),
+        (
+            vec!["erase-user", user_s.as_str(), "--vectors-tenant", "shared", "--vectors-filter", "{nope"],
+            "vectors-filter",
+        ),
+        (vec!["erase-user", user_s.as_str(), "--vectors-tenant", long_tenant.as_str()], "vectors-tenant"),
+    ] {
+        let run = selfrag(&bad, &env);
+        assert_eq!(run.code, 2, "{bad:?}: {run:?}");
+        assert!(run.stderr.contains(why), "{bad:?} should mention {why}: {run:?}");
+    }
+    let mut dry = vec!["erase-user", user_s.as_str(), "--dry-run", "--json"];
+    dry.extend(scope);
+    let dry = selfrag(&dry, &env);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert_eq!(dry.json()["report"]["memory_logs"], 30, "{dry:?}");
+    assert_eq!(dry.json()["report"]["vectors"][0]["chunks"], 4, "{dry:?}");
+    let (client, schema) = (&pg.client, pg.schema.clone());
+    let logs_of = |u: uuid::Uuid| {
+        let sql = format!("SELECT count(*) FROM {schema}.memory_logs WHERE user_id = '{u}'");
+        async move { client.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(logs_of(user).await, 30, "a dry run deletes nothing");
+
+    // The erasure.
+    let mut erase = vec!["erase-user", user_s.as_str(), "--json"];
+    erase.extend(scope);
+    let erased = selfrag(&erase, &env);
+    assert_eq!(erased.code, 0, "{erased:?}");
+    let report = &erased.json()["report"];
+    assert_eq!(report["memory_logs"], 30, "{erased:?}");
+    assert_eq!(report["vectors"][0]["chunks"], 4, "{erased:?}");
+    assert_eq!(report["rate_limit_keys"].as_u64().map(|n| n > 0), Some(true), "{erased:?}");
+    assert_eq!(report["ledger_recorded"], true, "{erased:?}");
+    let client = redis::Client::open(redis_server.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    assert_eq!(logs_of(user).await, 0);
+    assert_eq!(redis_keys_of(&mut conn, &prefix, user).await, Vec::<String>::new(), "no Redis key left");
+    assert_eq!(logs_of(neighbour).await, 30, "the neighbour keeps its logs");
+    assert!(!redis_keys_of(&mut conn, &prefix, neighbour).await.is_empty(), "the neighbour keeps its Redis keys");
+    for (table, column) in [("users", "id"), ("user_sessions", "user_id")] {
+        let sql = format!("SELECT count(*) FROM {}.{table} WHERE {column} = $1", pg.schema);
+        assert_eq!(pg.client.query_one(&sql, &[&user]).await.unwrap().get::<_, i64>(0), 0, "{table}");
+        assert_eq!(
+            pg.client.query_one(&sql, &[&neighbour]).await.unwrap().get::<_, i64>(0),
+            1,
+            "{table} of the neighbour"
+        );
+    }
+    let index = selfrag_edge::EdgeIndex::open(&index_dir, spec, Default::default()).await.unwrap();
+    let tenant = selfrag_core::Tenant::new("shared").unwrap();
+    assert_eq!(
+        selfrag_core::VectorIndex::count(&index, &tenant, None).await.unwrap(),
+        4,
+        "the neighbour's chunks stay"
+    );
+    index.close().await.unwrap();
+    // Idempotent.
+    let twice = selfrag(&erase, &env);
+    assert_eq!(twice.code, 0, "{twice:?}");
+    assert_eq!(twice.json()["report"]["ledger_recorded"], false, "{twice:?}");
+    let ledger = selfrag(&["erasures", "--json"], &env);
+    assert_eq!(ledger.code, 0, "{ledger:?}");
+    let records = ledger.json()["erasures"].as_array().unwrap().clone();
+    assert_eq!(records.len(), 1, "{ledger:?}");
+    assert_eq!(records[0]["user"], user_s, "{ledger:?}");
+
+    // Restore the backup taken before the erasure into a new database, and
+    // the index into a new directory: the user stays erased in both.
+    let db = format!("selfrag_cli_erase_{}", uuid::Uuid::new_v4().simple());
+    let restore = selfrag(&["restore", "postgres", "--database", &db, "--create-database", "--json"], &env);
+    let restored_url = restored_url_string(&pg.url, &db);
+    let (target, conn_task) = tokio_postgres::connect(&restored_url, NoTls).await.unwrap();
+    tokio::spawn(conn_task);
+    let check_restored = async {
+        assert_eq!(restore.code, 0, "{restore:?}");
+        assert_eq!(restore.json()["erasures_reapplied"], 1, "{restore:?}");
+        let sql = format!("SELECT count(*) FROM {}.memory_logs WHERE user_id = $1", pg.schema);
+        assert_eq!(target.query_one(&sql, &[&user]).await.unwrap().get::<_, i64>(0), 0, "erased user restored");
+        assert_eq!(target.query_one(&sql, &[&neighbour]).await.unwrap().get::<_, i64>(0), 30);
+    };
+    check_restored.await;
+    drop(target);
+    pg.client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await.unwrap();
+
+    let restored_dir = dir.path().join("restored-index");
+    let restore = selfrag(&["restore", "edge", "--edge-path", restored_dir.to_str().unwrap(), "--json"], &env);
+    assert_eq!(restore.code, 0, "{restore:?}");
+    assert_eq!(restore.json()["erasures_reapplied"], 1, "{restore:?}");
+    let index = selfrag_edge::EdgeIndex::open(&restored_dir, spec, Default::default()).await.unwrap();
+    assert_eq!(
+        selfrag_core::VectorIndex::count(&index, &tenant, None).await.unwrap(),
+        4,
+        "only the neighbour's chunks"
+    );
+    index.close().await.unwrap();
+    pg.drop_schema().await;
+}
+
+/// The mistakes people make with `erase-user`: each is exit 2 with what to
+/// change, before anything is erased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_user_configuration_mistakes_exit_2() {
+    let Some(pg) = postgres().await else { return };
+    let user = uuid::Uuid::new_v4().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let not_an_index = dir.path().to_str().unwrap();
+
+    let no_db = selfrag(&["erase-user", &user], &[]);
+    assert_eq!(no_db.code, 2, "{no_db:?}");
+    assert!(no_db.stderr.contains("DATABASE_URL"), "{no_db:?}");
+
+    // An empty schema: not migrated.
+    let unmigrated = selfrag(&["erase-user", &user], &pg.env());
+    assert_eq!(unmigrated.code, 2, "{unmigrated:?}");
+    assert!(unmigrated.stderr.contains("selfrag migrate up"), "{unmigrated:?}");
+    let ledger = selfrag(&["erasures"], &pg.env());
+    assert_eq!(ledger.code, 2, "{ledger:?}");
+    assert!(ledger.stderr.contains("selfrag migrate up"), "{ledger:?}");
+
+    assert_eq!(selfrag(&["migrate", "up"], &pg.env()).code, 0);
+    let no_vectors = selfrag(&["erase-user", &user, "--vectors-tenant", "t"], &pg.env());
+    assert_eq!(no_vectors.code, 2, "{no_vectors:?}");
+    assert!(no_vectors.stderr.contains("no vector store is configured"), "{no_vectors:?}");
+
+    let mut env = pg.env();
+    env.push(("SELFRAG_EDGE_PATH", not_an_index));
+    let no_dimension = selfrag(&["erase-user", &user, "--vectors-tenant", "t"], &env);
+    assert_eq!(no_dimension.code, 2, "{no_dimension:?}");
+    assert!(no_dimension.stderr.contains("--vector-dimension"), "{no_dimension:?}");
+    env.push(("SELFRAG_VECTOR_DIMENSION", "4"));
+    let wrong_dir = selfrag(&["erase-user", &user, "--vectors-tenant", "t"], &env);
+    assert_eq!(wrong_dir.code, 2, "{wrong_dir:?}");
+    assert!(wrong_dir.stderr.contains("holds no embedded index"), "{wrong_dir:?}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "no index was created");
+
+    // None of these recorded anything.
+    let ledger = selfrag(&["erasures", "--json"], &pg.env());
+    assert_eq!(ledger.code, 0, "{ledger:?}");
+    assert_eq!(ledger.json()["erasures"].as_array().map(Vec::len), Some(0), "{ledger:?}");
+    pg.drop_schema().await;
+}
