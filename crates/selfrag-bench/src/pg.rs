@@ -302,33 +302,43 @@ fn raw_append(pool: &Arc<Pool>, user: Uuid) -> Op {
 struct ServerCounters {
     commits: i64,
     wal_records: i64,
+    wal_fpi: i64,
     wal_write: i64,
     wal_sync: i64,
+    /// Milliseconds, counted only by backends with `track_wal_io_timing` on
+    /// (the pool connections: see [`flush_stats`]), not by the WAL writer.
+    wal_write_ms: f64,
+    wal_sync_ms: f64,
     wal_bytes: f64,
 }
 
 /// Makes every connection of `pool` report its pending statistics: a
 /// backend flushes them when it goes idle at least a second after its last
 /// flush, so each of the pool's connections runs one statement after a
-/// 1.1 s pause.
-async fn flush_stats(pool: &Pool) -> Res<()> {
+/// 1.1 s pause. Each also turns on `track_wal_io_timing` for its own
+/// session (a superuser setting: the server's configuration is untouched;
+/// where the role may not, the timings stay 0). Returns the connections'
+/// backend pids.
+async fn flush_stats(pool: &Pool) -> Res<Vec<i32>> {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let size = pool.status().max_size;
     let mut held = Vec::with_capacity(size);
     for _ in 0..size {
         held.push(pool.get().await?);
     }
+    let mut pids = Vec::with_capacity(size);
     for c in &held {
-        c.batch_execute("SELECT 1").await?;
+        let _ = c.batch_execute("SET track_wal_io_timing = on").await;
+        pids.push(c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0));
     }
-    Ok(())
+    Ok(pids)
 }
 
 async fn server_counters(admin: &tokio_postgres::Client) -> Res<ServerCounters> {
     let r = admin
         .query_one(
             "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
-                    wal_records, wal_write, wal_sync,
+                    wal_records, wal_fpi, wal_write, wal_sync, wal_write_time, wal_sync_time,
                     pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8
              FROM pg_stat_wal",
             &[],
@@ -337,10 +347,59 @@ async fn server_counters(admin: &tokio_postgres::Client) -> Res<ServerCounters> 
     Ok(ServerCounters {
         commits: r.get(0),
         wal_records: r.get(1),
-        wal_write: r.get(2),
-        wal_sync: r.get(3),
-        wal_bytes: r.get(4),
+        wal_fpi: r.get(2),
+        wal_write: r.get(3),
+        wal_sync: r.get(4),
+        wal_write_ms: r.get(5),
+        wal_sync_ms: r.get(6),
+        wal_bytes: r.get(7),
     })
+}
+
+/// CPU time (ns) of each process in `pids`, from `/proc/<pid>/schedstat`
+/// (a Postgres process has one thread, so its first field is the whole
+/// process's time on CPU); processes not visible here (another machine,
+/// another pid namespace) are left out.
+fn cpu_ns(pids: &[i32]) -> std::collections::HashMap<i32, u64> {
+    pids.iter()
+        .filter_map(|&pid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+            Some((pid, text.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// CPU time used between two [`cpu_ns`] readings by the processes present
+/// in both, in ms; `None` when none was visible.
+#[allow(clippy::cast_precision_loss)]
+fn cpu_ms(before: &std::collections::HashMap<i32, u64>, after: &std::collections::HashMap<i32, u64>) -> Option<f64> {
+    let common: Vec<u64> = before.iter().filter_map(|(pid, b)| after.get(pid).map(|a| a.saturating_sub(*b))).collect();
+    (!common.is_empty()).then(|| common.iter().sum::<u64>() as f64 / 1e6)
+}
+
+/// The server's background processes that do WAL and buffer work for the
+/// backends (WAL writer, checkpointer, background writer).
+async fn background_pids(admin: &tokio_postgres::Client) -> Res<Vec<i32>> {
+    let rows = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity
+             WHERE backend_type IN ('walwriter', 'checkpointer', 'background writer')",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// CPU time (user + system, ms) of this process, all threads, from
+/// `/proc/self/stat` (clock ticks of 10 ms, `CLK_TCK` 100 on Linux).
+fn client_cpu_ms() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses): state is the
+    // 3rd field of the line, utime the 14th and stime the 15th.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0)
 }
 
 /// Runs `ops` operations of `side` at `concurrency` between two counter
@@ -352,33 +411,66 @@ async fn counted(
     concurrency: usize,
     ops: u64,
 ) -> Res<serde_json::Map<String, Value>> {
-    flush_stats(pool).await?;
+    let mut pids = flush_stats(pool).await?;
+    let background = background_pids(admin).await?;
+    pids.sort_unstable();
+    pids.dedup();
     let before = server_counters(admin).await?;
+    let (backends_before, background_before, client_before) = (cpu_ns(&pids), cpu_ns(&background), client_cpu_ms());
     let (wall, _) = phase(side, concurrency, 1 << 41, ops).await?;
+    let (backends_after, background_after, client_after) = (cpu_ns(&pids), cpu_ns(&background), client_cpu_ms());
     flush_stats(pool).await?;
     let after = server_counters(admin).await?;
     #[allow(clippy::cast_precision_loss)]
-    let per_k = |d: i64| d as f64 * 1000.0 / ops as f64;
+    let per_k = |d: f64| crate::measure::round(d * 1000.0 / ops as f64, 1);
     let mut m = serde_json::Map::new();
     #[allow(clippy::cast_precision_loss)]
     let rate = ops as f64 / wall.as_secs_f64();
     m.insert("rows_per_s".into(), json!(crate::measure::round(rate, 0)));
-    // Commits, WAL writes and fsyncs are cluster-wide (the machine is
-    // shared), per 1,000 appended rows.
-    m.insert("commits_per_1k_rows".into(), json!(crate::measure::round(per_k(after.commits - before.commits), 1)));
-    m.insert(
-        "wal_records_per_1k_rows".into(),
-        json!(crate::measure::round(per_k(after.wal_records - before.wal_records), 1)),
-    );
-    m.insert(
-        "wal_writes_per_1k_rows".into(),
-        json!(crate::measure::round(per_k(after.wal_write - before.wal_write), 1)),
-    );
-    m.insert("wal_syncs_per_1k_rows".into(), json!(crate::measure::round(per_k(after.wal_sync - before.wal_sync), 1)));
+    // Commits, WAL records, writes and fsyncs are cluster-wide (the
+    // machine is shared), per 1,000 appended rows.
+    #[allow(clippy::cast_precision_loss)]
+    let d = |a: i64, b: i64| (a - b) as f64;
+    m.insert("commits_per_1k_rows".into(), json!(per_k(d(after.commits, before.commits))));
+    m.insert("wal_records_per_1k_rows".into(), json!(per_k(d(after.wal_records, before.wal_records))));
+    m.insert("wal_fpi_per_1k_rows".into(), json!(per_k(d(after.wal_fpi, before.wal_fpi))));
+    m.insert("wal_writes_per_1k_rows".into(), json!(per_k(d(after.wal_write, before.wal_write))));
+    m.insert("wal_syncs_per_1k_rows".into(), json!(per_k(d(after.wal_sync, before.wal_sync))));
+    m.insert("wal_write_ms_per_1k_rows".into(), json!(per_k(after.wal_write_ms - before.wal_write_ms)));
+    m.insert("wal_sync_ms_per_1k_rows".into(), json!(per_k(after.wal_sync_ms - before.wal_sync_ms)));
     #[allow(clippy::cast_precision_loss)]
     let wal_bytes_per_row = (after.wal_bytes - before.wal_bytes) / ops as f64;
     m.insert("wal_bytes_per_row".into(), json!(crate::measure::round(wal_bytes_per_row, 0)));
+    // CPU per 1,000 rows: the pool's backends, the server's background
+    // processes, this process (both pools' tasks and the driver).
+    let cpu = |ms: Option<f64>| ms.map_or(Value::Null, |ms| json!(per_k(ms)));
+    m.insert("server_backend_cpu_ms_per_1k_rows".into(), cpu(cpu_ms(&backends_before, &backends_after)));
+    m.insert("server_background_cpu_ms_per_1k_rows".into(), cpu(cpu_ms(&background_before, &background_after)));
+    m.insert("client_cpu_ms_per_1k_rows".into(), cpu(client_before.zip(client_after).map(|(b, a)| a - b)));
+    #[allow(clippy::cast_precision_loss)]
+    m.insert("wall_ms_per_1k_rows".into(), json!(per_k(wall.as_secs_f64() * 1000.0)));
     Ok(m)
+}
+
+/// One line of a counting pass's figures, for the console.
+fn counters_line(side: &str, m: &serde_json::Map<String, Value>) -> String {
+    let g = |k: &str| m.get(k).map_or_else(|| "-".to_owned(), Value::to_string);
+    format!(
+        "    {side:<9} per 1k rows: wall {} ms, cpu server {} + bg {} ms, client {} ms; \
+         WAL syncs {} ({} ms), writes {} ({} ms), records {}, fpi {}, bytes/row {}; rows/stmt {}",
+        g("wall_ms_per_1k_rows"),
+        g("server_backend_cpu_ms_per_1k_rows"),
+        g("server_background_cpu_ms_per_1k_rows"),
+        g("client_cpu_ms_per_1k_rows"),
+        g("wal_syncs_per_1k_rows"),
+        g("wal_sync_ms_per_1k_rows"),
+        g("wal_writes_per_1k_rows"),
+        g("wal_write_ms_per_1k_rows"),
+        g("wal_records_per_1k_rows"),
+        g("wal_fpi_per_1k_rows"),
+        g("wal_bytes_per_row"),
+        g("rows_per_statement"),
+    )
 }
 
 /// Single-row appends with coalescing on against the raw prepared `INSERT`,
@@ -387,7 +479,13 @@ async fn counted(
 /// store's statements and rows per statement).
 async fn coalesced_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Client, rows: &mut Vec<Row>) -> Res<()> {
     admin.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {WRITES_SCHEMA}")).await?;
-    let (ours_pool, raw_pool) = (pool(url, WRITES_SCHEMA, "ours")?, pool(url, WRITES_SCHEMA, "raw")?);
+    // SELFRAG_BENCH_POOL_SIZE overrides the size of both pools (default 16).
+    let size = std::env::var("SELFRAG_BENCH_POOL_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let sized = |side: &str| -> Res<Pool> {
+        let config = PostgresConfig::with_url(url).schema(WRITES_SCHEMA).max_connections(size);
+        Ok(config.application_name(format!("selfrag-bench-{side}")).build()?)
+    };
+    let (ours_pool, raw_pool) = (sized("ours")?, sized("raw")?);
     selfrag_postgres::migrate(&ours_pool).await?;
     admin.batch_execute(&format!("TRUNCATE {WRITES_SCHEMA}.memory_logs")).await?;
     let users = PostgresUserStore::new(ours_pool.clone());
@@ -395,8 +493,14 @@ async fn coalesced_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Client, 
     // SELFRAG_BENCH_COALESCE_IN_FLIGHT overrides `max_in_flight` (default 4),
     // to compare statement sizes against flushes.
     let in_flight = std::env::var("SELFRAG_BENCH_COALESCE_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    println!("postgres: coalesced appends with max_in_flight {in_flight}");
-    let config = CoalesceConfig::new().max_in_flight(in_flight);
+    println!("postgres: coalesced appends with max_in_flight {in_flight}, pools of {size}");
+    // SELFRAG_BENCH_COALESCE_COPY_ABOVE overrides `copy_above` (default 32):
+    // binary COPY against one unnest INSERT for the shared statements.
+    let copy_above = CoalesceConfig::new().copy_above;
+    let copy_above =
+        std::env::var("SELFRAG_BENCH_COALESCE_COPY_ABOVE").ok().and_then(|v| v.parse().ok()).unwrap_or(copy_above);
+    println!("postgres: coalesced statements above {copy_above} rows are a binary COPY");
+    let config = CoalesceConfig::new().max_in_flight(in_flight).copy_above(copy_above);
     let store = PostgresMemoryStore::new(ours_pool.clone()).coalescing(config);
     let raw_pool = Arc::new(raw_pool);
     for c in COALESCED_CONCURRENCY {
@@ -413,9 +517,10 @@ async fn coalesced_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Client, 
         let raw = raw_append(&raw_pool, *raw_user.as_uuid());
         let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
         let mut row = crate::row("memory append (1 row, coalesced) vs prepared INSERT", c, cmp);
-        // Counting passes: about half a second of each side.
+        // Counting passes: about a second of the raw side (CPU times are
+        // read in 10 ms ticks for this process), the same rows for ours.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let count_ops = ((row.raw.ops_per_s * 0.5) as u64).max(c as u64 * 4);
+        let count_ops = (row.raw.ops_per_s as u64).max(c as u64 * 4);
         let stats_before = store.coalescing_stats().unwrap_or_default();
         let mut ours_counts = counted(admin, &ours_pool, &ours, c, count_ops).await?;
         let stats = store.coalescing_stats().unwrap_or_default();
@@ -425,12 +530,17 @@ async fn coalesced_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Client, 
         ours_counts.insert("statements".into(), json!(statements));
         ours_counts.insert("rows_per_statement".into(), json!(crate::measure::round(per_statement, 1)));
         ours_counts.insert("split_statements".into(), json!(stats.split - stats_before.split));
+        ours_counts.insert("direct_calls".into(), json!(stats.direct - stats_before.direct));
         let raw_counts = counted(admin, &raw_pool, &raw, c, count_ops).await?;
+        let lines = [counters_line("coalesced", &ours_counts), counters_line("raw", &raw_counts)];
         row.extra.insert("counted_rows".into(), json!(count_ops));
         row.extra.insert("ours_counters".into(), Value::Object(ours_counts));
         row.extra.insert("raw_counters".into(), Value::Object(raw_counts));
         rows.push(row);
         crate::print_last(rows);
+        for line in lines {
+            println!("{line}");
+        }
     }
     store.close_coalescing().await;
     admin.batch_execute(&format!("TRUNCATE {WRITES_SCHEMA}.memory_logs")).await?;

@@ -37,7 +37,8 @@ use crate::error::BACKEND;
 
 /// Bounds of coalesced appends (see
 /// [`PostgresMemoryStore::coalescing`](crate::PostgresMemoryStore::coalescing)).
-/// Every bound is at least 1; a setter given 0 uses 1.
+/// Every bound is at least 1; a setter given 0 uses 1 (except
+/// [`copy_above`](Self::copy_above), which is a choice, not a bound).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CoalesceConfig {
@@ -56,11 +57,17 @@ pub struct CoalesceConfig {
     /// own pooled connection. While all are in flight, new calls queue up
     /// and form the next statement.
     pub max_in_flight: usize,
+    /// A coalesced statement of more rows than this is one binary `COPY`;
+    /// up to it, one `INSERT ... SELECT * FROM unnest(...)` (one prepared
+    /// statement for any row count, one round trip; default 32). Use
+    /// `usize::MAX` for never `COPY`, 0 for always. Either is one statement
+    /// and one commit.
+    pub copy_above: usize,
 }
 
 impl Default for CoalesceConfig {
     fn default() -> Self {
-        Self { max_rows: 512, max_bytes: 4 * 1024 * 1024, queue: 4096, max_in_flight: 4 }
+        Self { max_rows: 512, max_bytes: 4 * 1024 * 1024, queue: 4096, max_in_flight: 4, copy_above: 32 }
     }
 }
 
@@ -93,6 +100,13 @@ impl CoalesceConfig {
         self.max_in_flight = n.max(1);
         self
     }
+
+    /// Sets [`copy_above`](Self::copy_above) (0 is allowed here: always
+    /// `COPY`).
+    pub fn copy_above(mut self, rows: usize) -> Self {
+        self.copy_above = rows;
+        self
+    }
 }
 
 /// Counters of a store's coalesced appends since it was built (see
@@ -100,7 +114,8 @@ impl CoalesceConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CoalesceStats {
-    /// Calls answered through the queue.
+    /// Calls answered by the coalescer: through the queue, or on the fast
+    /// path (see [`direct`](Self::direct)).
     pub calls: u64,
     /// Coalesced statements sent (a batch of one call counts as one).
     pub statements: u64,
@@ -110,6 +125,11 @@ pub struct CoalesceStats {
     pub split: u64,
     /// Calls that gave up while still queued, and were not written.
     pub cancelled: u64,
+    /// Calls that found nothing queued and a statement slot free, and so
+    /// wrote their rows from their own task, as a statement of their own,
+    /// without going through the queue (counted in `calls` and
+    /// `statements` too).
+    pub direct: u64,
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +139,7 @@ struct Counters {
     rows: AtomicU64,
     split: AtomicU64,
     cancelled: AtomicU64,
+    direct: AtomicU64,
 }
 
 const QUEUED: u8 = 0;
@@ -154,9 +175,10 @@ pub(crate) type Boxed<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>
 /// rows back.
 pub(crate) type WriteOne = fn(Db, UserId, Vec<NewMemoryLog>) -> Boxed<(Result<()>, Vec<NewMemoryLog>)>;
 
-/// Writes several calls' rows in one statement; the error only tells the
-/// flusher to split. Gives the requests back.
-pub(crate) type WriteMany = fn(Db, Vec<Request>) -> Boxed<(Result<()>, Vec<Request>)>;
+/// Writes several calls' rows in one statement (a binary `COPY` above the
+/// given row count); the error only tells the flusher to split. Gives the
+/// requests back.
+pub(crate) type WriteMany = fn(Db, Vec<Request>, usize) -> Boxed<(Result<()>, Vec<Request>)>;
 
 /// The queue and its flusher, shared by a store's clones. Started on first
 /// use, inside the caller's runtime.
@@ -212,6 +234,7 @@ impl Coalescer {
             rows: c.rows.load(Ordering::Relaxed),
             split: c.split.load(Ordering::Relaxed),
             cancelled: c.cancelled.load(Ordering::Relaxed),
+            direct: c.direct.load(Ordering::Relaxed),
         }
     }
 
@@ -245,13 +268,20 @@ impl Coalescer {
         // statement of its own anyway, so it goes out from here, sparing
         // the two task hand-offs (to the flusher and back) that cost a lone
         // caller latency. Holding the slot keeps the in-flight bound, and
-        // calls arriving meanwhile queue up as usual.
-        if !running.tx.is_closed() && running.tx.capacity() == self.config.queue {
+        // calls arriving meanwhile queue up as usual. The slot is taken
+        // before the queue is looked at: once `close` has closed the queue,
+        // a call never writes on a slot the flusher's final count waits
+        // for, so `close` returns only after every fast-path call that
+        // started before it has answered.
+        if running.tx.capacity() == self.config.queue {
             if let Ok(slot) = running.slots.clone().try_acquire_owned() {
-                self.counters.calls.fetch_add(1, Ordering::Relaxed);
-                self.counters.statements.fetch_add(1, Ordering::Relaxed);
-                self.counters.rows.fetch_add(logs.len() as u64, Ordering::Relaxed);
-                return Submitted::Direct(logs, Some(slot));
+                if !running.tx.is_closed() && running.tx.capacity() == self.config.queue {
+                    self.counters.calls.fetch_add(1, Ordering::Relaxed);
+                    self.counters.direct.fetch_add(1, Ordering::Relaxed);
+                    self.counters.statements.fetch_add(1, Ordering::Relaxed);
+                    self.counters.rows.fetch_add(logs.len() as u64, Ordering::Relaxed);
+                    return Submitted::Direct(logs, Some(slot));
+                }
             }
         }
         let state = Arc::new(AtomicU8::new(QUEUED));
@@ -414,7 +444,7 @@ impl Flusher {
             let _ = r.reply.send(result.map(|()| logs));
             return;
         }
-        let (result, batch) = (self.write_many)(self.db.clone(), batch).await;
+        let (result, batch) = (self.write_many)(self.db.clone(), batch, self.config.copy_above).await;
         if result.is_ok() {
             for r in batch {
                 let _ = r.reply.send(Ok(r.logs));

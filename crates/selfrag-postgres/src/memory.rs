@@ -115,10 +115,12 @@ impl PostgresMemoryStore {
 
     /// Turns on coalesced appends, bounded by `config`: `append` and
     /// `append_batch` calls that wait at the same moment are written in one
-    /// statement and one commit. No call waits for company: a lone call is
-    /// sent at once (with the same single-row `INSERT`), and the calls that
-    /// arrive while [`CoalesceConfig::max_in_flight`] statements are in
-    /// flight form the next statement.
+    /// statement and one commit. No call waits for company: a call that
+    /// finds nothing queued and a statement slot free is written at once
+    /// from its own task, with the same single-row `INSERT` as without
+    /// coalescing (the fast path: no hand-off to another task), and the
+    /// calls that arrive while [`CoalesceConfig::max_in_flight`] statements
+    /// are in flight queue up and form the next statement.
     ///
     /// The contract of every call is unchanged: it returns after its rows
     /// are committed; its batch is all-or-nothing; a neighbour's taken id or
@@ -249,22 +251,23 @@ fn write_one(db: Db, user: UserId, logs: Vec<NewMemoryLog>) -> Boxed<(Result<()>
 /// The coalescer's write of several calls in one statement (one commit).
 /// Any error only tells the coalescer to write each call alone, so it is not
 /// mapped with care.
-fn write_many(db: Db, batch: Vec<Request>) -> Boxed<(Result<()>, Vec<Request>)> {
+fn write_many(db: Db, batch: Vec<Request>, copy_above: usize) -> Boxed<(Result<()>, Vec<Request>)> {
     Box::pin(async move {
         let op = db.op("append memory logs (coalesced)");
         let result = async {
             let conn = op.conn().await?;
-            op.run(async { insert_many(&conn, &batch).await.map_err(error::pg) }).await
+            op.run(async { insert_many(&conn, &batch, copy_above).await.map_err(error::pg) }).await
         }
         .await;
         (result.map(drop), batch)
     })
 }
 
-/// Writes the rows of several calls (of any users) in one statement.
-async fn insert_many(conn: &Object, batch: &[Request]) -> std::result::Result<u64, PgError> {
+/// Writes the rows of several calls (of any users) in one statement: a
+/// binary `COPY` above `copy_above` rows, else one `unnest` insert.
+async fn insert_many(conn: &Object, batch: &[Request], copy_above: usize) -> std::result::Result<u64, PgError> {
     let rows: usize = batch.iter().map(|r| r.logs.len()).sum();
-    if rows > COPY_THRESHOLD {
+    if rows > copy_above {
         let stmt = conn.prepare_cached(COPY_IN).await?;
         let sink = conn.copy_in(&stmt).await?;
         let writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COLUMN_TYPES));

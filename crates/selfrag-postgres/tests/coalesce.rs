@@ -86,7 +86,18 @@ fn one_slot() -> CoalesceConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neighbours_in_one_statement_keep_their_own_outcomes() {
-    let Some(s) = setup(one_slot(), Duration::from_secs(10)).await else { return };
+    // Seven rows: one `unnest` insert.
+    neighbours_keep_their_own_outcomes(one_slot()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbours_in_one_copy_keep_their_own_outcomes() {
+    // The same seven rows as one binary `COPY`, which fails as a whole too.
+    neighbours_keep_their_own_outcomes(one_slot().copy_above(0)).await;
+}
+
+async fn neighbours_keep_their_own_outcomes(config: CoalesceConfig) {
+    let Some(s) = setup(config, Duration::from_secs(10)).await else { return };
     let (alice, bob) = (s.users.create_user().await.expect("user"), s.users.create_user().await.expect("user"));
     // Stored before: one id to retry identically, one to reuse with other content.
     let retried = log("stored once").at(time::OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("ts"));
@@ -154,8 +165,74 @@ async fn waiting_appends_share_one_statement() {
     }
     assert_eq!(s.count().await, 41);
     // 40 rows > 32: the second statement was a binary COPY of all of them.
+    // The first call found nothing queued and the slot free: it wrote from
+    // its own task; the 40 others went through the queue.
     let stats = s.stats();
-    assert_eq!((stats.statements, stats.rows, stats.split), (2, 41, 0), "{stats:?}");
+    assert_eq!((stats.statements, stats.rows, stats.split, stats.direct), (2, 41, 0, 1), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_caller_never_goes_through_the_queue() {
+    let Some(s) = setup(CoalesceConfig::new(), Duration::from_secs(10)).await else { return };
+    let user = s.users.create_user().await.expect("user");
+    for i in 0..20 {
+        let stored = s.store.append(user, log(&format!("alone {i}"))).await.expect("append");
+        assert_eq!(s.store.get(user, stored.id).await.expect("get").as_ref(), Some(&stored));
+    }
+    let batch = vec![log("batch 0"), log("batch 1"), log("batch 2")];
+    assert_eq!(s.store.append_batch(user, batch).await.expect("append batch").len(), 3);
+    // One at a time, each call found the queue empty and a slot free.
+    let stats = s.stats();
+    assert_eq!(
+        (stats.calls, stats.direct, stats.statements, stats.rows, stats.split, stats.cancelled),
+        (21, 21, 21, 23, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(s.count().await, 23);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_still_coalesces_behind_the_fast_path() {
+    // The default bounds: 4 statements in flight.
+    let Some(s) = setup(CoalesceConfig::new(), Duration::from_secs(10)).await else { return };
+    let user = s.users.create_user().await.expect("user");
+    s.lock().await;
+    let burst: Vec<_> = (0..64).map(|i| s.append(user, log(&format!("burst {i}")))).collect();
+    // Every call is counted: on the fast path or in the queue.
+    s.wait_blocked(63).await;
+    s.unlock().await;
+    for r in burst {
+        r.await.expect("task").expect("append");
+    }
+    assert_eq!(s.count().await, 64);
+    let stats = s.stats();
+    // At most one fast-path call per slot; everything else waited in the
+    // queue while the slots were taken and went out in shared statements.
+    assert_eq!((stats.calls, stats.rows, stats.split), (64, 64, 0), "{stats:?}");
+    assert!(stats.direct <= 4, "{stats:?}");
+    assert!(stats.statements < stats.calls / 4, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_waits_for_a_call_on_the_fast_path() {
+    let Some(s) = setup(one_slot(), Duration::from_secs(10)).await else { return };
+    let user = s.users.create_user().await.expect("user");
+    s.lock().await;
+    let first = s.append(user, log("first"));
+    s.wait_blocked(0).await;
+    assert_eq!(s.stats().direct, 1, "{:?}", s.stats());
+    let closing = {
+        let store = s.store.clone();
+        tokio::spawn(async move { store.close_coalescing().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!closing.is_finished(), "close returned with a fast-path call in flight");
+    s.unlock().await;
+    closing.await.expect("close");
+    // Close returned only once the fast-path call's slot was free again,
+    // that is after its statement committed.
+    assert_eq!(s.count().await, 1);
+    first.await.expect("task").expect("first");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
