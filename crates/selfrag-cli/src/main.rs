@@ -59,6 +59,7 @@ mod config;
 mod doctor;
 mod migrate;
 mod output;
+mod progress;
 mod secrets;
 
 use std::process::ExitCode;
