@@ -90,12 +90,12 @@ impl Reading {
                 } else {
                     "time left unknown".to_owned()
                 };
-                format!("{label}: {} of {} ({percent}%), {}/s, {left}", size(done), size(total), size(rate as u64))
+                format!("{label}: {} of {} ({percent}%), {}/s, {left}", size(done), size(total), size(whole(rate)))
             }
             None => format!(
                 "{label}: {}, {}/s, {} elapsed",
                 size(self.done),
-                size(rate as u64),
+                size(whole(rate)),
                 seconds(self.elapsed.as_secs_f64())
             ),
         }
@@ -106,16 +106,23 @@ impl Reading {
             "{label}: {} in {} ({}/s)",
             size(self.done),
             seconds(self.elapsed.as_secs_f64()),
-            size(self.rate() as u64)
+            size(whole(self.rate()))
         )
     }
+}
+
+/// `x` rounded down to a whole number (negative and NaN as 0); rates and
+/// times here are far below `u64::MAX`.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn whole(x: f64) -> u64 {
+    x as u64
 }
 
 fn seconds(s: f64) -> String {
     if s < 60.0 {
         format!("{s:.1} s")
     } else {
-        let s = s as u64;
+        let s = whole(s);
         format!("{}m{:02}s", s / 60, s % 60)
     }
 }
