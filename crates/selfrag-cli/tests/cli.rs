@@ -864,10 +864,13 @@ async fn progress_is_plain_lines_on_stderr() {
     let backup = selfrag(&["backup", "edge", "--json"], &env);
     assert_eq!(backup.code, 0, "{backup:?}");
     backup.json();
-    let line = backup.stderr.lines().find(|l| l.starts_with("... embedded index copy: ")).unwrap_or_else(|| {
-        panic!("no progress line: {backup:?}");
-    });
+    // Lines while it runs (every few seconds), then the last one: done, time, rate.
+    let lines: Vec<&str> = backup.stderr.lines().filter(|l| l.starts_with("... embedded index copy: ")).collect();
+    let line = *lines.last().unwrap_or_else(|| panic!("no progress line: {backup:?}"));
     assert!(line.contains(" in ") && line.ends_with("/s)"), "{line}");
+    for l in &lines[..lines.len() - 1] {
+        assert!(l.contains("%), ") && l.ends_with(" left"), "{l}");
+    }
     assert!(!line.contains('\r') && !line.contains('\x1b'), "plain, not redrawn: {line:?}");
     assert!(!backup.stdout.contains("... "), "{backup:?}");
 
