@@ -3,6 +3,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -20,6 +21,10 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Size and SHA-256 (hex) of the file at `path`, read in 1 MiB blocks.
+/// Bytes read through a checksum by this process (see
+/// [`crate::bytes_checksummed`]).
+pub(crate) static CHECKSUMMED: AtomicU64 = AtomicU64::new(0);
+
 pub(crate) fn sha256_file(path: &Path) -> Result<(u64, String)> {
     let mut file = File::open(path).map_err(|e| io_err(format!("cannot open {}", path.display()), e))?;
     let mut hasher = Sha256::new();
@@ -32,6 +37,7 @@ pub(crate) fn sha256_file(path: &Path) -> Result<(u64, String)> {
         }
         hasher.update(&buf[..n]);
         size += n as u64;
+        CHECKSUMMED.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok((size, hex(&hasher.finalize())))
 }
@@ -161,6 +167,7 @@ pub(crate) fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String)> {
             }
         }
         size += n as u64;
+        CHECKSUMMED.fetch_add(n as u64, Ordering::Relaxed);
     }
     // A hole at the end is not a hole until the length says so.
     dst.set_len(size).map_err(write_err)?;

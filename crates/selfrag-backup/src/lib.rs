@@ -152,6 +152,15 @@ pub use run::{
 };
 pub use selfrag_core::{Error, Result};
 
+/// Bytes this process has read through a SHA-256 so far: files hashed
+/// after a dump or download, copies of embedded indexes (both ways), and
+/// the checks of verification and of every restore. A monotonic counter
+/// for progress displays: read it before and during a call and take the
+/// difference (the `selfrag` tool does).
+pub fn bytes_checksummed() -> u64 {
+    fsutil::CHECKSUMMED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The backend name in errors about backup files.
 pub const BACKEND: &str = "backup";
 

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p selfrag-bench -- \
 //!     --postgres postgres://postgres@127.0.0.1:5432/test --redis redis://127.0.0.1:6379 \
-//!     [--qdrant http://127.0.0.1:6334] [--edge] [--tls] [--quick] [--json PATH]
+//!     [--qdrant http://127.0.0.1:6334] [--edge] [--tls] [--observability] [--quick] [--json PATH]
 //! ```
 //!
 //! Rows whose server is not given are skipped with a message. Each row runs
@@ -32,6 +32,7 @@
 //! | embedded filtered search | `EdgeIndex::search` | exact scan (plus recall@10, build time) |
 //! | memory append over TLS (`--tls`) | `verify-full` | `sslmode=disable`, same private server |
 //! | session get over TLS (`--tls`) | `rediss://` | `redis://`, same private server |
+//! | session get, memory append (`--observability`, only these rows) | with a `tracing` subscriber and a Prometheus recorder | the same call with neither |
 //!
 //! The embedded rows (`--edge`) load 100,000 × 384 vectors into an
 //! `EdgeIndex` twice, from two generators in `selfrag_testkit::data`:
@@ -56,6 +57,7 @@
 
 mod edge;
 mod measure;
+mod observe;
 mod pg;
 mod qdrant;
 mod redis;
@@ -89,6 +91,11 @@ struct Args {
     /// Run only the coalesced-append rows of Postgres (with --postgres).
     #[arg(long)]
     only_coalesced: bool,
+    /// Run only the observability rows: session get (with --redis) and
+    /// memory append (with --postgres) with a tracing subscriber and a
+    /// Prometheus recorder installed, against the same calls with none.
+    #[arg(long)]
+    observability: bool,
     /// Run the TLS rows: memory append and session get over TLS against the
     /// same call in clear, on private Postgres and Redis servers started
     /// from the machine's binaries (see `src/tls.rs`).
@@ -168,11 +175,16 @@ async fn main() -> Res<()> {
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     println!("selfrag-bench ({profile} build{})", if plan.quick { ", QUICK smoke run" } else { "" });
 
+    if args.observability {
+        observe::run(args.postgres.as_deref(), args.redis.as_deref(), &plan, &mut rows).await?;
+    }
     match &args.postgres {
+        _ if args.observability => {}
         Some(url) => pg::run(url, &plan, args.only_coalesced, &mut rows).await?,
         None => skipped.push("postgres rows (memory append/batch/query): no --postgres URL"),
     }
     match &args.redis {
+        _ if args.observability => {}
         Some(url) => redis::run(url, &plan, &mut rows).await?,
         None => skipped.push("redis rows (session get/touch, rate-limit check): no --redis URL"),
     }

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use crate::cli::{BackupArgs, BackupTarget, Global, PruneArgs, RestoreArgs, RestoreTarget, VerifyArgs};
 use crate::output::{chain, exit_of, explain, Exit, Failure, Out};
+use crate::progress::{size, tree_size, Progress, Source};
 
 impl Global {
     fn backup_root(&self) -> Result<&Path, Failure> {
@@ -172,21 +173,6 @@ fn debian_pg_bin_dirs() -> Vec<PathBuf> {
     dirs.into_iter().map(|(_, dir)| dir).collect()
 }
 
-fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 fn entry_line(entry: &Entry) -> String {
     format!(
         "  {:<24} {:<8} {:>10}  {} file(s)  {} ms\n",
@@ -301,7 +287,10 @@ pub(crate) async fn backup(global: &Global, args: &BackupArgs, out: Out) -> Resu
     let mut failed: Vec<(&'static str, selfrag_core::Error)> = Vec::new();
     if let Some(opts) = &postgres {
         out.progress("backing up Postgres (pg_dump --format=custom)");
-        match selfrag_backup::backup_postgres(&mut run, opts).await {
+        let meter = Progress::start(out, "Postgres dump", None, Source::DirSize(run.dir().to_path_buf()));
+        let result = selfrag_backup::backup_postgres(&mut run, opts).await;
+        meter.finish().await;
+        match result {
             Ok(entry) => out.progress(format_args!("Postgres: {} in {} ms", size(entry.size()), entry.duration_ms)),
             Err(e) => {
                 out.progress(format_args!("Postgres backup FAILED: {}", explain(&e)));
@@ -311,7 +300,10 @@ pub(crate) async fn backup(global: &Global, args: &BackupArgs, out: Out) -> Resu
     }
     if let Some(target) = &qdrant {
         out.progress(format_args!("backing up Qdrant collection `{}` (snapshot, download)", target.collection));
-        match selfrag_backup::backup_qdrant(&mut run, target, None).await {
+        let meter = Progress::start(out, "Qdrant snapshot download", None, Source::DirSize(run.dir().to_path_buf()));
+        let result = selfrag_backup::backup_qdrant(&mut run, target, None).await;
+        meter.finish().await;
+        match result {
             Ok(entry) => out.progress(format_args!("Qdrant: {} in {} ms", size(entry.size()), entry.duration_ms)),
             Err(e) => {
                 out.progress(format_args!("Qdrant backup FAILED: {}", explain(&e)));
@@ -321,7 +313,10 @@ pub(crate) async fn backup(global: &Global, args: &BackupArgs, out: Out) -> Resu
     }
     if let Some(path) = &edge {
         out.progress(format_args!("backing up the embedded index {}", path.display()));
-        match selfrag_backup::backup_edge(&mut run, path, None).await {
+        let meter = Progress::start(out, "embedded index copy", Some(tree_size(path)), Source::Checksummed);
+        let result = selfrag_backup::backup_edge(&mut run, path, None).await;
+        meter.finish().await;
+        match result {
             Ok(entry) => {
                 out.progress(format_args!("embedded index: {} in {} ms", size(entry.size()), entry.duration_ms))
             }
@@ -399,15 +394,19 @@ pub(crate) async fn verify(global: &Global, args: &VerifyArgs, out: Out) -> Resu
     let dir = global.run_dir(args.run.as_deref(), args.kind.map(EntryKind::from), None)?;
     // A run holding a Postgres archive cannot be verified without
     // pg_restore: an installation problem (2), not a bad backup (1).
+    let mut total = None;
     if let Ok(manifest) = Manifest::read(&dir) {
         if manifest.entries.iter().any(|e| e.kind == EntryKind::Postgres) {
             global.require_tool("pg_restore")?;
         }
+        total = Some(manifest.entries.iter().map(Entry::size).sum());
     }
     out.progress(format_args!("verifying {}{}", dir.display(), if args.deep { " (deep)" } else { "" }));
-    let report = selfrag_backup::verify_run(&dir, &global.pg_tools(), args.deep)
-        .await
-        .map_err(|e| Failure::from_core(&format!("backup run {} failed verification", dir.display()), &e))?;
+    let meter = Progress::start(out, "checksums", total, Source::Checksummed);
+    let result = selfrag_backup::verify_run(&dir, &global.pg_tools(), args.deep).await;
+    meter.finish().await;
+    let report =
+        result.map_err(|e| Failure::from_core(&format!("backup run {} failed verification", dir.display()), &e))?;
     let mut human = format!(
         "backup run {} verified: {} entries, {} checked\n",
         dir.display(),
@@ -456,8 +455,11 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
                 opts = opts.jobs(jobs);
             }
             out.progress(format_args!("restoring Postgres from {} (checks first, then pg_restore)", dir.display()));
-            let report =
-                selfrag_backup::restore_postgres(&dir, entry, &opts).await.map_err(|e| postgres_restore_failure(&e))?;
+            let total = entry_size(&dir, EntryKind::Postgres, entry);
+            let meter = Progress::start(out, "archive checksum, then pg_restore", total, Source::Checksummed);
+            let result = selfrag_backup::restore_postgres(&dir, entry, &opts).await;
+            meter.finish().await;
+            let report = result.map_err(|e| postgres_restore_failure(&e))?;
             let mut human = format!(
                 "restored `{}` into database {}{} in {} ms\n",
                 report.entry,
@@ -492,7 +494,11 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
                 .replace(args.replace);
             let dir = global.run_dir(args.run.as_deref(), Some(EntryKind::Qdrant), entry)?;
             out.progress(format_args!("restoring Qdrant collection `{}` from {}", target.collection, dir.display()));
-            let report = selfrag_backup::restore_qdrant(&dir, entry, &target).await.map_err(|e| match &e {
+            let total = entry_size(&dir, EntryKind::Qdrant, entry);
+            let meter = Progress::start(out, "snapshot checksum, then upload", total, Source::Checksummed);
+            let result = selfrag_backup::restore_qdrant(&dir, entry, &target).await;
+            meter.finish().await;
+            let report = result.map_err(|e| match &e {
                 selfrag_core::Error::Conflict { what: "qdrant collection", id } => Failure::failed(format!(
                     "Qdrant restore refused: collection `{id}` already exists and the restore would replace it. \
                      Fix: add --replace to replace it, or restore into another collection with --collection NAME"
@@ -512,9 +518,12 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
             })?;
             let dir = global.run_dir(args.run.as_deref(), Some(EntryKind::Edge), entry)?;
             out.progress(format_args!("restoring the embedded index into {}", target.display()));
-            selfrag_backup::restore_edge(&dir, entry, target)
-                .await
-                .map_err(|e| Failure::from_core("embedded index restore failed", &e))?;
+            // Every file is read twice: checked, then copied (and checked again).
+            let total = entry_size(&dir, EntryKind::Edge, entry).map(|n| n * 2);
+            let meter = Progress::start(out, "checksums and copy", total, Source::Checksummed);
+            let result = selfrag_backup::restore_edge(&dir, entry, target).await;
+            meter.finish().await;
+            result.map_err(|e| Failure::from_core("embedded index restore failed", &e))?;
             let reapplied =
                 crate::user::reapply_vector_erasures(global, crate::user::RestoredVectors::Edge(target), out).await?;
             let mut human = format!("restored the embedded index from {} into {}\n", dir.display(), target.display());
@@ -535,6 +544,18 @@ fn erasures_line(human: &mut String, reapplied: Option<u64>) {
         Some(n) => writeln!(human, "  erasures re-applied to the vectors: {n} (from the ledger of DATABASE_URL)"),
         None => writeln!(human, "  erasures not re-applied: DATABASE_URL is not set (see BACKUP_STRATEGY.md)"),
     };
+}
+
+/// The size of the entry a restore reads: `name`, else the run's entry of
+/// `kind` (unknown when the manifest cannot be read: the restore reports
+/// that).
+fn entry_size(dir: &Path, kind: EntryKind, name: Option<&str>) -> Option<u64> {
+    let manifest = Manifest::read(dir).ok()?;
+    let entry = manifest.entries.iter().find(|e| match name {
+        Some(n) => e.name == n,
+        None => e.kind == kind,
+    })?;
+    Some(entry.size())
 }
 
 /// What `restore qdrant` prints: the human text and the JSON document,

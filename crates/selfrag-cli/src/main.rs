@@ -62,6 +62,7 @@ mod config;
 mod doctor;
 mod migrate;
 mod output;
+mod progress;
 mod secrets;
 mod user;
 

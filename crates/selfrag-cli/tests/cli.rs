@@ -346,6 +346,8 @@ async fn backup_verify_restore_prune_postgres() {
     let run = doc["run"].as_str().unwrap().to_owned();
     assert_eq!(doc["manifest"]["entries"][0]["name"], "postgres", "{doc:#}");
     assert!(backup.stderr.contains("backing up Postgres"), "progress: {backup:?}");
+    // The dump's bytes, rate and time, as a plain line (stderr is a pipe).
+    assert!(backup.stderr.lines().any(|l| l.starts_with("... Postgres dump: ") && l.ends_with("/s)")), "{backup:?}");
 
     let verify = selfrag(&["verify", "--json"], &env);
     assert_eq!(verify.code, 0, "{verify:?}");
@@ -356,6 +358,7 @@ async fn backup_verify_restore_prune_postgres() {
     let restore = selfrag(&["restore", "postgres", "--database", &target_db, "--create-database", "--json"], &env);
     assert_eq!(restore.code, 0, "{restore:?}");
     assert_eq!(restore.json()["created_database"], true);
+    assert!(restore.stderr.contains("... archive checksum, then pg_restore: "), "{restore:?}");
     let restored_url = {
         let mut cfg: tokio_postgres::Config = pg.url.parse().unwrap();
         cfg.dbname(&target_db);
@@ -1086,4 +1089,48 @@ async fn erase_user_configuration_mistakes_exit_2() {
     assert_eq!(ledger.code, 0, "{ledger:?}");
     assert_eq!(ledger.json()["erasures"].as_array().map(Vec::len), Some(0), "{ledger:?}");
     pg.drop_schema().await;
+}
+
+/// Progress when stderr is not a terminal: plain lines on stderr naming the
+/// bytes done, rate and time (a last line per step), never on stdout (a
+/// `--json` stdout is one document), and nothing with `--quiet`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_plain_lines_on_stderr() {
+    use selfrag_core::{Chunk, Distance, IndexSpec, Tenant, VectorIndex};
+    let dir = tempfile::tempdir().unwrap();
+    let index_dir = dir.path().join("index");
+    let spec = IndexSpec::new(4, Distance::Cosine).unwrap();
+    let index = selfrag_edge::EdgeIndex::open(&index_dir, spec, Default::default()).await.unwrap();
+    let chunks = (0..5u32).map(|i| Chunk::new("doc", i, format!("chunk {i}"), vec![1.0, 0.5, 0.5, 0.25])).collect();
+    index.upsert(&Tenant::new("acme").unwrap(), chunks).await.unwrap();
+    index.close().await.unwrap();
+    let backups = dir.path().join("backups");
+    let env = [("SELFRAG_BACKUP_DIR", backups.to_str().unwrap()), ("SELFRAG_EDGE_PATH", index_dir.to_str().unwrap())];
+
+    let backup = selfrag(&["backup", "edge", "--json"], &env);
+    assert_eq!(backup.code, 0, "{backup:?}");
+    backup.json();
+    // Lines while it runs (every few seconds), then the last one: done, time, rate.
+    let lines: Vec<&str> = backup.stderr.lines().filter(|l| l.starts_with("... embedded index copy: ")).collect();
+    let line = *lines.last().unwrap_or_else(|| panic!("no progress line: {backup:?}"));
+    assert!(line.contains(" in ") && line.ends_with("/s)"), "{line}");
+    for l in &lines[..lines.len() - 1] {
+        assert!(l.contains("%), ") && l.ends_with(" left"), "{l}");
+    }
+    assert!(!line.contains('\r') && !line.contains('\x1b'), "plain, not redrawn: {line:?}");
+    assert!(!backup.stdout.contains("... "), "{backup:?}");
+
+    let verify = selfrag(&["verify", "--deep"], &env);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    assert!(verify.stderr.lines().any(|l| l.starts_with("... checksums: ") && l.ends_with("/s)")), "{verify:?}");
+    assert!(!verify.stdout.contains("... checksums"), "{verify:?}");
+
+    let restored = dir.path().join("restored");
+    let restore = selfrag(&["restore", "edge", "--edge-path", restored.to_str().unwrap()], &env);
+    assert_eq!(restore.code, 0, "{restore:?}");
+    assert!(restore.stderr.lines().any(|l| l.starts_with("... checksums and copy: ")), "{restore:?}");
+
+    let quiet = selfrag(&["--quiet", "verify"], &env);
+    assert_eq!(quiet.code, 0, "{quiet:?}");
+    assert!(quiet.stderr.is_empty(), "{quiet:?}");
 }

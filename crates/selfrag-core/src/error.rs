@@ -149,6 +149,23 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// A stable `snake_case` token for this kind (`invalid_input`,
+    /// `not_found`, `conflict`, `incompatible`, `unavailable`, `timeout`,
+    /// `backend`): the `error.type` of spans and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Incompatible => "incompatible",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Backend => "backend",
+        }
+    }
+}
+
 impl Error {
     /// An [`Error::InvalidInput`] for `field`.
     pub fn invalid(field: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> Self {

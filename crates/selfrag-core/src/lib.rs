@@ -36,6 +36,7 @@ pub mod error;
 pub mod ids;
 pub mod local;
 pub mod memory;
+pub mod observe;
 pub mod ratelimit;
 pub mod session;
 mod validate;

@@ -18,6 +18,7 @@ use qdrant_edge::{
     QueryRequest, Record, ScalarQuantizationConfig, ScalarType, ScoringQuery, ScrollRequest, SearchParams,
     UpdateOperation, VectorInternal, VectorStructInternal, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
 };
+use selfrag_core::observe::{names, system, OpMeta};
 use selfrag_core::vector::{keys, point_id, validate_chunks, validate_document_id, validate_ids, validate_scroll};
 use selfrag_core::{
     Chunk, ChunkId, ChunkPage, ChunkPayload, ChunkRecord, Distance, Error, Field, Filter, IndexSpec, Result,
@@ -78,6 +79,8 @@ struct Inner {
     optimizations: AtomicU64,
     /// The error of the last failed background optimization.
     last_optimize_error: Mutex<Option<String>>,
+    /// `db.collection.name` of every span: the directory's name.
+    collection: Arc<str>,
 }
 
 /// One stored point, all tenants together, from [`EdgeIndex::export_points`].
@@ -487,9 +490,11 @@ impl Inner {
             .build();
         engine_config.quantization_config = engine_quantization(config.quantization);
         let shard = EdgeShard::load(&path, Some(engine_config)).map_err(|e| open_error(&path, e))?;
+        let collection = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "index".into());
         let mut inner = Inner {
             shard,
             spec,
+            collection,
             path,
             config,
             write_lock: Mutex::new(()),
@@ -559,6 +564,13 @@ impl Inner {
     /// panic happens before anything is written, so it is caught and the
     /// flush retried.
     fn flush_locked(&self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let result = self.flush_engine();
+        record_activity(names::EDGE_FLUSHES, names::EDGE_FLUSH_DURATION, started, result.is_ok());
+        result
+    }
+
+    fn flush_engine(&self) -> Result<()> {
         self.dirty.store(false, Ordering::SeqCst);
         let mut attempts = 0;
         loop {
@@ -737,6 +749,7 @@ impl Inner {
         let started = std::time::Instant::now();
         let result = self.shard.optimize();
         self.optimizations.fetch_add(1, Ordering::SeqCst);
+        record_activity(names::EDGE_OPTIMIZER_RUNS, names::EDGE_OPTIMIZER_DURATION, started, result.is_ok());
         tracing::debug!(path = %self.path.display(), elapsed = ?started.elapsed(), ok = result.is_ok(), "optimization finished");
         result.map_err(|e| engine_err("optimization", e))
     }
@@ -867,6 +880,19 @@ fn to_record(tenant: &Tenant, payload: &Map<String, Value>) -> Result<Option<Chu
     Ok(Some(ChunkRecord { id, payload }))
 }
 
+/// The span attributes of every call: no server, and the directory's name as
+/// the collection.
+const OBS: OpMeta = OpMeta::new(system::QDRANT_EDGE);
+
+/// Counts one optimizer run or flush (`counter`, label `outcome`: `ok` or
+/// `error`) and records its duration (`histogram`, seconds).
+fn record_activity(counter: &'static str, histogram: &'static str, started: std::time::Instant, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!(counter, "db.system.name" => system::QDRANT_EDGE, "outcome" => outcome).increment(1);
+    metrics::histogram!(histogram, "db.system.name" => system::QDRANT_EDGE, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
 #[async_trait]
 impl VectorIndex for EdgeIndex {
     fn spec(&self) -> &IndexSpec {
@@ -874,164 +900,190 @@ impl VectorIndex for EdgeIndex {
     }
 
     async fn upsert(&self, tenant: &Tenant, chunks: Vec<Chunk>) -> Result<()> {
-        validate_chunks(&self.inner.spec, &chunks)?;
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let points: Vec<_> = chunks
-            .into_iter()
-            .map(|c| JournalPoint {
-                id: point_id(tenant, c.id),
-                payload: c.payload.to_json(tenant, c.id),
-                vector: c.vector,
-            })
-            .collect();
-        let n = points.len() as u64;
-        let op = JournalOp::Upsert(points);
-        let inner = self.inner.clone();
-        blocking(move || inner.write("upsert", op, n)).await
+        OBS.run(self.inner.collection.clone(), "upsert", async move {
+            validate_chunks(&self.inner.spec, &chunks)?;
+            if chunks.is_empty() {
+                return Ok(());
+            }
+            let points: Vec<_> = chunks
+                .into_iter()
+                .map(|c| JournalPoint {
+                    id: point_id(tenant, c.id),
+                    payload: c.payload.to_json(tenant, c.id),
+                    vector: c.vector,
+                })
+                .collect();
+            let n = points.len() as u64;
+            let op = JournalOp::Upsert(points);
+            let inner = self.inner.clone();
+            blocking(move || inner.write("upsert", op, n)).await
+        })
+        .await
     }
 
     async fn search(&self, tenant: &Tenant, request: &SearchRequest) -> Result<Vec<ScoredChunk>> {
-        request.validate(&self.inner.spec)?;
-        let filter = tenant_filter(tenant, request.filter.as_ref())?;
-        let query = QueryRequest {
-            prefetches: Vec::new(),
-            query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::default_dense(request.vector.clone())))),
-            filter: Some(filter),
-            // Applied below in the core convention (`score >= threshold`):
-            // the engine compares strictly, and as a distance for Euclid and
-            // Manhattan. Filtering the best-first top `limit` afterwards gives
-            // the same hits as filtering before the cut.
-            score_threshold: None,
-            limit: request.limit,
-            offset: 0,
-            params: Some(search_params(&self.inner.config)),
-            with_vector: WithVector::Bool(false),
-            with_payload: WithPayloadInterface::Bool(true),
-        };
-        let inner = self.inner.clone();
-        let tenant = tenant.clone();
-        let threshold = request.score_threshold;
-        blocking(move || {
-            let distance = inner.spec.distance();
-            let points = inner.shard.query(query).map_err(|e| engine_err("search", e))?;
-            let mut hits = Vec::with_capacity(points.len());
-            for p in points {
-                let score = core_score(distance, p.score);
-                if threshold.is_some_and(|t| score < t) {
-                    continue;
+        OBS.run(self.inner.collection.clone(), "search", async move {
+            request.validate(&self.inner.spec)?;
+            let filter = tenant_filter(tenant, request.filter.as_ref())?;
+            let query = QueryRequest {
+                prefetches: Vec::new(),
+                query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::default_dense(
+                    request.vector.clone(),
+                )))),
+                filter: Some(filter),
+                // Applied below in the core convention (`score >= threshold`):
+                // the engine compares strictly, and as a distance for Euclid and
+                // Manhattan. Filtering the best-first top `limit` afterwards gives
+                // the same hits as filtering before the cut.
+                score_threshold: None,
+                limit: request.limit,
+                offset: 0,
+                params: Some(search_params(&self.inner.config)),
+                with_vector: WithVector::Bool(false),
+                with_payload: WithPayloadInterface::Bool(true),
+            };
+            let inner = self.inner.clone();
+            let tenant = tenant.clone();
+            let threshold = request.score_threshold;
+            blocking(move || {
+                let distance = inner.spec.distance();
+                let points = inner.shard.query(query).map_err(|e| engine_err("search", e))?;
+                let mut hits = Vec::with_capacity(points.len());
+                for p in points {
+                    let score = core_score(distance, p.score);
+                    if threshold.is_some_and(|t| score < t) {
+                        continue;
+                    }
+                    let Some(payload) = p.payload else { continue };
+                    if let Some(r) = to_record(&tenant, &payload.0)? {
+                        hits.push(ScoredChunk { id: r.id, score, payload: r.payload });
+                    }
                 }
-                let Some(payload) = p.payload else { continue };
-                if let Some(r) = to_record(&tenant, &payload.0)? {
-                    hits.push(ScoredChunk { id: r.id, score, payload: r.payload });
-                }
-            }
-            // The engine returns best first; ties are ordered by id so that
-            // results are deterministic, like the reference backend.
-            hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-            Ok(hits)
+                // The engine returns best first; ties are ordered by id so that
+                // results are deterministic, like the reference backend.
+                hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+                Ok(hits)
+            })
+            .await
         })
         .await
     }
 
     async fn get(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<Vec<ChunkRecord>> {
-        validate_ids(ids)?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let point_ids: Vec<PointId> = ids.iter().map(|id| PointId::Uuid(point_id(tenant, *id))).collect();
-        let wanted = ids.to_vec();
-        let inner = self.inner.clone();
-        let tenant = tenant.clone();
-        blocking(move || {
-            let records = inner
-                .shard
-                .retrieve(&point_ids, Some(WithPayloadInterface::Bool(true)), Some(WithVector::Bool(false)))
-                .map_err(|e| engine_err("get", e))?;
-            let mut found = HashMap::with_capacity(records.len());
-            for r in records {
-                if let Some(c) = record_chunk(&tenant, r)? {
-                    found.insert(c.id, c);
-                }
+        OBS.run(self.inner.collection.clone(), "get", async move {
+            validate_ids(ids)?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
             }
-            // In the order asked for, repeating repeated ids like the
-            // reference backend.
-            Ok(wanted.iter().filter_map(|id| found.get(id).cloned()).collect())
+            let point_ids: Vec<PointId> = ids.iter().map(|id| PointId::Uuid(point_id(tenant, *id))).collect();
+            let wanted = ids.to_vec();
+            let inner = self.inner.clone();
+            let tenant = tenant.clone();
+            blocking(move || {
+                let records = inner
+                    .shard
+                    .retrieve(&point_ids, Some(WithPayloadInterface::Bool(true)), Some(WithVector::Bool(false)))
+                    .map_err(|e| engine_err("get", e))?;
+                let mut found = HashMap::with_capacity(records.len());
+                for r in records {
+                    if let Some(c) = record_chunk(&tenant, r)? {
+                        found.insert(c.id, c);
+                    }
+                }
+                // In the order asked for, repeating repeated ids like the
+                // reference backend.
+                Ok(wanted.iter().filter_map(|id| found.get(id).cloned()).collect())
+            })
+            .await
         })
         .await
     }
 
     async fn document_chunks(&self, tenant: &Tenant, document_id: &str) -> Result<Vec<ChunkRecord>> {
-        validate_document_id(document_id)?;
-        let filter = tenant_filter(tenant, Some(&Filter::eq(Field::DocumentId, document_id)))?;
-        let inner = self.inner.clone();
-        let tenant = tenant.clone();
-        blocking(move || {
-            let mut out = Vec::new();
-            let mut offset = None;
-            loop {
-                let request = ScrollRequest {
-                    offset,
-                    limit: Some(SCROLL_PAGE),
-                    filter: Some(filter.clone()),
-                    with_payload: Some(WithPayloadInterface::Bool(true)),
-                    with_vector: WithVector::Bool(false),
-                    order_by: None,
-                };
-                let (records, next) = inner.shard.scroll(request).map_err(|e| engine_err("document_chunks", e))?;
-                for r in records {
-                    if let Some(c) = record_chunk(&tenant, r)? {
-                        out.push(c);
+        OBS.run(self.inner.collection.clone(), "document_chunks", async move {
+            validate_document_id(document_id)?;
+            let filter = tenant_filter(tenant, Some(&Filter::eq(Field::DocumentId, document_id)))?;
+            let inner = self.inner.clone();
+            let tenant = tenant.clone();
+            blocking(move || {
+                let mut out = Vec::new();
+                let mut offset = None;
+                loop {
+                    let request = ScrollRequest {
+                        offset,
+                        limit: Some(SCROLL_PAGE),
+                        filter: Some(filter.clone()),
+                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_vector: WithVector::Bool(false),
+                        order_by: None,
+                    };
+                    let (records, next) = inner.shard.scroll(request).map_err(|e| engine_err("document_chunks", e))?;
+                    for r in records {
+                        if let Some(c) = record_chunk(&tenant, r)? {
+                            out.push(c);
+                        }
+                    }
+                    match next {
+                        Some(n) => offset = Some(n),
+                        None => break,
                     }
                 }
-                match next {
-                    Some(n) => offset = Some(n),
-                    None => break,
-                }
-            }
-            out.sort_by(|a, b| a.payload.chunk_index.cmp(&b.payload.chunk_index).then(a.id.cmp(&b.id)));
-            Ok(out)
+                out.sort_by(|a, b| a.payload.chunk_index.cmp(&b.payload.chunk_index).then(a.id.cmp(&b.id)));
+                Ok(out)
+            })
+            .await
         })
         .await
     }
 
     async fn delete(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<()> {
-        validate_ids(ids)?;
-        if ids.is_empty() {
-            return Ok(());
-        }
-        // Point ids embed the tenant (see `point_id`), so deleting by id
-        // cannot reach another tenant's points.
-        let point_ids: Vec<_> = ids.iter().map(|id| point_id(tenant, *id)).collect();
-        let n = point_ids.len() as u64;
-        let op = JournalOp::Delete(point_ids);
-        let inner = self.inner.clone();
-        blocking(move || inner.write("delete", op, n)).await
+        OBS.run(self.inner.collection.clone(), "delete", async move {
+            validate_ids(ids)?;
+            if ids.is_empty() {
+                return Ok(());
+            }
+            // Point ids embed the tenant (see `point_id`), so deleting by id
+            // cannot reach another tenant's points.
+            let point_ids: Vec<_> = ids.iter().map(|id| point_id(tenant, *id)).collect();
+            let n = point_ids.len() as u64;
+            let op = JournalOp::Delete(point_ids);
+            let inner = self.inner.clone();
+            blocking(move || inner.write("delete", op, n)).await
+        })
+        .await
     }
 
     async fn delete_document(&self, tenant: &Tenant, document_id: &str) -> Result<()> {
-        validate_document_id(document_id)?;
-        self.delete_by_filter(tenant, &Filter::eq(Field::DocumentId, document_id)).await
+        OBS.run(self.inner.collection.clone(), "delete_document", async move {
+            validate_document_id(document_id)?;
+            self.delete_by_filter(tenant, &Filter::eq(Field::DocumentId, document_id)).await
+        })
+        .await
     }
 
     async fn delete_by_filter(&self, tenant: &Tenant, filter: &Filter) -> Result<()> {
-        let filter = tenant_filter(tenant, Some(filter))?;
-        let op = JournalOp::DeleteByFilter(filter);
-        let inner = self.inner.clone();
-        // The number of deleted points is unknown; count the call as one.
-        blocking(move || inner.write("delete_by_filter", op, 1)).await
+        OBS.run(self.inner.collection.clone(), "delete_by_filter", async move {
+            let filter = tenant_filter(tenant, Some(filter))?;
+            let op = JournalOp::DeleteByFilter(filter);
+            let inner = self.inner.clone();
+            // The number of deleted points is unknown; count the call as one.
+            blocking(move || inner.write("delete_by_filter", op, 1)).await
+        })
+        .await
     }
 
     async fn count(&self, tenant: &Tenant, filter: Option<&Filter>) -> Result<u64> {
-        let filter = tenant_filter(tenant, filter)?;
-        let inner = self.inner.clone();
-        blocking(move || {
-            let n = inner
-                .shard
-                .count(CountRequest { filter: Some(filter), exact: true })
-                .map_err(|e| engine_err("count", e))?;
-            Ok(n as u64)
+        OBS.run(self.inner.collection.clone(), "count", async move {
+            let filter = tenant_filter(tenant, filter)?;
+            let inner = self.inner.clone();
+            blocking(move || {
+                let n = inner
+                    .shard
+                    .count(CountRequest { filter: Some(filter), exact: true })
+                    .map_err(|e| engine_err("count", e))?;
+                Ok(n as u64)
+            })
+            .await
         })
         .await
     }
@@ -1043,35 +1095,38 @@ impl VectorIndex for EdgeIndex {
         from: Option<ScrollCursor>,
         limit: usize,
     ) -> Result<ChunkPage> {
-        validate_scroll(filter, limit)?;
-        let filter = tenant_filter(tenant, filter)?;
-        let inner = self.inner.clone();
-        let tenant = tenant.clone();
-        blocking(move || {
-            let request = ScrollRequest {
-                offset: from.map(|c| PointId::Uuid(c.point())),
-                limit: Some(limit),
-                filter: Some(filter),
-                with_payload: Some(WithPayloadInterface::Bool(true)),
-                with_vector: WithVector::Bool(false),
-                order_by: None,
-            };
-            let (records, next) = inner.shard.scroll(request).map_err(|e| engine_err("scroll", e))?;
-            let mut chunks = Vec::with_capacity(records.len());
-            for r in records {
-                chunks.extend(record_chunk(&tenant, r)?);
-            }
-            let next = match next {
-                None => None,
-                Some(PointId::Uuid(id)) => Some(ScrollCursor::from_point(id)),
-                Some(other) => {
-                    return Err(Error::Incompatible {
-                        backend: BACKEND,
-                        message: format!("stored point id {other:?} is not a UUID: not written by this library"),
-                    })
+        OBS.run(self.inner.collection.clone(), "scroll", async move {
+            validate_scroll(filter, limit)?;
+            let filter = tenant_filter(tenant, filter)?;
+            let inner = self.inner.clone();
+            let tenant = tenant.clone();
+            blocking(move || {
+                let request = ScrollRequest {
+                    offset: from.map(|c| PointId::Uuid(c.point())),
+                    limit: Some(limit),
+                    filter: Some(filter),
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                };
+                let (records, next) = inner.shard.scroll(request).map_err(|e| engine_err("scroll", e))?;
+                let mut chunks = Vec::with_capacity(records.len());
+                for r in records {
+                    chunks.extend(record_chunk(&tenant, r)?);
                 }
-            };
-            Ok(ChunkPage { chunks, next })
+                let next = match next {
+                    None => None,
+                    Some(PointId::Uuid(id)) => Some(ScrollCursor::from_point(id)),
+                    Some(other) => {
+                        return Err(Error::Incompatible {
+                            backend: BACKEND,
+                            message: format!("stored point id {other:?} is not a UUID: not written by this library"),
+                        })
+                    }
+                };
+                Ok(ChunkPage { chunks, next })
+            })
+            .await
         })
         .await
     }

@@ -299,6 +299,7 @@ impl PostgresConfig {
     /// as for [`PgTls::connector`] when a TLS file cannot be read.
     pub fn build(&self) -> Result<Pool> {
         let pg = self.pg_config()?;
+        let obs = crate::conn::op_meta(&pg);
         let connector = self.effective_tls()?.connector()?;
         // `Fast` recycling checks only that the connection is open: a broken
         // connection is found on its next use and reported as retryable.
@@ -316,7 +317,7 @@ impl PostgresConfig {
             .build()
             .map_err(|e| Error::backend(BACKEND, "cannot build the connection pool", false, e))?;
         // The stores' cancel requests go through the same connector.
-        crate::conn::register_cancel_tls(&pool, connector);
+        crate::conn::register_cancel_tls(&pool, connector, obs);
         Ok(pool)
     }
 }

@@ -13,12 +13,14 @@
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool, WeakPool};
+use selfrag_core::observe::{record_pool, system, OpMeta, PoolStatus};
 use selfrag_core::{Error, Result};
 use tokio::time::Instant;
+use tokio_postgres::config::Host;
 
 use crate::error::{self, BACKEND};
 use crate::tls::PgConnector;
@@ -31,34 +33,55 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The TLS connectors of the pools [`PostgresConfig::build`] made, so that
 /// cancel requests use the pool's own TLS settings (roots, host check,
 /// client certificate) without every store constructor having to carry
-/// them. Entries hold the pool weakly and go when it is dropped.
+/// them, and the span attributes of their calls (host, port, database).
+/// Entries hold the pool weakly and go when it is dropped.
 ///
 /// [`PostgresConfig::build`]: crate::PostgresConfig::build
-type CancelTls = Vec<(WeakPool, PgConnector)>;
+type CancelTls = Vec<(WeakPool, PgConnector, OpMeta)>;
 
 fn cancel_registry() -> &'static Mutex<CancelTls> {
     static REGISTRY: OnceLock<Mutex<CancelTls>> = OnceLock::new();
     REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-/// Records `connector` as the one cancel requests for `pool` use.
-pub(crate) fn register_cancel_tls(pool: &Pool, connector: PgConnector) {
+/// Records `connector` as the one cancel requests for `pool` use, and
+/// `obs` as the span attributes of the stores on it.
+pub(crate) fn register_cancel_tls(pool: &Pool, connector: PgConnector, obs: OpMeta) {
     let mut registry = cancel_registry().lock().unwrap_or_else(|e| e.into_inner());
-    registry.retain(|(weak, _)| weak.upgrade().is_some());
-    registry.push((pool.weak(), connector));
+    registry.retain(|(weak, _, _)| weak.upgrade().is_some());
+    registry.push((pool.weak(), connector, obs));
+}
+
+/// The span attributes of calls through a pool of `config`: the first TCP
+/// host and its port, and the database (never the user or password).
+pub(crate) fn op_meta(config: &tokio_postgres::Config) -> OpMeta {
+    let mut meta = OpMeta::new(system::POSTGRESQL);
+    if let Some(db) = config.get_dbname() {
+        meta = meta.with_namespace(db);
+    }
+    let host = config.get_hosts().iter().find_map(|h| match h {
+        Host::Tcp(name) => Some(name.as_str()),
+        #[cfg(unix)]
+        Host::Unix(_) => None,
+    });
+    if let Some(host) = host {
+        meta = meta.with_server(host, Some(config.get_ports().first().copied().unwrap_or(5432)));
+    }
+    meta
 }
 
 /// The connector registered for `pool`; for a pool built elsewhere, one
 /// that encrypts without checking the certificate (used only when the
 /// pool's connections use TLS: the cancel request follows the `sslmode`
-/// the connection was made with).
-fn cancel_tls_for(pool: &Pool) -> PgConnector {
+/// the connection was made with). Also the pool's span attributes (for a
+/// pool built elsewhere, only `db.system.name`).
+fn cancel_tls_for(pool: &Pool) -> (PgConnector, OpMeta) {
     let registry = cancel_registry().lock().unwrap_or_else(|e| e.into_inner());
     registry
         .iter()
-        .find(|(weak, _)| weak.upgrade().is_some_and(|p| std::ptr::eq(p.manager(), pool.manager())))
-        .map(|(_, connector)| connector.clone())
-        .unwrap_or_else(PgConnector::unverified)
+        .find(|(weak, _, _)| weak.upgrade().is_some_and(|p| std::ptr::eq(p.manager(), pool.manager())))
+        .map(|(_, connector, obs)| (connector.clone(), obs.clone()))
+        .unwrap_or_else(|| (PgConnector::unverified(), OpMeta::new(system::POSTGRESQL)))
 }
 
 /// A pool plus the deadline of each operation run on it. Cheap to clone.
@@ -68,12 +91,20 @@ pub(crate) struct Db {
     timeout: Duration,
     /// For cancel requests: the pool's TLS connector.
     cancel_tls: PgConnector,
+    /// The span attributes of every call.
+    pub(crate) obs: OpMeta,
+    /// `db.client.connection.pool.name`: `host:port/database`.
+    pool_name: Arc<str>,
 }
 
 impl Db {
     pub(crate) fn new(pool: Pool, timeout: Duration) -> Self {
-        let cancel_tls = cancel_tls_for(&pool);
-        Self { pool, timeout, cancel_tls }
+        let (cancel_tls, obs) = cancel_tls_for(&pool);
+        let pool_name = match obs.server_address() {
+            Some(host) => format!("{host}:{}/{}", obs.server_port().unwrap_or(5432), obs.namespace().unwrap_or("")),
+            None => "postgres".to_owned(),
+        };
+        Self { pool, timeout, cancel_tls, obs, pool_name: pool_name.into() }
     }
 
     pub(crate) fn pool(&self) -> &Pool {
@@ -112,7 +143,16 @@ impl Op<'_> {
         let acquire = self.db.pool.timeouts().wait.unwrap_or(self.db.timeout);
         let acquire_end = Instant::now() + acquire;
         let end = acquire_end.min(self.deadline);
-        match tokio::time::timeout_at(end, self.db.pool.get()).await {
+        let got = tokio::time::timeout_at(end, self.db.pool.get()).await;
+        let status = self.db.pool.status();
+        let status = PoolStatus {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        };
+        record_pool(system::POSTGRESQL, self.db.pool_name.clone(), status);
+        match got {
             Ok(Ok(obj)) => Ok(Conn { obj: Some(obj), in_flight: &self.in_flight, cancel_tls: &self.db.cancel_tls }),
             Ok(Err(e)) => Err(error::pool(e)),
             Err(_) if end == self.deadline && self.deadline < acquire_end => Err(self.timed_out()),

@@ -69,58 +69,81 @@ const COLUMNS: &str = "seq, user_id, erased_at, vectors";
 #[async_trait]
 impl ErasureLedger for PostgresErasureLedger {
     async fn record(&self, user: UserId, vectors: Value) -> Result<bool> {
-        validate_vectors(&vectors)?;
-        let op = self.db.op("record erasure");
-        let conn = op.conn().await?;
-        let n = op
-            .run(async {
-                let sql = "INSERT INTO erasures (user_id, vectors) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING";
-                let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
-                conn.execute(&stmt, &[user.as_uuid(), &vectors]).await.map_err(error::pg)
+        self.db
+            .obs
+            .run("erasures", "record", async move {
+                validate_vectors(&vectors)?;
+                let op = self.db.op("record erasure");
+                let conn = op.conn().await?;
+                let n = op
+                    .run(async {
+                        let sql =
+                            "INSERT INTO erasures (user_id, vectors) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING";
+                        let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
+                        conn.execute(&stmt, &[user.as_uuid(), &vectors]).await.map_err(error::pg)
+                    })
+                    .await?;
+                Ok(n == 1)
             })
-            .await?;
-        Ok(n == 1)
+            .await
     }
 
     async fn get(&self, user: UserId) -> Result<Option<ErasureRecord>> {
-        let op = self.db.op("get erasure");
-        let conn = op.conn().await?;
-        let row = op
-            .run(async {
-                let sql = format!("SELECT {COLUMNS} FROM erasures WHERE user_id = $1");
-                let stmt = conn.prepare_cached(&sql).await.map_err(error::pg)?;
-                conn.query_opt(&stmt, &[user.as_uuid()]).await.map_err(error::pg)
+        self.db
+            .obs
+            .run("erasures", "get", async move {
+                let op = self.db.op("get erasure");
+                let conn = op.conn().await?;
+                let row = op
+                    .run(async {
+                        let sql = format!("SELECT {COLUMNS} FROM erasures WHERE user_id = $1");
+                        let stmt = conn.prepare_cached(&sql).await.map_err(error::pg)?;
+                        conn.query_opt(&stmt, &[user.as_uuid()]).await.map_err(error::pg)
+                    })
+                    .await?;
+                row.as_ref().map(to_record).transpose()
             })
-            .await?;
-        row.as_ref().map(to_record).transpose()
+            .await
     }
 
     async fn list_after(&self, after: u64, limit: u32) -> Result<Vec<ErasureRecord>> {
-        validate_list_limit(limit)?;
-        // Beyond i64::MAX nothing can follow.
-        let Ok(after) = i64::try_from(after) else { return Ok(Vec::new()) };
-        let op = self.db.op("list erasures");
-        let conn = op.conn().await?;
-        let rows = op
-            .run(async {
-                let sql = format!("SELECT {COLUMNS} FROM erasures WHERE seq > $1 ORDER BY seq LIMIT $2");
-                let stmt = conn.prepare_cached(&sql).await.map_err(error::pg)?;
-                conn.query(&stmt, &[&after, &i64::from(limit)]).await.map_err(error::pg)
+        self.db
+            .obs
+            .run("erasures", "list_after", async move {
+                validate_list_limit(limit)?;
+                // Beyond i64::MAX nothing can follow.
+                let Ok(after) = i64::try_from(after) else { return Ok(Vec::new()) };
+                let op = self.db.op("list erasures");
+                let conn = op.conn().await?;
+                let rows = op
+                    .run(async {
+                        let sql = format!("SELECT {COLUMNS} FROM erasures WHERE seq > $1 ORDER BY seq LIMIT $2");
+                        let stmt = conn.prepare_cached(&sql).await.map_err(error::pg)?;
+                        conn.query(&stmt, &[&after, &i64::from(limit)]).await.map_err(error::pg)
+                    })
+                    .await?;
+                rows.iter().map(to_record).collect()
             })
-            .await?;
-        rows.iter().map(to_record).collect()
+            .await
     }
 
     async fn position(&self) -> Result<u64> {
-        let op = self.db.op("erasure ledger position");
-        let conn = op.conn().await?;
-        let seq: i64 = op
-            .run(async {
-                let stmt =
-                    conn.prepare_cached("SELECT COALESCE(max(seq), 0) FROM erasures").await.map_err(error::pg)?;
-                Ok(conn.query_one(&stmt, &[]).await.map_err(error::pg)?.get(0))
+        self.db
+            .obs
+            .run("erasures", "position", async move {
+                let op = self.db.op("erasure ledger position");
+                let conn = op.conn().await?;
+                let seq: i64 = op
+                    .run(async {
+                        let stmt = conn
+                            .prepare_cached("SELECT COALESCE(max(seq), 0) FROM erasures")
+                            .await
+                            .map_err(error::pg)?;
+                        Ok(conn.query_one(&stmt, &[]).await.map_err(error::pg)?.get(0))
+                    })
+                    .await?;
+                Ok(u64::try_from(seq).unwrap_or(0))
             })
-            .await?;
-        Ok(u64::try_from(seq).unwrap_or(0))
+            .await
     }
 }

@@ -559,87 +559,117 @@ fn json_kind(v: &Value) -> &'static str {
 #[async_trait]
 impl MemoryStore for PostgresMemoryStore {
     async fn append(&self, user: UserId, log: NewMemoryLog) -> Result<MemoryLog> {
-        // A batch of one: the same checks; written with a single-row INSERT.
-        let mut logs = self.insert_batch(user, vec![log]).await?;
-        Ok(logs.pop().expect("the appended log").into_log(user))
+        self.db
+            .obs
+            .run("memory_logs", "append", async move {
+                // A batch of one: the same checks; written with a single-row INSERT.
+                let mut logs = self.insert_batch(user, vec![log]).await?;
+                Ok(logs.pop().expect("the appended log").into_log(user))
+            })
+            .await
     }
 
     async fn append_batch(&self, user: UserId, logs: Vec<NewMemoryLog>) -> Result<Vec<MemoryLog>> {
-        if logs.is_empty() {
-            // Nothing to write, but an unknown user is still an error, as for
-            // any write.
-            let op = self.db.op("append memory logs");
-            let conn = op.conn().await?;
-            let exists = op.run(users::exists(&conn, user)).await?;
-            return if exists { Ok(Vec::new()) } else { Err(Error::user_not_found(user)) };
-        }
-        let logs = self.insert_batch(user, logs).await?;
-        Ok(logs.into_iter().map(|l| l.into_log(user)).collect())
+        self.db
+            .obs
+            .run("memory_logs", "append_batch", async move {
+                if logs.is_empty() {
+                    // Nothing to write, but an unknown user is still an error, as for
+                    // any write.
+                    let op = self.db.op("append memory logs");
+                    let conn = op.conn().await?;
+                    let exists = op.run(users::exists(&conn, user)).await?;
+                    return if exists { Ok(Vec::new()) } else { Err(Error::user_not_found(user)) };
+                }
+                let logs = self.insert_batch(user, logs).await?;
+                Ok(logs.into_iter().map(|l| l.into_log(user)).collect())
+            })
+            .await
     }
 
     async fn get(&self, user: UserId, id: MemoryLogId) -> Result<Option<MemoryLog>> {
-        let op = self.db.op("get memory log");
-        let conn = op.conn().await?;
-        let row = op
-            .run(async {
-                let sql = concat!("SELECT ", columns!(), " FROM memory_logs WHERE id = $1 AND user_id = $2");
-                let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
-                conn.query_opt(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)
+        self.db
+            .obs
+            .run("memory_logs", "get", async move {
+                let op = self.db.op("get memory log");
+                let conn = op.conn().await?;
+                let row = op
+                    .run(async {
+                        let sql = concat!("SELECT ", columns!(), " FROM memory_logs WHERE id = $1 AND user_id = $2");
+                        let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
+                        conn.query_opt(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)
+                    })
+                    .await?;
+                row.as_ref().map(to_log).transpose()
             })
-            .await?;
-        row.as_ref().map(to_log).transpose()
+            .await
     }
 
     async fn query(&self, user: UserId, query: &MemoryQuery) -> Result<MemoryPage> {
-        query.validate()?;
-        let built = BuiltQuery::new(user, query);
-        let op = self.db.op("query memory logs");
-        let conn = op.conn().await?;
-        let mut rows = op
-            .run(async {
-                let stmt = conn.prepare_cached(built.sql).await.map_err(error::pg)?;
-                conn.query(&stmt, &built.params()).await.map_err(error::pg)
+        self.db
+            .obs
+            .run("memory_logs", "query", async move {
+                query.validate()?;
+                let built = BuiltQuery::new(user, query);
+                let op = self.db.op("query memory logs");
+                let conn = op.conn().await?;
+                let mut rows = op
+                    .run(async {
+                        let stmt = conn.prepare_cached(built.sql).await.map_err(error::pg)?;
+                        conn.query(&stmt, &built.params()).await.map_err(error::pg)
+                    })
+                    .await?;
+                drop(conn);
+                // The extra row only says that another page follows: it is not
+                // decoded, so a row this code cannot read fails only the page that
+                // returns it.
+                let limit = query.effective_limit() as usize;
+                let more = rows.len() > limit;
+                rows.truncate(limit);
+                let logs = rows.iter().map(to_log).collect::<Result<Vec<_>>>()?;
+                let next = if more { logs.last().map(MemoryLog::cursor) } else { None };
+                Ok(MemoryPage { logs, next })
             })
-            .await?;
-        drop(conn);
-        // The extra row only says that another page follows: it is not
-        // decoded, so a row this code cannot read fails only the page that
-        // returns it.
-        let limit = query.effective_limit() as usize;
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        let logs = rows.iter().map(to_log).collect::<Result<Vec<_>>>()?;
-        let next = if more { logs.last().map(MemoryLog::cursor) } else { None };
-        Ok(MemoryPage { logs, next })
+            .await
     }
 
     async fn delete(&self, user: UserId, id: MemoryLogId) -> Result<bool> {
-        let op = self.db.op("delete memory log");
-        let conn = op.conn().await?;
-        let n = op
-            .run(async {
-                let sql = "DELETE FROM memory_logs WHERE id = $1 AND user_id = $2";
-                let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
-                conn.execute(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)
+        self.db
+            .obs
+            .run("memory_logs", "delete", async move {
+                let op = self.db.op("delete memory log");
+                let conn = op.conn().await?;
+                let n = op
+                    .run(async {
+                        let sql = "DELETE FROM memory_logs WHERE id = $1 AND user_id = $2";
+                        let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
+                        conn.execute(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)
+                    })
+                    .await?;
+                Ok(n == 1)
             })
-            .await?;
-        Ok(n == 1)
+            .await
     }
 
     /// One `DELETE` of at most `max_rows` rows, chosen by the
     /// `(user_id, timestamp, id)` index (one autocommit statement: no
     /// transaction spans batches).
     async fn purge_user_logs(&self, user: UserId, max_rows: u32) -> Result<u64> {
-        validate_purge_batch(max_rows)?;
-        let op = self.db.op("purge memory logs");
-        let conn = op.conn().await?;
-        op.run(async {
-            let sql = "DELETE FROM memory_logs WHERE user_id = $1 AND id IN \
-                       (SELECT id FROM memory_logs WHERE user_id = $1 LIMIT $2)";
-            let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
-            conn.execute(&stmt, &[user.as_uuid(), &i64::from(max_rows)]).await.map_err(error::pg)
-        })
-        .await
+        self.db
+            .obs
+            .run("memory_logs", "purge_user_logs", async move {
+                validate_purge_batch(max_rows)?;
+                let op = self.db.op("purge memory logs");
+                let conn = op.conn().await?;
+                op.run(async {
+                    let sql = "DELETE FROM memory_logs WHERE user_id = $1 AND id IN \
+                           (SELECT id FROM memory_logs WHERE user_id = $1 LIMIT $2)";
+                    let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
+                    conn.execute(&stmt, &[user.as_uuid(), &i64::from(max_rows)]).await.map_err(error::pg)
+                })
+                .await
+            })
+            .await
     }
 }
 

@@ -309,88 +309,126 @@ fn to_session(row: &Row) -> Result<Session> {
 #[async_trait]
 impl SessionStore for PostgresSessionStore {
     async fn create(&self, user: UserId, session: NewSession) -> Result<Session> {
-        // `NewSession` checked the TTL (at most a year) and the data.
-        let ttl_ms = i64::try_from(session.ttl().as_millis()).expect("NewSession bounds the TTL to a year");
-        let op = self.db.op("create session");
-        let mut conn = op.conn().await?;
-        op.run(async {
-            let mut last = None;
-            for _ in 0..CREATE_ATTEMPTS {
-                let id = session.id().unwrap_or_else(SessionId::generate);
-                match self.create_once(&mut conn, user, id, &session, ttl_ms).await {
-                    Ok(Created::New(row) | Created::Existing(row)) => return to_session(&row),
-                    Ok(Created::Taken) => return Err(NewSession::id_taken(id)),
-                    Ok(Created::Full) => return Err(self.limits.reached(user)),
-                    Ok(Created::NoUser) => return Err(Error::user_not_found(user)),
-                    // A random id that collided (122 random bits: never in
-                    // practice) is drawn again; a chosen id that a
-                    // concurrent create inserted is read by the next attempt.
-                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => last = Some(e),
-                    Err(e) => return Err(error::write(e, user, "session")),
-                }
-            }
-            Err(error::write(last.expect("an attempt failed"), user, "session"))
-        })
-        .await
+        self.db
+            .obs
+            .run("user_sessions", "create", async move {
+                // `NewSession` checked the TTL (at most a year) and the data.
+                let ttl_ms = i64::try_from(session.ttl().as_millis()).expect("NewSession bounds the TTL to a year");
+                let op = self.db.op("create session");
+                let mut conn = op.conn().await?;
+                op.run(async {
+                    let mut last = None;
+                    for _ in 0..CREATE_ATTEMPTS {
+                        let id = session.id().unwrap_or_else(SessionId::generate);
+                        match self.create_once(&mut conn, user, id, &session, ttl_ms).await {
+                            Ok(Created::New(row) | Created::Existing(row)) => return to_session(&row),
+                            Ok(Created::Taken) => return Err(NewSession::id_taken(id)),
+                            Ok(Created::Full) => return Err(self.limits.reached(user)),
+                            Ok(Created::NoUser) => return Err(Error::user_not_found(user)),
+                            // A random id that collided (122 random bits: never in
+                            // practice) is drawn again; a chosen id that a
+                            // concurrent create inserted is read by the next attempt.
+                            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => last = Some(e),
+                            Err(e) => return Err(error::write(e, user, "session")),
+                        }
+                    }
+                    Err(error::write(last.expect("an attempt failed"), user, "session"))
+                })
+                .await
+            })
+            .await
     }
 
     async fn get(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
-        let sql = format!("SELECT {COLUMNS} FROM user_sessions WHERE id = $1 AND user_id = $2 AND expires_at > now()");
-        self.one("get session", &sql, &[id.as_uuid(), user.as_uuid()]).await
+        self.db
+            .obs
+            .run("user_sessions", "get", async move {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM user_sessions WHERE id = $1 AND user_id = $2 AND expires_at > now()"
+                );
+                self.one("get session", &sql, &[id.as_uuid(), user.as_uuid()]).await
+            })
+            .await
     }
 
     async fn touch(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
-        self.one("touch session", TOUCH, &[id.as_uuid(), user.as_uuid()]).await
+        self.db
+            .obs
+            .run("user_sessions", "touch", async move {
+                self.one("touch session", TOUCH, &[id.as_uuid(), user.as_uuid()]).await
+            })
+            .await
     }
 
     async fn set_data(&self, user: UserId, id: SessionId, data: Map<String, Value>) -> Result<Option<Session>> {
-        validate_data(&data)?;
-        self.one("set session data", SET_DATA, &[id.as_uuid(), user.as_uuid(), &Json(&data)]).await
+        self.db
+            .obs
+            .run("user_sessions", "set_data", async move {
+                validate_data(&data)?;
+                self.one("set session data", SET_DATA, &[id.as_uuid(), user.as_uuid(), &Json(&data)]).await
+            })
+            .await
     }
 
     async fn list_recent(&self, user: UserId, limit: u32) -> Result<Vec<Session>> {
-        validate_list_limit(limit)?;
-        let op = self.db.op("list sessions");
-        let conn = op.conn().await?;
-        op.run(async {
-            let stmt = conn.prepare_cached(&list_sql()).await.map_err(error::pg)?;
-            let rows = conn.query(&stmt, &[user.as_uuid(), &i64::from(limit)]).await.map_err(error::pg)?;
-            rows.iter().map(to_session).collect()
-        })
-        .await
+        self.db
+            .obs
+            .run("user_sessions", "list_recent", async move {
+                validate_list_limit(limit)?;
+                let op = self.db.op("list sessions");
+                let conn = op.conn().await?;
+                op.run(async {
+                    let stmt = conn.prepare_cached(&list_sql()).await.map_err(error::pg)?;
+                    let rows = conn.query(&stmt, &[user.as_uuid(), &i64::from(limit)]).await.map_err(error::pg)?;
+                    rows.iter().map(to_session).collect()
+                })
+                .await
+            })
+            .await
     }
 
     async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
-        let op = self.db.op("revoke session");
-        let conn = op.conn().await?;
-        op.run(async {
-            let stmt = conn.prepare_cached(REVOKE).await.map_err(error::pg)?;
-            let row = conn.query_opt(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)?;
-            Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
-        })
-        .await
+        self.db
+            .obs
+            .run("user_sessions", "revoke", async move {
+                let op = self.db.op("revoke session");
+                let conn = op.conn().await?;
+                op.run(async {
+                    let stmt = conn.prepare_cached(REVOKE).await.map_err(error::pg)?;
+                    let row = conn.query_opt(&stmt, &[id.as_uuid(), user.as_uuid()]).await.map_err(error::pg)?;
+                    Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
+                })
+                .await
+            })
+            .await
     }
 
     async fn revoke_all(&self, user: UserId) -> Result<u64> {
-        // One deadline for all batches: the call is the operation. Batches
-        // that committed before it ran out stay committed (see the trait).
-        let op = self.db.op("revoke all sessions");
-        let conn = op.conn().await?;
-        op.run(async {
-            let stmt = conn.prepare_cached(REVOKE_BATCH).await.map_err(error::pg)?;
-            let mut live = 0;
-            loop {
-                let row = conn.query_one(&stmt, &[user.as_uuid(), &REVOKE_BATCH_ROWS]).await.map_err(error::pg)?;
-                let (picked, gone_live): (i64, i64) = (row.get(0), row.get(1));
-                live += gone_live.unsigned_abs();
-                // Fewer picked than asked: no row of the user was left when
-                // the batch ran (sessions created since may remain; see the
-                // trait).
-                if picked < REVOKE_BATCH_ROWS {
-                    return Ok(live);
-                }
-            }
-        })
-        .await
+        self.db
+            .obs
+            .run("user_sessions", "revoke_all", async move {
+                // One deadline for all batches: the call is the operation. Batches
+                // that committed before it ran out stay committed (see the trait).
+                let op = self.db.op("revoke all sessions");
+                let conn = op.conn().await?;
+                op.run(async {
+                    let stmt = conn.prepare_cached(REVOKE_BATCH).await.map_err(error::pg)?;
+                    let mut live = 0;
+                    loop {
+                        let row =
+                            conn.query_one(&stmt, &[user.as_uuid(), &REVOKE_BATCH_ROWS]).await.map_err(error::pg)?;
+                        let (picked, gone_live): (i64, i64) = (row.get(0), row.get(1));
+                        live += gone_live.unsigned_abs();
+                        // Fewer picked than asked: no row of the user was left when
+                        // the batch ran (sessions created since may remain; see the
+                        // trait).
+                        if picked < REVOKE_BATCH_ROWS {
+                            return Ok(live);
+                        }
+                    }
+                })
+                .await
+            })
+            .await
     }
 }

@@ -69,27 +69,42 @@ impl PostgresUserStore {
 #[async_trait]
 impl UserStore for PostgresUserStore {
     async fn create_user(&self) -> Result<UserId> {
-        // A UUIDv7 cannot collide in practice; ON CONFLICT makes a collision
-        // a retry instead of an error.
-        loop {
-            let id = UserId::new();
-            if self.insert(id).await? {
-                return Ok(id);
-            }
-        }
+        self.db
+            .obs
+            .run("users", "create_user", async move {
+                // A UUIDv7 cannot collide in practice; ON CONFLICT makes a collision
+                // a retry instead of an error.
+                loop {
+                    let id = UserId::new();
+                    if self.insert(id).await? {
+                        return Ok(id);
+                    }
+                }
+            })
+            .await
     }
 
     async fn ensure_user(&self, id: UserId) -> Result<bool> {
-        self.insert(id).await
+        self.db.obs.run("users", "ensure_user", async move { self.insert(id).await }).await
     }
 
     async fn user_exists(&self, id: UserId) -> Result<bool> {
-        let op = self.db.op("check user");
-        let conn = op.conn().await?;
-        op.run(exists(&conn, id)).await
+        self.db
+            .obs
+            .run("users", "user_exists", async move {
+                let op = self.db.op("check user");
+                let conn = op.conn().await?;
+                op.run(exists(&conn, id)).await
+            })
+            .await
     }
 
     async fn delete_user(&self, id: UserId) -> Result<bool> {
-        Ok(self.execute("delete user", "DELETE FROM users WHERE id = $1", id).await? == 1)
+        self.db
+            .obs
+            .run("users", "delete_user", async move {
+                Ok(self.execute("delete user", "DELETE FROM users WHERE id = $1", id).await? == 1)
+            })
+            .await
     }
 }

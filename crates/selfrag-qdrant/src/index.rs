@@ -12,6 +12,7 @@ use qdrant_client::qdrant::{
     UpsertPointsBuilder, VectorParamsBuilder, WriteOrdering,
 };
 use qdrant_client::Qdrant;
+use selfrag_core::observe::{system, OpMeta};
 use selfrag_core::vector::{keys, validate_chunks, validate_document_id, validate_ids, validate_scroll};
 use selfrag_core::{
     Chunk, ChunkId, ChunkPage, ChunkRecord, Error, Filter, IndexSpec, Result, ScoredChunk, ScrollCursor, SearchRequest,
@@ -36,6 +37,10 @@ use crate::report::{check_vectors, missing_indexes, EnsureReport, PayloadIndex};
 pub struct QdrantIndex {
     client: Qdrant,
     config: Arc<QdrantIndexConfig>,
+    /// The span attributes of every call.
+    obs: OpMeta,
+    /// `db.collection.name`, shared by every call's span and metrics.
+    collection: Arc<str>,
 }
 
 impl fmt::Debug for QdrantIndex {
@@ -43,6 +48,22 @@ impl fmt::Debug for QdrantIndex {
         // `Qdrant` has no `Debug`; the config (with the key redacted) says
         // everything useful.
         f.debug_struct("QdrantIndex").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// The span attributes of calls to the server at `url`: its host and port
+/// (the gRPC default 6334 when the URL names none). Never the API key, which
+/// is not in the URL.
+pub(crate) fn op_meta(url: &str) -> OpMeta {
+    let meta = OpMeta::new(system::QDRANT);
+    match url::Url::parse(url) {
+        Ok(u) => match u.host_str() {
+            Some(host) => {
+                meta.with_server(host.trim_start_matches('[').trim_end_matches(']'), Some(u.port().unwrap_or(6334)))
+            }
+            None => meta,
+        },
+        Err(_) => meta,
     }
 }
 
@@ -73,7 +94,9 @@ impl QdrantIndex {
     }
 
     pub(crate) fn from_parts(client: Qdrant, config: QdrantIndexConfig) -> Self {
-        Self { client, config: Arc::new(config) }
+        let obs = op_meta(&config.url);
+        let collection = config.collection.as_str().into();
+        Self { client, config: Arc::new(config), obs, collection }
     }
 
     /// The client (e.g. for operations this crate does not wrap).
@@ -262,126 +285,161 @@ impl VectorIndex for QdrantIndex {
     }
 
     async fn upsert(&self, tenant: &Tenant, chunks: Vec<Chunk>) -> Result<()> {
-        validate_chunks(&self.config.spec, &chunks)?;
-        // Every point is built before the first request, so a value Qdrant
-        // cannot store rejects the whole upsert with nothing written.
-        let points = chunk_points(tenant, chunks)?;
-        // Cut by count and by encoded size: a few hundred large vectors can
-        // exceed Qdrant's 32 MiB gRPC message limit.
-        for batch in upsert_batches(points, self.config.upsert_batch_size, MAX_UPSERT_BYTES) {
-            let request = UpsertPointsBuilder::new(self.collection(), batch).wait(true).ordering(self.ordering());
-            self.client.upsert_points(request).await.map_err(|e| map_error(&self.action("upsert"), e))?;
-        }
-        Ok(())
+        self.obs
+            .run(self.collection.clone(), "upsert", async move {
+                validate_chunks(&self.config.spec, &chunks)?;
+                // Every point is built before the first request, so a value Qdrant
+                // cannot store rejects the whole upsert with nothing written.
+                let points = chunk_points(tenant, chunks)?;
+                // Cut by count and by encoded size: a few hundred large vectors can
+                // exceed Qdrant's 32 MiB gRPC message limit.
+                for batch in upsert_batches(points, self.config.upsert_batch_size, MAX_UPSERT_BYTES) {
+                    let request =
+                        UpsertPointsBuilder::new(self.collection(), batch).wait(true).ordering(self.ordering());
+                    self.client.upsert_points(request).await.map_err(|e| map_error(&self.action("upsert"), e))?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn search(&self, tenant: &Tenant, request: &SearchRequest) -> Result<Vec<ScoredChunk>> {
-        request.validate(&self.config.spec)?;
-        let distance = self.config.spec.distance();
-        let threshold = match request.score_threshold {
-            None => None,
-            Some(t) => match server_score_threshold(distance, t) {
-                Some(server) => Some(server),
-                // A positive threshold on a distance: nothing can pass.
-                None => return Ok(Vec::new()),
-            },
-        };
-        let mut query = QueryPointsBuilder::new(self.collection())
-            .query(Query::new_nearest(request.vector.clone()))
-            .filter(scoped_filter(tenant, request.filter.as_ref()))
-            .limit(u64::try_from(request.limit).unwrap_or(u64::MAX))
-            .with_payload(true)
-            .with_vectors(false);
-        if let Some(t) = threshold {
-            query = query.score_threshold(t);
-        }
-        if let Some(rc) = self.read_consistency() {
-            query = query.read_consistency(rc);
-        }
-        let resp = self.client.query(query).await.map_err(|e| map_error(&self.action("search"), e))?;
-        let mut hits = Vec::with_capacity(resp.result.len());
-        for p in resp.result {
-            let score = to_core_score(distance, p.score);
-            // The server applied a slightly looser, exclusive threshold (see
-            // `server_score_threshold`); this makes the boundary exactly the
-            // contract's inclusive `score >= threshold`.
-            if request.score_threshold.is_some_and(|t| score < t) {
-                continue;
-            }
-            if let Some(rec) = decode_record(tenant, p.payload)? {
-                hits.push(ScoredChunk { id: rec.id, score, payload: rec.payload });
-            }
-        }
-        // Best first, ties by id: deterministic like the reference backend.
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-        Ok(hits)
+        self.obs
+            .run(self.collection.clone(), "search", async move {
+                request.validate(&self.config.spec)?;
+                let distance = self.config.spec.distance();
+                let threshold = match request.score_threshold {
+                    None => None,
+                    Some(t) => match server_score_threshold(distance, t) {
+                        Some(server) => Some(server),
+                        // A positive threshold on a distance: nothing can pass.
+                        None => return Ok(Vec::new()),
+                    },
+                };
+                let mut query = QueryPointsBuilder::new(self.collection())
+                    .query(Query::new_nearest(request.vector.clone()))
+                    .filter(scoped_filter(tenant, request.filter.as_ref()))
+                    .limit(u64::try_from(request.limit).unwrap_or(u64::MAX))
+                    .with_payload(true)
+                    .with_vectors(false);
+                if let Some(t) = threshold {
+                    query = query.score_threshold(t);
+                }
+                if let Some(rc) = self.read_consistency() {
+                    query = query.read_consistency(rc);
+                }
+                let resp = self.client.query(query).await.map_err(|e| map_error(&self.action("search"), e))?;
+                let mut hits = Vec::with_capacity(resp.result.len());
+                for p in resp.result {
+                    let score = to_core_score(distance, p.score);
+                    // The server applied a slightly looser, exclusive threshold (see
+                    // `server_score_threshold`); this makes the boundary exactly the
+                    // contract's inclusive `score >= threshold`.
+                    if request.score_threshold.is_some_and(|t| score < t) {
+                        continue;
+                    }
+                    if let Some(rec) = decode_record(tenant, p.payload)? {
+                        hits.push(ScoredChunk { id: rec.id, score, payload: rec.payload });
+                    }
+                }
+                // Best first, ties by id: deterministic like the reference backend.
+                hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+                Ok(hits)
+            })
+            .await
     }
 
     async fn get(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<Vec<ChunkRecord>> {
-        validate_ids(ids)?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Each point once, however often the caller repeats an id; the
-        // answer still follows `ids`, repeats included.
-        let mut seen = HashSet::with_capacity(ids.len());
-        let point_ids: Vec<qdrant::PointId> =
-            ids.iter().filter(|id| seen.insert(**id)).map(|id| chunk_point_id(tenant, *id)).collect();
-        let mut request = GetPointsBuilder::new(self.collection(), point_ids).with_payload(true).with_vectors(false);
-        if let Some(rc) = self.read_consistency() {
-            request = request.read_consistency(rc);
-        }
-        let resp = self.client.get_points(request).await.map_err(|e| map_error(&self.action("get"), e))?;
-        let mut found: HashMap<ChunkId, ChunkRecord> = HashMap::with_capacity(resp.result.len());
-        for p in resp.result {
-            if let Some(rec) = decode_record(tenant, p.payload)? {
-                found.insert(rec.id, rec);
-            }
-        }
-        Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
+        self.obs
+            .run(self.collection.clone(), "get", async move {
+                validate_ids(ids)?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // Each point once, however often the caller repeats an id; the
+                // answer still follows `ids`, repeats included.
+                let mut seen = HashSet::with_capacity(ids.len());
+                let point_ids: Vec<qdrant::PointId> =
+                    ids.iter().filter(|id| seen.insert(**id)).map(|id| chunk_point_id(tenant, *id)).collect();
+                let mut request =
+                    GetPointsBuilder::new(self.collection(), point_ids).with_payload(true).with_vectors(false);
+                if let Some(rc) = self.read_consistency() {
+                    request = request.read_consistency(rc);
+                }
+                let resp = self.client.get_points(request).await.map_err(|e| map_error(&self.action("get"), e))?;
+                let mut found: HashMap<ChunkId, ChunkRecord> = HashMap::with_capacity(resp.result.len());
+                for p in resp.result {
+                    if let Some(rec) = decode_record(tenant, p.payload)? {
+                        found.insert(rec.id, rec);
+                    }
+                }
+                Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
+            })
+            .await
     }
 
     async fn document_chunks(&self, tenant: &Tenant, document_id: &str) -> Result<Vec<ChunkRecord>> {
-        validate_document_id(document_id)?;
-        // A document is small next to a page budget: read all its points
-        // (paged by point id) and order them here, by `chunk_index` then id.
-        let must = vec![tenant_condition(tenant), keyword_condition(keys::DOCUMENT_ID, document_id)];
-        let mut out = self.scroll_all(tenant, must).await?;
-        out.sort_by(|a, b| a.payload.chunk_index.cmp(&b.payload.chunk_index).then(a.id.cmp(&b.id)));
-        Ok(out)
+        self.obs
+            .run(self.collection.clone(), "document_chunks", async move {
+                validate_document_id(document_id)?;
+                // A document is small next to a page budget: read all its points
+                // (paged by point id) and order them here, by `chunk_index` then id.
+                let must = vec![tenant_condition(tenant), keyword_condition(keys::DOCUMENT_ID, document_id)];
+                let mut out = self.scroll_all(tenant, must).await?;
+                out.sort_by(|a, b| a.payload.chunk_index.cmp(&b.payload.chunk_index).then(a.id.cmp(&b.id)));
+                Ok(out)
+            })
+            .await
     }
 
     async fn delete(&self, tenant: &Tenant, ids: &[ChunkId]) -> Result<()> {
-        validate_ids(ids)?;
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let has_id = Condition::has_id(ids.iter().map(|id| chunk_point_id(tenant, *id)));
-        self.delete_where("delete", qdrant::Filter::must([tenant_condition(tenant), has_id])).await
+        self.obs
+            .run(self.collection.clone(), "delete", async move {
+                validate_ids(ids)?;
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let has_id = Condition::has_id(ids.iter().map(|id| chunk_point_id(tenant, *id)));
+                self.delete_where("delete", qdrant::Filter::must([tenant_condition(tenant), has_id])).await
+            })
+            .await
     }
 
     async fn delete_document(&self, tenant: &Tenant, document_id: &str) -> Result<()> {
-        validate_document_id(document_id)?;
-        let filter =
-            qdrant::Filter::must([tenant_condition(tenant), keyword_condition(keys::DOCUMENT_ID, document_id)]);
-        self.delete_where("delete document", filter).await
+        self.obs
+            .run(self.collection.clone(), "delete_document", async move {
+                validate_document_id(document_id)?;
+                let filter =
+                    qdrant::Filter::must([tenant_condition(tenant), keyword_condition(keys::DOCUMENT_ID, document_id)]);
+                self.delete_where("delete document", filter).await
+            })
+            .await
     }
 
     async fn delete_by_filter(&self, tenant: &Tenant, filter: &Filter) -> Result<()> {
-        filter.validate()?;
-        self.delete_where("delete by filter", scoped_filter(tenant, Some(filter))).await
+        self.obs
+            .run(self.collection.clone(), "delete_by_filter", async move {
+                filter.validate()?;
+                self.delete_where("delete by filter", scoped_filter(tenant, Some(filter))).await
+            })
+            .await
     }
 
     async fn count(&self, tenant: &Tenant, filter: Option<&Filter>) -> Result<u64> {
-        if let Some(f) = filter {
-            f.validate()?;
-        }
-        let mut request = CountPointsBuilder::new(self.collection()).filter(scoped_filter(tenant, filter)).exact(true);
-        if let Some(rc) = self.read_consistency() {
-            request = request.read_consistency(rc);
-        }
-        let resp = self.client.count(request).await.map_err(|e| map_error(&self.action("count"), e))?;
-        Ok(resp.result.map_or(0, |r| r.count))
+        self.obs
+            .run(self.collection.clone(), "count", async move {
+                if let Some(f) = filter {
+                    f.validate()?;
+                }
+                let mut request =
+                    CountPointsBuilder::new(self.collection()).filter(scoped_filter(tenant, filter)).exact(true);
+                if let Some(rc) = self.read_consistency() {
+                    request = request.read_consistency(rc);
+                }
+                let resp = self.client.count(request).await.map_err(|e| map_error(&self.action("count"), e))?;
+                Ok(resp.result.map_or(0, |r| r.count))
+            })
+            .await
     }
 
     async fn scroll(
@@ -391,15 +449,19 @@ impl VectorIndex for QdrantIndex {
         from: Option<ScrollCursor>,
         limit: usize,
     ) -> Result<ChunkPage> {
-        validate_scroll(filter, limit)?;
-        let request = scroll_request(self.collection(), tenant, filter, from, limit, self.read_consistency());
-        let resp = self.client.scroll(request).await.map_err(|e| map_error(&self.action("scroll"), e))?;
-        let mut chunks = Vec::with_capacity(resp.result.len());
-        for p in resp.result {
-            chunks.extend(decode_record(tenant, p.payload)?);
-        }
-        let next = resp.next_page_offset.map(scroll_cursor).transpose()?;
-        Ok(ChunkPage { chunks, next })
+        self.obs
+            .run(self.collection.clone(), "scroll", async move {
+                validate_scroll(filter, limit)?;
+                let request = scroll_request(self.collection(), tenant, filter, from, limit, self.read_consistency());
+                let resp = self.client.scroll(request).await.map_err(|e| map_error(&self.action("scroll"), e))?;
+                let mut chunks = Vec::with_capacity(resp.result.len());
+                for p in resp.result {
+                    chunks.extend(decode_record(tenant, p.payload)?);
+                }
+                let next = resp.next_page_offset.map(scroll_cursor).transpose()?;
+                Ok(ChunkPage { chunks, next })
+            })
+            .await
     }
 }
 
@@ -573,6 +635,53 @@ mod tests {
             assert!(took < timeout * 2 + std::time::Duration::from_millis(500), "the call took {took:?}");
         }
         held.abort();
+    }
+
+    /// Span attributes name the server's host and port (the gRPC default
+    /// when the URL has none) and never the API key.
+    #[test]
+    fn span_attributes_come_from_the_url() {
+        let meta = op_meta("https://qdrant.example.com");
+        assert_eq!(meta.system(), "qdrant");
+        assert_eq!(meta.server_address(), Some("qdrant.example.com"));
+        assert_eq!(meta.server_port(), Some(6334));
+        let meta = op_meta("http://[::1]:7000");
+        assert_eq!((meta.server_address(), meta.server_port()), (Some("::1"), Some(7000)));
+        assert_eq!(op_meta("not a url").server_address(), None);
+    }
+
+    /// A failed call's span and metrics: `qdrant`, the collection, the
+    /// server, `error.type` = `unavailable`; a refused input is
+    /// `invalid_input`. The API key and the tenant show nowhere.
+    #[tokio::test]
+    async fn failures_are_observed_without_the_api_key() {
+        use selfrag_core::observe::names;
+        use selfrag_testkit::observe::{Capture, Metrics};
+        let key = "key-observe-qdrant-0c4d";
+        let index = QdrantIndexConfig::new("http://127.0.0.1:1", "obs", IndexSpec::new(2, Distance::Cosine).unwrap())
+            .api_key(key)
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let t = Tenant::new("tenant-observe-77").unwrap();
+        let (capture, metrics) = (Capture::new(), Metrics::new());
+        {
+            let _s = capture.set_default();
+            let _m = metrics.set_default();
+            index.count(&t, None).await.unwrap_err();
+            index.search(&t, &SearchRequest::new(vec![1.0; 3], 1)).await.unwrap_err();
+        }
+        let count = capture.op("count");
+        assert_eq!(count.field("db.system.name"), Some("qdrant"));
+        assert_eq!(count.field("db.collection.name"), Some("obs"));
+        assert_eq!(count.field("server.address"), Some("127.0.0.1"));
+        assert_eq!(count.field("server.port"), Some("1"));
+        assert_eq!(count.field("error.type"), Some("unavailable"));
+        assert_eq!(capture.op("search").field("error.type"), Some("invalid_input"));
+        let labels = [("db.system.name", "qdrant"), ("db.operation.name", "count"), ("error.type", "unavailable")];
+        assert_eq!(metrics.counter(names::OPERATION_ERRORS, &labels), 1);
+        capture.assert_absent(&[key, "tenant-observe-77"]);
+        metrics.assert_absent(&[key, "tenant-observe-77"]);
     }
 
     /// With no server, calls fail as retryable `Unavailable` errors, and bad

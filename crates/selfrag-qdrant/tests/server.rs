@@ -289,3 +289,14 @@ async fn payload_values_and_filters_round_trip() {
         2
     );
 }
+
+/// Spans and metrics of a successful upsert and search and a refused
+/// search, against the server.
+#[tokio::test]
+async fn calls_are_observed() {
+    let Some(env) = server().await else { return };
+    let name = Collections::fresh(&env.names);
+    let index = config(&env.url, name.clone(), spec(4, Distance::Cosine)).build().unwrap();
+    index.ensure().await.unwrap();
+    selfrag_testkit::observe::check_vector_index(&index, selfrag_core::observe::system::QDRANT, &name).await;
+}

@@ -13,6 +13,7 @@ use deadpool_redis::redis::{
     self, Arg, Cmd, ErrorKind as RedisKind, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value,
 };
 use deadpool_redis::{Connection, PoolError};
+use selfrag_core::observe::{record_pool, system, OpMeta, PoolStatus};
 use selfrag_core::{Error, Result, UserId};
 
 use crate::cluster::RedisConnector;
@@ -57,6 +58,8 @@ struct Inner {
     conn: Arc<Mutex<Option<Conn>>>,
     prefix: Box<str>,
     response_timeout: Duration,
+    /// The span attributes of every call.
+    obs: OpMeta,
 }
 
 /// The connection a handle multiplexes its calls over.
@@ -77,6 +80,34 @@ impl fmt::Debug for Handle {
     }
 }
 
+/// The span attributes of calls through `source`: for one server, its host,
+/// port and database number, read from the redacted URL (no password); for
+/// a cluster, none beyond `db.system.name` (calls go to many nodes).
+fn op_meta(source: &RedisConnector) -> OpMeta {
+    let meta = OpMeta::new(system::REDIS);
+    let Some(url) = source.pool().and_then(|p| p.redacted_url()) else { return meta };
+    match redis::IntoConnectionInfo::into_connection_info(url) {
+        Ok(info) => {
+            let meta = meta.with_namespace(info.redis.db.to_string());
+            match info.addr {
+                redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                    meta.with_server(host, Some(port))
+                }
+                _ => meta,
+            }
+        }
+        Err(_) => meta,
+    }
+}
+
+/// `db.client.connection.pool.name` of a pool: `host:port/db`.
+fn pool_name(obs: &OpMeta) -> String {
+    match obs.server_address() {
+        Some(host) => format!("{host}:{}/{}", obs.server_port().unwrap_or(6379), obs.namespace().unwrap_or("0")),
+        None => "redis".to_owned(),
+    }
+}
+
 /// How many times one cluster call is sent again after an answer that says
 /// it did not run (`MOVED`, `ASK`, `TRYAGAIN`, no connection to the slot's
 /// node): enough for a redirection during a slot migration plus a slot map
@@ -93,10 +124,11 @@ impl Handle {
     pub(crate) fn new(source: RedisConnector) -> Self {
         Self {
             inner: Arc::new(Inner {
-                source,
                 conn: Arc::default(),
                 prefix: RedisConfig::DEFAULT_KEY_PREFIX.into(),
                 response_timeout: RedisConfig::DEFAULT_TIMEOUT,
+                obs: op_meta(&source),
+                source,
             }),
         }
     }
@@ -110,6 +142,7 @@ impl Handle {
                 conn: self.inner.conn.clone(),
                 prefix,
                 response_timeout,
+                obs: self.inner.obs.clone(),
             }),
         }
     }
@@ -134,6 +167,11 @@ impl Handle {
 
     pub(crate) fn connector(&self) -> &RedisConnector {
         &self.inner.source
+    }
+
+    /// The span attributes of this handle's calls.
+    pub(crate) fn obs(&self) -> &OpMeta {
+        &self.inner.obs
     }
 
     /// A key of `user`'s: the stem of everything `user` owns,
@@ -185,7 +223,16 @@ impl Handle {
             RedisConnector::Cluster(client) => return client.get_connection().await.map(Conn::Cluster),
         };
         let limit = pool.timeouts().wait.unwrap_or(RedisConfig::DEFAULT_TIMEOUT);
-        match tokio::time::timeout(limit, pool.get()).await {
+        let got = tokio::time::timeout(limit, pool.get()).await;
+        let status = pool.status();
+        let status = PoolStatus {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        };
+        record_pool(system::REDIS, pool_name(&self.inner.obs), status);
+        match got {
             Ok(conn) => Ok(Conn::Single(Connection::take(conn.map_err(pool_error)?))),
             Err(_) => Err(Error::Unavailable {
                 backend: BACKEND,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use selfrag_core::local::LocalRateLimiter;
+use selfrag_core::observe::{record_rate_limit, system};
 use selfrag_core::{
     Error, ErrorKind, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter, Result, UserId, WindowStatus,
 };
@@ -197,6 +198,7 @@ impl RedisRateLimiter {
         let err = match self.check_redis(key, cost).await {
             Ok((decision, now)) => {
                 let source = DecisionSource::Redis;
+                record_rate_limit(system::REDIS, decision.allowed, source.label());
                 return Ok(CheckOutcome { decision, source, redis_error: None, redis_time_ms: Some(now) });
             }
             Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => e,
@@ -208,6 +210,7 @@ impl RedisRateLimiter {
             FailurePolicy::Fallback(local) => (local.check(key, cost).await?, DecisionSource::Fallback),
         };
         self.degraded.fetch_add(1, Ordering::Relaxed);
+        record_rate_limit(system::REDIS, decision.allowed, source.label());
         tracing::warn!(error = %err, ?source, allowed = decision.allowed, scope = key.scope(), "rate limit decided without Redis");
         Ok(CheckOutcome { decision, source, redis_error: Some(err), redis_time_ms: None })
     }
@@ -266,6 +269,18 @@ impl RedisRateLimiter {
     }
 }
 
+impl DecisionSource {
+    /// The `source` label of the rate-limit decision counter: `redis`,
+    /// `fail_open` or `fallback`.
+    pub fn label(self) -> &'static str {
+        match self {
+            DecisionSource::Redis => "redis",
+            DecisionSource::FailOpen => "fail_open",
+            DecisionSource::Fallback => "fallback",
+        }
+    }
+}
+
 impl fmt::Display for DecisionSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -283,7 +298,10 @@ impl RateLimiter for RedisRateLimiter {
     }
 
     async fn check(&self, key: &RateLimitKey, cost: u32) -> Result<RateLimitDecision> {
-        Ok(self.check_detailed(key, cost).await?.decision)
+        self.handle
+            .obs()
+            .run("rate_limits", "check", async move { Ok(self.check_detailed(key, cost).await?.decision) })
+            .await
     }
 
     /// Deletes the buckets the policy's windows read now, then the fallback
@@ -292,16 +310,21 @@ impl RateLimiter for RedisRateLimiter {
     /// then the fallback limiter is left as it was too (Redis goes first so a
     /// failed reset is not half done).
     async fn reset(&self, key: &RateLimitKey) -> Result<()> {
-        let mut inv = RATELIMIT_RESET.prepare_invoke();
-        inv.key(self.key_base(key));
-        for w in self.policy.windows() {
-            inv.arg(w.length_ms());
-        }
-        let _: i64 = self.handle.invoke(&inv, "rate limit reset").await?;
-        if let FailurePolicy::Fallback(local) = &self.on_failure {
-            local.reset(key).await?;
-        }
-        Ok(())
+        self.handle
+            .obs()
+            .run("rate_limits", "reset", async move {
+                let mut inv = RATELIMIT_RESET.prepare_invoke();
+                inv.key(self.key_base(key));
+                for w in self.policy.windows() {
+                    inv.arg(w.length_ms());
+                }
+                let _: i64 = self.handle.invoke(&inv, "rate limit reset").await?;
+                if let FailurePolicy::Fallback(local) = &self.on_failure {
+                    local.reset(key).await?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Deletes every key under `<prefix>{u:<user>}:rl:` (every scope and
@@ -316,24 +339,29 @@ impl RateLimiter for RedisRateLimiter {
     /// have deleted some keys (call again). During a migration of the user's
     /// slot the call fails as unavailable, like the check script.
     async fn reset_user(&self, user: UserId) -> Result<u64> {
-        let stem = self.handle.user_key(user, &[":rl:"]);
-        let pattern = format!("{}*", glob_escape(&stem));
-        let mut cursor = String::from("0");
-        let mut deleted = 0u64;
-        loop {
-            let mut inv = RATELIMIT_RESET_USER.prepare_invoke();
-            inv.key(&stem).arg(&cursor).arg(&pattern).arg(RESET_USER_SCAN_COUNT);
-            let (next, n): (String, u64) = self.handle.invoke(&inv, "rate limit reset user").await?;
-            deleted += n;
-            if next == "0" {
-                break;
-            }
-            cursor = next;
-        }
-        if let FailurePolicy::Fallback(local) = &self.on_failure {
-            local.reset_user(user).await?;
-        }
-        Ok(deleted)
+        self.handle
+            .obs()
+            .run("rate_limits", "reset_user", async move {
+                let stem = self.handle.user_key(user, &[":rl:"]);
+                let pattern = format!("{}*", glob_escape(&stem));
+                let mut cursor = String::from("0");
+                let mut deleted = 0u64;
+                loop {
+                    let mut inv = RATELIMIT_RESET_USER.prepare_invoke();
+                    inv.key(&stem).arg(&cursor).arg(&pattern).arg(RESET_USER_SCAN_COUNT);
+                    let (next, n): (String, u64) = self.handle.invoke(&inv, "rate limit reset user").await?;
+                    deleted += n;
+                    if next == "0" {
+                        break;
+                    }
+                    cursor = next;
+                }
+                if let FailurePolicy::Fallback(local) = &self.on_failure {
+                    local.reset_user(user).await?;
+                }
+                Ok(deleted)
+            })
+            .await
     }
 }
 

@@ -158,166 +158,204 @@ impl RedisSessionStore {
 #[async_trait]
 impl SessionStore for RedisSessionStore {
     async fn create(&self, user: UserId, session: NewSession) -> Result<Session> {
-        let data = serde_json::to_string(session.data())
-            .map_err(|e| Error::backend(BACKEND, "encode session data", false, e))?;
-        let ttl_ms = millis(session.ttl());
-        let policy = match self.limits.on_limit() {
-            OnLimit::EvictOldest => "evict",
-            OnLimit::Refuse => "refuse",
-        };
-        for _ in 0..CREATE_ATTEMPTS {
-            let id = session.id().unwrap_or_else(SessionId::generate);
-            let mut inv = SESSION_CREATE.prepare_invoke();
-            inv.key(self.session_key(user, id))
-                .key(self.index_key(user))
-                .key(self.created_index_key(user))
-                .arg(id.to_string())
-                .arg(ttl_ms)
-                .arg(&data)
-                .arg(self.limits.max_per_user())
-                .arg(policy)
-                .arg(SessionLimits::MAX_EVICTIONS_PER_CREATE);
-            let reply: Vec<String> = self.handle.invoke(&inv, "create session").await?;
-            match reply.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-                ["created", now_ms, _evicted] => {
-                    return Ok(session.into_session(id, user, from_millis(parse_ms("created", now_ms)?)?));
-                }
-                ["exists", c, l, t, d] => {
-                    // Never overwritten. A chosen id: this create retried
-                    // (return what is stored) or a clash. A drawn id that
-                    // collided (never, in practice): draw again.
-                    if session.id().is_some() {
-                        let stored = decode(id, user, c, l, t, d)?;
-                        return if session.is_created_as(user, &stored) {
-                            Ok(stored)
-                        } else {
-                            Err(NewSession::id_taken(id))
-                        };
+        self.handle
+            .obs()
+            .run("sessions", "create", async move {
+                let data = serde_json::to_string(session.data())
+                    .map_err(|e| Error::backend(BACKEND, "encode session data", false, e))?;
+                let ttl_ms = millis(session.ttl());
+                let policy = match self.limits.on_limit() {
+                    OnLimit::EvictOldest => "evict",
+                    OnLimit::Refuse => "refuse",
+                };
+                for _ in 0..CREATE_ATTEMPTS {
+                    let id = session.id().unwrap_or_else(SessionId::generate);
+                    let mut inv = SESSION_CREATE.prepare_invoke();
+                    inv.key(self.session_key(user, id))
+                        .key(self.index_key(user))
+                        .key(self.created_index_key(user))
+                        .arg(id.to_string())
+                        .arg(ttl_ms)
+                        .arg(&data)
+                        .arg(self.limits.max_per_user())
+                        .arg(policy)
+                        .arg(SessionLimits::MAX_EVICTIONS_PER_CREATE);
+                    let reply: Vec<String> = self.handle.invoke(&inv, "create session").await?;
+                    match reply.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                        ["created", now_ms, _evicted] => {
+                            return Ok(session.into_session(id, user, from_millis(parse_ms("created", now_ms)?)?));
+                        }
+                        ["exists", c, l, t, d] => {
+                            // Never overwritten. A chosen id: this create retried
+                            // (return what is stored) or a clash. A drawn id that
+                            // collided (never, in practice): draw again.
+                            if session.id().is_some() {
+                                let stored = decode(id, user, c, l, t, d)?;
+                                return if session.is_created_as(user, &stored) {
+                                    Ok(stored)
+                                } else {
+                                    Err(NewSession::id_taken(id))
+                                };
+                            }
+                        }
+                        ["full", _live] => return Err(self.limits.reached(user)),
+                        _ => return Err(bad_reply("create session", format!("{reply:?}"))),
                     }
                 }
-                ["full", _live] => return Err(self.limits.reached(user)),
-                _ => return Err(bad_reply("create session", format!("{reply:?}"))),
-            }
-        }
-        Err(Error::Conflict { what: "session", id: format!("{CREATE_ATTEMPTS} random ids in a row were taken") })
+                Err(Error::Conflict {
+                    what: "session",
+                    id: format!("{CREATE_ATTEMPTS} random ids in a row were taken"),
+                })
+            })
+            .await
     }
 
     async fn get(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
-        // A plain HMGET, no script: Redis deletes the key at expires_at - 1 ms,
-        // so a key it still returns is a live session.
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.session_key(user, id)).arg(&["created_ms", "last_ms", "ttl_ms", "data"]);
-        let fields: Vec<Option<String>> = self.handle.query(&cmd, "get session").await?;
-        match fields.as_slice() {
-            [Some(c), Some(l), Some(t), Some(d)] => Ok(Some(decode(id, user, c, l, t, d)?)),
-            [None, None, None, None] => Ok(None),
-            other => Err(bad_reply("get session", format!("{other:?}"))),
-        }
+        self.handle
+            .obs()
+            .run("sessions", "get", async move {
+                // A plain HMGET, no script: Redis deletes the key at expires_at - 1 ms,
+                // so a key it still returns is a live session.
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(self.session_key(user, id)).arg(&["created_ms", "last_ms", "ttl_ms", "data"]);
+                let fields: Vec<Option<String>> = self.handle.query(&cmd, "get session").await?;
+                match fields.as_slice() {
+                    [Some(c), Some(l), Some(t), Some(d)] => Ok(Some(decode(id, user, c, l, t, d)?)),
+                    [None, None, None, None] => Ok(None),
+                    other => Err(bad_reply("get session", format!("{other:?}"))),
+                }
+            })
+            .await
     }
 
     async fn touch(&self, user: UserId, id: SessionId) -> Result<Option<Session>> {
-        let mut inv = SESSION_TOUCH.prepare_invoke();
-        inv.key(self.session_key(user, id))
-            .key(self.index_key(user))
-            .key(self.created_index_key(user))
-            .arg(id.to_string());
-        let fields: Option<Vec<String>> = self.handle.invoke(&inv, "touch session").await?;
-        match fields.as_deref() {
-            None => Ok(None),
-            Some([c, l, t, d]) => Ok(Some(decode(id, user, c, l, t, d)?)),
-            Some(other) => Err(bad_reply("touch session", format!("{other:?}"))),
-        }
+        self.handle
+            .obs()
+            .run("sessions", "touch", async move {
+                let mut inv = SESSION_TOUCH.prepare_invoke();
+                inv.key(self.session_key(user, id))
+                    .key(self.index_key(user))
+                    .key(self.created_index_key(user))
+                    .arg(id.to_string());
+                let fields: Option<Vec<String>> = self.handle.invoke(&inv, "touch session").await?;
+                match fields.as_deref() {
+                    None => Ok(None),
+                    Some([c, l, t, d]) => Ok(Some(decode(id, user, c, l, t, d)?)),
+                    Some(other) => Err(bad_reply("touch session", format!("{other:?}"))),
+                }
+            })
+            .await
     }
 
     async fn set_data(&self, user: UserId, id: SessionId, data: Map<String, Json>) -> Result<Option<Session>> {
-        validate_data(&data)?;
-        let text =
-            serde_json::to_string(&data).map_err(|e| Error::backend(BACKEND, "encode session data", false, e))?;
-        let mut inv = SESSION_SET_DATA.prepare_invoke();
-        inv.key(self.session_key(user, id)).arg(&text);
-        let fields: Option<Vec<String>> = self.handle.invoke(&inv, "set session data").await?;
-        match fields.as_deref() {
-            None => Ok(None),
-            Some([c, l, t]) => {
-                let mut session = decode(id, user, c, l, t, "{}")?;
-                session.data = data;
-                Ok(Some(session))
-            }
-            Some(other) => Err(bad_reply("set session data", format!("{other:?}"))),
-        }
+        self.handle
+            .obs()
+            .run("sessions", "set_data", async move {
+                validate_data(&data)?;
+                let text = serde_json::to_string(&data)
+                    .map_err(|e| Error::backend(BACKEND, "encode session data", false, e))?;
+                let mut inv = SESSION_SET_DATA.prepare_invoke();
+                inv.key(self.session_key(user, id)).arg(&text);
+                let fields: Option<Vec<String>> = self.handle.invoke(&inv, "set session data").await?;
+                match fields.as_deref() {
+                    None => Ok(None),
+                    Some([c, l, t]) => {
+                        let mut session = decode(id, user, c, l, t, "{}")?;
+                        session.data = data;
+                        Ok(Some(session))
+                    }
+                    Some(other) => Err(bad_reply("set session data", format!("{other:?}"))),
+                }
+            })
+            .await
     }
 
     async fn list_recent(&self, user: UserId, limit: u32) -> Result<Vec<Session>> {
-        validate_list_limit(limit)?;
-        let mut inv = SESSION_LIST.prepare_invoke();
-        inv.key(self.index_key(user))
-            .key(self.created_index_key(user))
-            .arg(self.session_key_stem(user))
-            .arg(limit)
-            .arg(LIST_DEAD_BUDGET);
-        // Each incomplete call dropped LIST_DEAD_BUDGET dead members, and
-        // an index holds at most the cap plus what expired lately, so this
-        // ends; the bound only guards against a script bug.
-        for _ in 0..=(SessionLimits::MAX_PER_USER / LIST_DEAD_BUDGET + 1) {
-            let flat: Vec<String> = self.handle.invoke(&inv, "list sessions").await?;
-            let Some((complete, fields)) = flat.split_first() else {
-                return Err(bad_reply("list sessions", "empty reply"));
-            };
-            if fields.len() % 5 != 0 {
-                return Err(bad_reply("list sessions", format!("{} fields", fields.len())));
-            }
-            if complete != "1" {
-                continue;
-            }
-            // Already newest first: the created-at index orders by time,
-            // then by id (as text, which orders like the UUID's bytes).
-            return fields
-                .chunks_exact(5)
-                .map(|f| {
-                    let id = SessionId::parse(&f[0]).map_err(|e| bad_reply("list sessions", e))?;
-                    decode(id, user, &f[1], &f[2], &f[3], &f[4])
-                })
-                .collect();
-        }
-        Err(bad_reply("list sessions", "the index did not shrink"))
+        self.handle
+            .obs()
+            .run("sessions", "list_recent", async move {
+                validate_list_limit(limit)?;
+                let mut inv = SESSION_LIST.prepare_invoke();
+                inv.key(self.index_key(user))
+                    .key(self.created_index_key(user))
+                    .arg(self.session_key_stem(user))
+                    .arg(limit)
+                    .arg(LIST_DEAD_BUDGET);
+                // Each incomplete call dropped LIST_DEAD_BUDGET dead members, and
+                // an index holds at most the cap plus what expired lately, so this
+                // ends; the bound only guards against a script bug.
+                for _ in 0..=(SessionLimits::MAX_PER_USER / LIST_DEAD_BUDGET + 1) {
+                    let flat: Vec<String> = self.handle.invoke(&inv, "list sessions").await?;
+                    let Some((complete, fields)) = flat.split_first() else {
+                        return Err(bad_reply("list sessions", "empty reply"));
+                    };
+                    if fields.len() % 5 != 0 {
+                        return Err(bad_reply("list sessions", format!("{} fields", fields.len())));
+                    }
+                    if complete != "1" {
+                        continue;
+                    }
+                    // Already newest first: the created-at index orders by time,
+                    // then by id (as text, which orders like the UUID's bytes).
+                    return fields
+                        .chunks_exact(5)
+                        .map(|f| {
+                            let id = SessionId::parse(&f[0]).map_err(|e| bad_reply("list sessions", e))?;
+                            decode(id, user, &f[1], &f[2], &f[3], &f[4])
+                        })
+                        .collect();
+                }
+                Err(bad_reply("list sessions", "the index did not shrink"))
+            })
+            .await
     }
 
     async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool> {
-        let mut inv = SESSION_REVOKE.prepare_invoke();
-        inv.key(self.session_key(user, id))
-            .key(self.index_key(user))
-            .key(self.created_index_key(user))
-            .arg(id.to_string());
-        let live: i64 = self.handle.invoke(&inv, "revoke session").await?;
-        Ok(live == 1)
+        self.handle
+            .obs()
+            .run("sessions", "revoke", async move {
+                let mut inv = SESSION_REVOKE.prepare_invoke();
+                inv.key(self.session_key(user, id))
+                    .key(self.index_key(user))
+                    .key(self.created_index_key(user))
+                    .arg(id.to_string());
+                let live: i64 = self.handle.invoke(&inv, "revoke session").await?;
+                Ok(live == 1)
+            })
+            .await
     }
 
     async fn revoke_all(&self, user: UserId) -> Result<u64> {
-        let mut inv = SESSION_REVOKE_ALL.prepare_invoke();
-        inv.key(self.index_key(user))
-            .key(self.created_index_key(user))
-            .arg(self.session_key_stem(user))
-            .arg(Self::REVOKE_ALL_BATCH);
-        let batch = u64::from(Self::REVOKE_ALL_BATCH);
-        let mut live = 0;
-        // Set from the first reply: enough calls for every session there
-        // was, plus one. Sessions created while this runs may be left (see
-        // the trait), so racing creates cannot keep it going for ever.
-        let mut calls_left: Option<u64> = None;
-        loop {
-            let reply: Vec<i64> = self.handle.invoke(&inv, "revoke all sessions").await?;
-            let [gone_live, deleted, left] = reply[..] else {
-                return Err(bad_reply("revoke all sessions", format!("{reply:?}")));
-            };
-            let count = |n: i64| u64::try_from(n).map_err(|e| bad_reply("revoke all sessions", e));
-            live += count(gone_live)?;
-            let left = count(left)?;
-            let calls = calls_left.get_or_insert(left.div_ceil(batch) + 1);
-            if left == 0 || count(deleted)? < batch || *calls == 0 {
-                return Ok(live);
-            }
-            *calls -= 1;
-        }
+        self.handle
+            .obs()
+            .run("sessions", "revoke_all", async move {
+                let mut inv = SESSION_REVOKE_ALL.prepare_invoke();
+                inv.key(self.index_key(user))
+                    .key(self.created_index_key(user))
+                    .arg(self.session_key_stem(user))
+                    .arg(Self::REVOKE_ALL_BATCH);
+                let batch = u64::from(Self::REVOKE_ALL_BATCH);
+                let mut live = 0;
+                // Set from the first reply: enough calls for every session there
+                // was, plus one. Sessions created while this runs may be left (see
+                // the trait), so racing creates cannot keep it going for ever.
+                let mut calls_left: Option<u64> = None;
+                loop {
+                    let reply: Vec<i64> = self.handle.invoke(&inv, "revoke all sessions").await?;
+                    let [gone_live, deleted, left] = reply[..] else {
+                        return Err(bad_reply("revoke all sessions", format!("{reply:?}")));
+                    };
+                    let count = |n: i64| u64::try_from(n).map_err(|e| bad_reply("revoke all sessions", e));
+                    live += count(gone_live)?;
+                    let left = count(left)?;
+                    let calls = calls_left.get_or_insert(left.div_ceil(batch) + 1);
+                    if left == 0 || count(deleted)? < batch || *calls == 0 {
+                        return Ok(live);
+                    }
+                    *calls -= 1;
+                }
+            })
+            .await
     }
 }
 

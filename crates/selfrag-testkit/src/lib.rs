@@ -78,6 +78,7 @@ pub mod cluster;
 pub mod data;
 mod macros;
 pub mod memory;
+pub mod observe;
 #[cfg(unix)]
 mod private;
 pub mod ratelimit;

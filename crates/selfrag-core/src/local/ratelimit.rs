@@ -7,9 +7,13 @@ use super::unix_millis;
 use crate::clock::{Clock, SystemClock};
 use crate::error::Result;
 use crate::ids::UserId;
+use crate::observe::{record_rate_limit, system, OpMeta};
 use crate::ratelimit::{
     bucket_of, evaluate, BucketCounts, RateLimitDecision, RateLimitKey, RateLimitPolicy, RateLimiter,
 };
+
+/// The span attributes of every call.
+const OBS: OpMeta = OpMeta::new(system::LOCAL);
 
 /// A [`RateLimiter`] in process memory, running [`evaluate`] under one lock,
 /// so a check is atomic across its windows. Clones share the same counters.
@@ -70,32 +74,42 @@ impl RateLimiter for LocalRateLimiter {
     }
 
     async fn check(&self, key: &RateLimitKey, cost: u32) -> Result<RateLimitDecision> {
-        self.policy.check_cost(cost)?;
-        let now = unix_millis(self.clock.now());
-        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let windows = self.policy.windows();
-        let buckets = counters.entry(key.clone()).or_insert_with(|| vec![Buckets::default(); windows.len()]);
-        let indexes: Vec<i64> =
-            windows.iter().zip(buckets.iter()).map(|(w, b)| bucket_of(now, w.length_ms()).max(b.index)).collect();
-        let counts: Vec<BucketCounts> = buckets.iter().zip(&indexes).map(|(b, &i)| b.at(i)).collect();
-        let decision = evaluate(&self.policy, &counts, now, cost);
-        if decision.allowed {
-            for ((b, &index), c) in buckets.iter_mut().zip(&indexes).zip(&counts) {
-                *b = Buckets { index, current: c.current + u64::from(cost), previous: c.previous };
+        OBS.run("rate_limits", "check", async move {
+            self.policy.check_cost(cost)?;
+            let now = unix_millis(self.clock.now());
+            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            let windows = self.policy.windows();
+            let buckets = counters.entry(key.clone()).or_insert_with(|| vec![Buckets::default(); windows.len()]);
+            let indexes: Vec<i64> =
+                windows.iter().zip(buckets.iter()).map(|(w, b)| bucket_of(now, w.length_ms()).max(b.index)).collect();
+            let counts: Vec<BucketCounts> = buckets.iter().zip(&indexes).map(|(b, &i)| b.at(i)).collect();
+            let decision = evaluate(&self.policy, &counts, now, cost);
+            if decision.allowed {
+                for ((b, &index), c) in buckets.iter_mut().zip(&indexes).zip(&counts) {
+                    *b = Buckets { index, current: c.current + u64::from(cost), previous: c.previous };
+                }
             }
-        }
-        Ok(decision)
+            record_rate_limit(system::LOCAL, decision.allowed, "local");
+            Ok(decision)
+        })
+        .await
     }
 
     async fn reset(&self, key: &RateLimitKey) -> Result<()> {
-        self.counters.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
-        Ok(())
+        OBS.run("rate_limits", "reset", async move {
+            self.counters.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+            Ok(())
+        })
+        .await
     }
 
     async fn reset_user(&self, user: UserId) -> Result<u64> {
-        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let before = counters.len();
-        counters.retain(|key, _| key.user() != user);
-        Ok((before - counters.len()) as u64)
+        OBS.run("rate_limits", "reset_user", async move {
+            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            let before = counters.len();
+            counters.retain(|key, _| key.user() != user);
+            Ok((before - counters.len()) as u64)
+        })
+        .await
     }
 }
