@@ -468,8 +468,8 @@ pub(crate) async fn hot_backup_hold(
     }
     ix.flush().await?;
     let mut figures = serde_json::Map::new();
-    for (round, label) in [(0u64, "unoptimized"), (1, "optimized")] {
-        if round == 1 {
+    for (pass, label) in [(0u64, "unoptimized"), (1, "optimized")] {
+        if pass == 1 {
             let t = Instant::now();
             ix.optimize_now().await?;
             println!("edge hot backup: optimize_now at {n} points took {:.1} s", t.elapsed().as_secs_f64());
@@ -482,7 +482,7 @@ pub(crate) async fn hot_backup_hold(
                 let mut worst = Duration::ZERO;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let s = Instant::now();
-                    ix.upsert(&t, vec![durable_chunk(3 << 40 | round << 32 | i)]).await?;
+                    ix.upsert(&t, vec![durable_chunk(3 << 40 | pass << 32 | i)]).await?;
                     worst = worst.max(s.elapsed());
                     i += 1;
                 }
