@@ -13,8 +13,10 @@
 //!
 //! An index that must keep serving is backed up in two steps by the process
 //! that has it open: `EdgeIndex::backup_to(dir)` copies it at one point in
-//! time (writes wait for the engine flush and the copy, searches go on),
-//! and [`backup_edge`] backs up that closed copy, which may then be deleted.
+//! time (writes wait only while the files the engine rewrites in place are
+//! copied, searches go on; the copy's journal is replayed when it is
+//! opened), and [`backup_edge`] backs up that closed copy, which may then
+//! be deleted.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

@@ -448,9 +448,12 @@ pub(crate) async fn run_durability(plan: &Plan, rows: &mut Vec<Row>) -> Res<()> 
 }
 
 /// How long `EdgeIndex::backup_to` holds writes on an index of 100,000 ×
-/// 384 (10,000 in quick mode) while a writer keeps upserting; reported in
-/// the extras of the last row and printed.
-async fn hot_backup_hold(
+/// 384 (10,000 in quick mode) while a writer keeps upserting: first with
+/// every point in appendable segments (loaded, not optimized: everything
+/// is copied in the hold), then after `optimize_now` (sealed segments,
+/// copied after the hold). Printed, and put in the extras of the last row
+/// (when there is one).
+pub(crate) async fn hot_backup_hold(
     plan: &Plan,
     dir: &tempfile::TempDir,
     spec: IndexSpec,
@@ -458,52 +461,112 @@ async fn hot_backup_hold(
     rows: &mut [Row],
 ) -> Res<()> {
     let n: u64 = if plan.quick { 10_000 } else { 100_000 };
-    let ix = Arc::new(
-        EdgeIndex::open(dir.path().join("hot"), spec, EdgeIndexConfig::default().optimize_after_points(None)).await?,
-    );
+    let src = dir.path().join("hot");
+    let ix = Arc::new(EdgeIndex::open(&src, spec, EdgeIndexConfig::default().optimize_after_points(None)).await?);
     for start in (0..n).step_by(1_000) {
         ix.upsert(tenant, (start..start + 1_000).map(|i| durable_chunk(2 << 40 | i)).collect()).await?;
     }
     ix.flush().await?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (ix, stop, t) = (ix.clone(), stop.clone(), tenant.clone());
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            let mut worst = Duration::ZERO;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let s = Instant::now();
-                ix.upsert(&t, vec![durable_chunk(3 << 40 | i)]).await?;
-                worst = worst.max(s.elapsed());
-                i += 1;
-            }
-            Ok::<_, selfrag_core::Error>(worst)
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let t = Instant::now();
-    let hot = ix.backup_to(dir.path().join("hot-copy")).await?;
-    let total = t.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let worst = writer.await??;
-    println!(
-        "edge hot backup at {n} x {DIM}: writes held {:.2} s (flush + copy of {} MB), backup_to {:.2} s, slowest concurrent upsert {:.2} s",
-        hot.hold.as_secs_f64(),
-        hot.bytes / 1_000_000,
-        total.as_secs_f64(),
-        worst.as_secs_f64()
-    );
+    let mut figures = serde_json::Map::new();
+    for (pass, label) in [(0u64, "unoptimized"), (1, "optimized")] {
+        if pass == 1 {
+            let t = Instant::now();
+            ix.optimize_now().await?;
+            println!("edge hot backup: optimize_now at {n} points took {:.1} s", t.elapsed().as_secs_f64());
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (ix, stop, t) = (ix.clone(), stop.clone(), tenant.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                let mut worst = Duration::ZERO;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let s = Instant::now();
+                    ix.upsert(&t, vec![durable_chunk(3 << 40 | pass << 32 | i)]).await?;
+                    worst = worst.max(s.elapsed());
+                    i += 1;
+                }
+                Ok::<_, selfrag_core::Error>((worst, i))
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let copy = dir.path().join(format!("hot-copy-{label}"));
+        let hot = ix.backup_to(&copy).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (worst, writes) = writer.await??;
+        let (src_len, src_disk) = (apparent_size(&src)?, disk_size(&src)?);
+        let mb = |b: u64| b as f64 / 1e6;
+        println!(
+            "edge hot backup at {n} x {DIM}, {label}: writes held {:.3} s (read {:.1} MB in the hold, {:.1} MB after), \
+             backup_to {:.2} s in all, {writes} upserts during the run (slowest {:.3} s); \
+             copy {:.1} MB apparent / {:.1} MB on disk, source {:.1} MB apparent / {:.1} MB on disk; {} journal records to replay",
+            hot.hold.as_secs_f64(),
+            mb(hot.held_bytes),
+            mb(hot.later_bytes),
+            hot.total.as_secs_f64(),
+            worst.as_secs_f64(),
+            mb(hot.bytes),
+            mb(hot.disk_bytes),
+            mb(src_len),
+            mb(src_disk),
+            hot.replay,
+        );
+        figures.insert(
+            label.into(),
+            json!({
+                "points": n,
+                "hold_s": round(hot.hold.as_secs_f64(), 4),
+                "total_s": round(hot.total.as_secs_f64(), 3),
+                "held_bytes": hot.held_bytes,
+                "later_bytes": hot.later_bytes,
+                "copy_bytes": hot.bytes,
+                "copy_disk_bytes": hot.disk_bytes,
+                "source_bytes": src_len,
+                "source_disk_bytes": src_disk,
+                "slowest_upsert_s": round(worst.as_secs_f64(), 4),
+                "replay_records": hot.replay,
+            }),
+        );
+        std::fs::remove_dir_all(&copy)?;
+    }
     if let Some(row) = rows.last_mut() {
-        row.extra.insert("hot_backup_points".into(), json!(n));
-        row.extra.insert("hot_backup_hold_s".into(), json!(round(hot.hold.as_secs_f64(), 3)));
-        row.extra.insert("hot_backup_bytes".into(), json!(hot.bytes));
-        row.extra.insert("hot_backup_slowest_upsert_s".into(), json!(round(worst.as_secs_f64(), 3)));
+        row.extra.insert("hot_backup".into(), serde_json::Value::Object(figures));
     }
     if let Ok(ix) = Arc::try_unwrap(ix) {
         ix.close().await?;
     }
     Ok(())
+}
+
+/// Sum of file lengths under `path` (holes count).
+fn apparent_size(path: &std::path::Path) -> std::io::Result<u64> {
+    tree_size(path, &|m| m.len())
+}
+
+/// Bytes allocated on disk under `path` (holes do not count).
+fn disk_size(path: &std::path::Path) -> std::io::Result<u64> {
+    tree_size(path, &|m| std::os::unix::fs::MetadataExt::blocks(m) * 512)
+}
+
+fn tree_size(path: &std::path::Path, size: &dyn Fn(&std::fs::Metadata) -> u64) -> std::io::Result<u64> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(size(&meta));
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        total += tree_size(&entry?.path(), size)?;
+    }
+    Ok(total)
+}
+
+/// Only the hot backup figures (`--edge-hot-backup`).
+pub(crate) async fn run_hot_backup(plan: &Plan, rows: &mut [Row]) -> Res<()> {
+    let tenant = Tenant::new("bench")?;
+    let spec = IndexSpec::new(DIM, Distance::Cosine)?;
+    let dir = tempfile::tempdir()?;
+    hot_backup_hold(plan, &dir, spec, &tenant, rows).await
 }
 
 /// Recovery time: 10,000 points journaled (calls of 10 chunks) and never

@@ -88,6 +88,10 @@ struct Args {
     /// Run only the embedded durability rows (journaled upserts, recovery).
     #[arg(long)]
     edge_durability: bool,
+    /// Run only the embedded hot-backup figures (how long writes are held,
+    /// sizes) at 100,000 x 384 (10,000 with --quick).
+    #[arg(long)]
+    edge_hot_backup: bool,
     /// Run only the coalesced-append rows of Postgres (with --postgres).
     #[arg(long)]
     only_coalesced: bool,
@@ -204,6 +208,8 @@ async fn main() -> Res<()> {
         edge::run_durability(&plan, &mut rows).await?;
     } else if args.edge_durability {
         edge::run_durability(&plan, &mut rows).await?;
+    } else if args.edge_hot_backup {
+        edge::run_hot_backup(&plan, &mut rows).await?;
     } else {
         skipped.push("embedded filtered search row: pass --edge (heavy: 100,000 x 384 vectors)");
     }

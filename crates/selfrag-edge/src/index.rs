@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use qdrant_edge::{
@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Durability, EdgeIndexConfig, Quantization};
 use crate::filter::tenant_filter;
+use crate::hot;
 use crate::journal::{Journal, JournalOp, JournalPoint};
 
 /// The backend name in errors.
@@ -100,13 +101,27 @@ pub struct EdgePoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HotBackup {
-    /// The journal sequence number of the last write in the copy (0 when
-    /// the index writes no journal).
+    /// The journal sequence number of the last write in the copy: the
+    /// backup's point in time (0 when the index writes no journal).
     pub seq: u64,
-    /// How long writes were held: the engine flush and the copy.
+    /// Journal records in the copy that its engine files may not hold yet;
+    /// opening the copy replays them.
+    pub replay: u64,
+    /// How long writes were held: listing the files and copying those the
+    /// engine rewrites in place (plus an engine flush when the index writes
+    /// no journal).
     pub hold: Duration,
-    /// Bytes copied.
+    /// The whole backup, from the call to the renamed, synced copy
+    /// (including waiting for a running optimization).
+    pub total: Duration,
+    /// The length of the files copied (holes count).
     pub bytes: u64,
+    /// Data read while writes were held (holes are skipped, not read).
+    pub held_bytes: u64,
+    /// Data read after the hold: the files the engine never rewrites.
+    pub later_bytes: u64,
+    /// The bytes the copy occupies on disk (holes are kept and not counted).
+    pub disk_bytes: u64,
 }
 
 /// A snapshot of an index's state, from [`EdgeIndex::stats`].
@@ -351,18 +366,35 @@ impl EdgeIndex {
     }
 
     /// Copies the open index into directory `dest` (missing or empty),
-    /// consistent to one point in time, while it keeps serving: searches and
-    /// other reads run throughout; writes wait while the engine is flushed
-    /// and the files are copied (the "hold", returned with its duration),
-    /// and a running optimization is waited for first (it swaps segment
-    /// files). The copy is a closed index directory with an empty journal:
-    /// [`EdgeIndex::open`] it where it is or copy it anywhere (for example
-    /// with `selfrag_backup::backup_edge`, which takes closed indexes).
+    /// consistent to one point in time, while it keeps serving.
+    ///
+    /// - Writes wait only for the "hold" ([`HotBackup::hold`]): the files
+    ///   are listed and those the engine rewrites in place (appendable
+    ///   segments, deletion flags, versions, payload storage, the open
+    ///   segments of its WAL, the journal and its state) are copied. The
+    ///   last journal record then is the backup's point in time
+    ///   ([`HotBackup::seq`]). Under a non-journal [`Durability`] the hold
+    ///   also flushes the engine.
+    /// - Then writes resume, and the files the engine never changes once
+    ///   written (a sealed segment's vectors, graph, quantized vectors,
+    ///   payload index data and id mappings; the WAL's closed segments) are
+    ///   copied and checked unchanged since the hold.
+    /// - Searches and other reads run throughout. A running optimization is
+    ///   waited for before the hold, and none starts until the copy is done
+    ///   (an optimization replaces segment files).
+    ///
+    /// The copy is what a crash at the hold would leave: [`EdgeIndex::open`]
+    /// it (where it is, or after `selfrag_backup::backup_edge` and
+    /// `restore_edge`), which replays the journal records its engine files
+    /// may lack ([`HotBackup::replay`]), exactly as after a crash. Every
+    /// write acknowledged before the hold is in it, none started after.
+    /// Holes (the engine's preallocated WAL) stay holes in the copy.
     ///
     /// # Errors
     /// [`Error::Conflict`] when `dest` exists and is not empty (nothing is
-    /// written); [`Error::Backend`] when the flush or a copy fails (a
-    /// partial copy is removed).
+    /// written); [`Error::Backend`] when a copy fails, or (retryable) when a
+    /// file copied after the hold changed meanwhile; a partial copy is
+    /// removed.
     pub async fn backup_to(&self, dest: impl AsRef<Path>) -> Result<HotBackup> {
         let dest = dest.as_ref().to_path_buf();
         let inner = self.inner.clone();
@@ -689,6 +721,7 @@ impl Inner {
 
     fn backup_to(&self, dest: &Path) -> Result<HotBackup> {
         let io = |what: String, e: std::io::Error| Error::backend(BACKEND, what, false, e);
+        let started = Instant::now();
         match std::fs::read_dir(dest) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
@@ -706,26 +739,10 @@ impl Inner {
             dest.file_name().map_or_else(|| "backup".into(), |n| n.to_string_lossy().into_owned())
         ));
         let _ = std::fs::remove_dir_all(&tmp);
-        // No optimization may swap segments during the copy.
-        let _o = lock(&self.optimize_lock);
-        let (seq, hold, bytes) = {
-            let _w = lock(&self.write_lock);
-            let started = std::time::Instant::now();
-            self.dirty.store(true, Ordering::SeqCst);
-            self.flush_locked()?;
-            let seq = self.journal.as_ref().map_or(0, Journal::last_appended);
-            let copied = copy_tree(&self.path, &tmp);
-            if let Err(e) = &copied {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(io(
-                    format!("cannot copy {} to {}", self.path.display(), tmp.display()),
-                    std::io::Error::new(e.kind(), e.to_string()),
-                ));
-            }
-            (seq, started.elapsed(), copied.unwrap_or(0))
-        };
-        let finish = || -> std::io::Result<()> {
-            sync_tree(&tmp)?;
+        let result = self.hot_copy(&tmp, started);
+        let finish = |_: &HotBackup| -> std::io::Result<u64> {
+            hot::sync_tree(&tmp)?;
+            let disk = hot::disk_usage(&tmp)?;
             if dest.exists() {
                 std::fs::remove_dir(dest)?;
             }
@@ -733,13 +750,88 @@ impl Inner {
             if let Some(parent) = dest.parent() {
                 std::fs::File::open(parent)?.sync_all()?;
             }
-            Ok(())
+            Ok(disk)
         };
-        if let Err(e) = finish() {
+        let done = result.and_then(|mut backup| match finish(&backup) {
+            Ok(disk) => {
+                backup.disk_bytes = disk;
+                backup.total = started.elapsed();
+                Ok(backup)
+            }
+            Err(e) => Err(io(format!("cannot complete the backup in {}", dest.display()), e)),
+        });
+        if done.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(io(format!("cannot complete the backup in {}", dest.display()), e));
         }
-        Ok(HotBackup { seq, hold, bytes })
+        done
+    }
+
+    /// The copy of [`Self::backup_to`] into `tmp` (see the `hot` module).
+    fn hot_copy(&self, tmp: &Path, started: Instant) -> Result<HotBackup> {
+        let io = |what: String, e: std::io::Error| Error::backend(BACKEND, what, false, e);
+        // No optimization may replace segments until the copy is complete;
+        // a running one is waited for (writes go on meanwhile).
+        let _o = lock(&self.optimize_lock);
+        let mut later = Vec::new();
+        let mut bytes = 0;
+        let (seq, replay, hold, held_bytes) = {
+            let _w = lock(&self.write_lock);
+            let held = Instant::now();
+            let now = std::time::SystemTime::now();
+            // With a journal, the files as they are now plus the journal's
+            // unflushed records are what a crash now would leave, and what
+            // an open repairs; without one, only a flushed engine is whole.
+            let (seq, replay) = match &self.journal {
+                Some(j) => (j.last_appended(), j.last_appended().saturating_sub(j.last_flushed())),
+                None => {
+                    self.dirty.store(true, Ordering::SeqCst);
+                    self.flush_locked()?;
+                    (0, 0)
+                }
+            };
+            let (dirs, files) =
+                hot::walk(&self.path).map_err(|e| io(format!("cannot list {}", self.path.display()), e))?;
+            std::fs::create_dir_all(tmp).map_err(|e| io(format!("cannot create {}", tmp.display()), e))?;
+            for d in &dirs {
+                let to = tmp.join(d);
+                std::fs::create_dir_all(&to).map_err(|e| io(format!("cannot create {}", to.display()), e))?;
+            }
+            let mut read = 0;
+            for f in files {
+                if hot::is_sealed(&f.rel) && f.stamp.settled_before(now) {
+                    later.push(f);
+                    continue;
+                }
+                let (from, to) = (self.path.join(&f.rel), tmp.join(&f.rel));
+                bytes += f.stamp.len();
+                read += hot::copy_sparse(&from, &to, f.stamp.len())
+                    .map_err(|e| io(format!("cannot copy {} to {}", from.display(), to.display()), e))?;
+            }
+            (seq, replay, held.elapsed(), read)
+        };
+        // Writes go on; the sealed files are copied now and checked to be
+        // the ones listed during the hold.
+        let mut later_bytes = 0;
+        for f in later {
+            let (from, to) = (self.path.join(&f.rel), tmp.join(&f.rel));
+            bytes += f.stamp.len();
+            later_bytes += hot::copy_sparse(&from, &to, f.stamp.len())
+                .map_err(|e| io(format!("cannot copy {} to {}", from.display(), to.display()), e))?;
+            let now = std::fs::symlink_metadata(&from).map(|m| hot::Stamp::of(&m));
+            if now.as_ref().ok() != Some(&f.stamp) {
+                return Err(Error::Backend {
+                    backend: BACKEND,
+                    message: format!(
+                        "{} changed while it was copied after the hold (the engine rewrote a file this \
+                         version treats as immutable); the backup is incomplete, retry it",
+                        from.display()
+                    ),
+                    retryable: true,
+                    source: None,
+                });
+            }
+        }
+        Ok(HotBackup { seq, hold, bytes, held_bytes, later_bytes, replay, disk_bytes: 0, total: started.elapsed() })
     }
 
     /// One optimization, never concurrent with another.
@@ -768,37 +860,6 @@ impl Inner {
             last_optimize_error: lock(&self.last_optimize_error).clone(),
         }
     }
-}
-
-/// Copies a directory tree (regular files and directories); returns the
-/// bytes copied.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<u64> {
-    std::fs::create_dir_all(to)?;
-    let mut bytes = 0;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_dir() {
-            bytes += copy_tree(&entry.path(), &target)?;
-        } else if kind.is_file() {
-            bytes += std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(bytes)
-}
-
-/// `fsync`s every file and directory of a tree.
-fn sync_tree(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            sync_tree(&entry.path())?;
-        } else {
-            std::fs::File::open(entry.path())?.sync_all()?;
-        }
-    }
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The engine's form of [`Quantization`].

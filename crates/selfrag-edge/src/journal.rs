@@ -397,6 +397,8 @@ pub(crate) struct Journal {
     sync_file: File,
     next_seq: AtomicU64,
     last_appended: AtomicU64,
+    /// The position of the state file: the last record the engine flushed.
+    last_flushed: AtomicU64,
     sync: Mutex<SyncState>,
     synced_cv: Condvar,
 }
@@ -441,6 +443,7 @@ impl Journal {
             sync_file,
             next_seq: AtomicU64::new(last + 1),
             last_appended: AtomicU64::new(last),
+            last_flushed: AtomicU64::new(flushed),
             sync: Mutex::new(SyncState { synced: last, leader: false }),
             synced_cv: Condvar::new(),
         };
@@ -503,11 +506,17 @@ impl Journal {
         self.last_appended.load(Ordering::SeqCst)
     }
 
+    /// The last record the engine has flushed (the state file's position).
+    pub(crate) fn last_flushed(&self) -> u64 {
+        self.last_flushed.load(Ordering::SeqCst)
+    }
+
     /// Records that the engine has flushed everything up to `seq` (the last
     /// appended record; the caller holds the write lock): writes the state
     /// file, truncates the journal and releases waiters.
     pub(crate) fn flushed(&self, seq: u64) -> Result<()> {
         write_state(&self.dir, seq)?;
+        self.last_flushed.store(seq, Ordering::SeqCst);
         lock(&self.file)
             .set_len(0)
             .map_err(|e| io_err(format!("cannot truncate the journal in {}", self.dir.display()), e))?;

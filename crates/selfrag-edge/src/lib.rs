@@ -95,6 +95,7 @@
 
 pub mod config;
 pub mod filter;
+mod hot;
 mod index;
 mod journal;
 
