@@ -6,7 +6,7 @@
 //! would bring them back. So:
 //!
 //! - a Postgres backup records the ledger's position when the dump began
-//!   ([`LedgerPosition`] in [`PostgresInfo`](crate::PostgresInfo));
+//!   ([`LedgerPosition`] in [`PostgresInfo`](crate::manifest::PostgresInfo));
 //! - a Postgres restore reads the ledger of every database that may know
 //!   of later erasures *before* touching anything (the target itself, for a
 //!   clean restore over a live database, and the URL's database when the
