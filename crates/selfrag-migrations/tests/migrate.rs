@@ -83,7 +83,7 @@ async fn fresh_schema_gets_every_migration_and_rerun_is_a_no_op() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(tables, ["memory_logs", HISTORY_TABLE, "user_sessions", "users"]);
+    assert_eq!(tables, ["erasures", "memory_logs", HISTORY_TABLE, "user_sessions", "users"]);
     let index: String = client
         .query_one(
             "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = 'memory_logs_user_timestamp_idx'",
