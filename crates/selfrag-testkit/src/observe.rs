@@ -77,7 +77,13 @@ impl Capture {
     /// Installs this capture as the current thread's subscriber until the
     /// guard drops.
     pub fn set_default(&self) -> tracing::subscriber::DefaultGuard {
-        tracing::subscriber::set_default(self.clone())
+        let guard = tracing::subscriber::set_default(self.clone());
+        // Tests run in parallel threads: a callsite first hit on a thread
+        // with no subscriber while this one was being registered can keep a
+        // stale "never" interest. Rebuilding after registering settles it
+        // (a capturing test once saw no span at all under load).
+        tracing::callsite::rebuild_interest_cache();
+        guard
     }
 
     /// Everything captured so far.
