@@ -77,11 +77,8 @@ impl Capture {
     /// Installs this capture as the current thread's subscriber until the
     /// guard drops.
     pub fn set_default(&self) -> tracing::subscriber::DefaultGuard {
+        keep_interest_per_thread();
         let guard = tracing::subscriber::set_default(self.clone());
-        // Tests run in parallel threads: a callsite first hit on a thread
-        // with no subscriber while this one was being registered can keep a
-        // stale "never" interest. Rebuilding after registering settles it
-        // (a capturing test once saw no span at all under load).
         tracing::callsite::rebuild_interest_cache();
         guard
     }
@@ -165,6 +162,39 @@ impl Subscriber for Capture {
     fn enter(&self, _: &Id) {}
 
     fn exit(&self, _: &Id) {}
+}
+
+/// Keeps `tracing` asking each thread's own subscriber about every callsite.
+///
+/// `tracing-core` caches, per callsite, the interest of the registered
+/// subscribers. While exactly one is registered (one capturing test), a
+/// callsite first hit on *another* thread (a parallel test without a
+/// subscriber) is asked of that thread's default, which is none: the callsite
+/// is cached as "never" and the capturing test loses its spans from then on
+/// (seen in CI: an upsert span captured, the searches after it not). With a
+/// second subscriber registered for the whole process, interest is combined
+/// over every registered one and becomes "sometimes", so each span asks the
+/// current thread's subscriber.
+fn keep_interest_per_thread() {
+    struct Undecided;
+    impl Subscriber for Undecided {
+        fn register_callsite(&self, _: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+            tracing::subscriber::Interest::sometimes()
+        }
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            false
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &Event<'_>) {}
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+    static KEPT: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    KEPT.get_or_init(|| tracing::Dispatch::new(Undecided));
 }
 
 /// A `metrics-util` debugging recorder and reads of its snapshot.
@@ -464,4 +494,39 @@ pub async fn check_vector_index(index: &dyn selfrag_core::VectorIndex, system: &
     let needles = [SECRET_CONTENT, "observe-tenant-5d1e", "0.125", "0.375"];
     capture.assert_absent(&needles);
     metrics.assert_absent(&needles);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Capture;
+    use std::sync::mpsc;
+
+    fn probe() {
+        let _span = tracing::info_span!(target: "selfrag_testkit_probe", "probe").entered();
+    }
+
+    /// A callsite first hit on a thread with no subscriber, while a capture
+    /// is installed on another thread, is still captured there afterwards.
+    #[test]
+    fn a_callsite_first_hit_elsewhere_is_still_captured() {
+        let capture = Capture::new();
+        let (installed_tx, installed_rx) = mpsc::channel();
+        let (hit_tx, hit_rx) = mpsc::channel();
+        let capturing = {
+            let capture = capture.clone();
+            std::thread::spawn(move || {
+                let _guard = capture.set_default();
+                installed_tx.send(()).unwrap();
+                hit_rx.recv().unwrap();
+                probe();
+            })
+        };
+        installed_rx.recv().unwrap();
+        // This thread has no subscriber: it registers the callsite first.
+        probe();
+        hit_tx.send(()).unwrap();
+        capturing.join().unwrap();
+        let probes = capture.all().into_iter().filter(|c| c.name == "probe").count();
+        assert_eq!(probes, 1, "{:#?}", capture.all());
+    }
 }
