@@ -475,6 +475,11 @@ async fn hot_backup_case(case: HotCase) {
     if case.optimize_first {
         index.optimize_now().await.unwrap();
         assert!(index.stats().await.unwrap().indexed_vectors > 0, "sealed, indexed segments exist");
+        // A sealed file is copied after the hold only once its modification
+        // time is clearly (over a second) before the hold: file times may
+        // lag by a clock tick. On a fast machine the whole case runs in
+        // under a second, so let the optimizer's files settle first.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
     }
     let optimizer = case.during_optimization.then(|| {
         let index = index.clone();
