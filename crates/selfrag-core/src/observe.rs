@@ -170,7 +170,7 @@ impl OpMeta {
         let span = tracing::info_span!(
             target: "selfrag_storage",
             "selfrag.storage",
-            otel.name = Empty,
+            otel.name = %OtelName(operation, &collection),
             otel.kind = "client",
             otel.status_code = Empty,
             db.system.name = self.system,
@@ -182,9 +182,6 @@ impl OpMeta {
             db.response.returned_rows = Empty,
             error.type = Empty,
         );
-        if !span.is_disabled() {
-            span.record("otel.name", format!("{operation} {}", &*collection).as_str());
-        }
         let start = Instant::now();
         let result = work.instrument(span.clone()).await;
         let seconds = start.elapsed().as_secs_f64();
@@ -224,6 +221,17 @@ impl OpMeta {
             }
         }
         result
+    }
+}
+
+/// `otel.name`, the conventional `"{operation} {collection}"`: written by
+/// the subscriber when it reads the field, so nothing is formatted when no
+/// subscriber listens (and no second `record` call when one does).
+struct OtelName<'a>(&'static str, &'a str);
+
+impl std::fmt::Display for OtelName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0, self.1)
     }
 }
 
