@@ -106,6 +106,32 @@
 //! [`Error::is_retryable`]: selfrag_core::Error::is_retryable
 //! [`Error::is_ambiguous`]: selfrag_core::Error::is_ambiguous
 
+/// The constructor helpers every pool-backed store shares (`with_config`,
+/// `operation_timeout`, `pool`), for a store type with a `db: Db` field and
+/// a `new(pool)`.
+macro_rules! pool_store_common {
+    ($store:ty) => {
+        impl $store {
+            /// A store on `pool` with the operation timeout of `config`.
+            pub fn with_config(pool: deadpool_postgres::Pool, config: &crate::PostgresConfig) -> Self {
+                Self::new(pool).operation_timeout(config.operation_timeout)
+            }
+
+            /// Sets the deadline of every call (see
+            /// [`crate::PostgresMemoryStore::operation_timeout`]).
+            pub fn operation_timeout(mut self, timeout: std::time::Duration) -> Self {
+                self.db = self.db.with_timeout(timeout);
+                self
+            }
+
+            /// The pool.
+            pub fn pool(&self) -> &deadpool_postgres::Pool {
+                self.db.pool()
+            }
+        }
+    };
+}
+
 mod coalesce;
 mod config;
 mod conn;

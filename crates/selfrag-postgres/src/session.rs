@@ -136,24 +136,14 @@ pub struct PostgresSessionStore {
     limits: SessionLimits,
 }
 
+pool_store_common!(PostgresSessionStore);
+
 impl PostgresSessionStore {
     /// A store on `pool` (see [`crate::PostgresMemoryStore::new`]), with the
     /// default [`SessionLimits`] and operation timeout
     /// ([`PostgresConfig::DEFAULT_OPERATION_TIMEOUT`](crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT)).
     pub fn new(pool: Pool) -> Self {
         Self { db: Db::new(pool, crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT), limits: SessionLimits::default() }
-    }
-
-    /// A store on `pool` with the operation timeout of `config`.
-    pub fn with_config(pool: Pool, config: &crate::PostgresConfig) -> Self {
-        Self::new(pool).operation_timeout(config.operation_timeout)
-    }
-
-    /// Sets the deadline of every call (see
-    /// [`crate::PostgresMemoryStore::operation_timeout`]).
-    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
-        self.db = self.db.with_timeout(timeout);
-        self
     }
 
     /// This store with `limits` on each user's live sessions (checked when
@@ -166,11 +156,6 @@ impl PostgresSessionStore {
     /// The limits on each user's live sessions.
     pub fn limits(&self) -> SessionLimits {
         self.limits
-    }
-
-    /// The pool.
-    pub fn pool(&self) -> &Pool {
-        self.db.pool()
     }
 
     /// Deletes the rows of expired sessions (in batches of a few thousand)

@@ -25,27 +25,12 @@ pub struct PostgresUserStore {
     db: Db,
 }
 
+pool_store_common!(PostgresUserStore);
+
 impl PostgresUserStore {
     /// A store on `pool` (see [`crate::PostgresMemoryStore::new`]).
     pub fn new(pool: Pool) -> Self {
         Self { db: Db::new(pool, crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT) }
-    }
-
-    /// A store on `pool` with the operation timeout of `config`.
-    pub fn with_config(pool: Pool, config: &crate::PostgresConfig) -> Self {
-        Self::new(pool).operation_timeout(config.operation_timeout)
-    }
-
-    /// Sets the deadline of every call (see
-    /// [`crate::PostgresMemoryStore::operation_timeout`]).
-    pub fn operation_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.db = self.db.with_timeout(timeout);
-        self
-    }
-
-    /// The pool.
-    pub fn pool(&self) -> &Pool {
-        self.db.pool()
     }
 
     /// Runs one statement with one `uuid` parameter under the deadline and
