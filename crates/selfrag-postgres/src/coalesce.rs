@@ -1,5 +1,7 @@
-//! Coalesced appends: the appends waiting at the same moment go out as one
-//! statement and one commit ("natural batching", no timer).
+//! Coalesced writes: the appends (or session touches) waiting at the same
+//! moment go out as one statement and one commit ("natural batching", no
+//! timer). The queue, its flusher and their bounds are the same for both;
+//! a [`Work`] says how one call and how several calls are written.
 //!
 //! Callers put their (already validated) rows on a bounded queue and wait.
 //! One flusher task takes the first waiting request at once, adds whatever
@@ -146,54 +148,69 @@ const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const CANCELLED: u8 = 2;
 
+/// What is coalesced: how one call, and how several calls in one
+/// statement, are written.
+pub(crate) trait Work: Send + Sync + 'static {
+    /// One call's input (validated).
+    type Item: Send + 'static;
+    /// One call's answer.
+    type Output: Send + 'static;
+
+    /// Rows and estimated bytes of one call (see [`CoalesceConfig`]).
+    fn size(item: &Self::Item) -> (usize, usize);
+
+    /// Writes one call on its own: the store's plain path.
+    fn one(db: Db, user: UserId, item: Self::Item) -> Boxed<Result<Self::Output>>;
+
+    /// Writes several calls in one statement and one commit, answering
+    /// each in order; on any error it gives the calls back, to be written
+    /// one by one (so the error itself is not mapped with care).
+    fn many(db: Db, calls: Vec<(UserId, Self::Item)>, config: CoalesceConfig) -> Boxed<Many<Self>>;
+}
+
+/// What [`Work::many`] returns: every call's answer, or the calls back.
+pub(crate) type Many<W> = std::result::Result<Vec<<W as Work>::Output>, Vec<(UserId, <W as Work>::Item)>>;
+
 /// One waiting call.
-#[derive(Debug)]
-pub(crate) struct Request {
-    pub(crate) user: UserId,
-    pub(crate) logs: Vec<NewMemoryLog>,
+struct Request<W: Work> {
+    user: UserId,
+    item: W::Item,
+    rows: usize,
     bytes: usize,
     state: Arc<AtomicU8>,
-    /// The rows back on success, so the caller returns them without a copy.
-    reply: oneshot::Sender<Result<Vec<NewMemoryLog>>>,
+    reply: oneshot::Sender<Result<W::Output>>,
 }
 
 /// What [`Coalescer::submit`] did.
-pub(crate) enum Submitted {
+pub(crate) enum Submitted<W: Work> {
     /// Written (or failed) through the queue.
-    Done(Result<Vec<NewMemoryLog>>),
-    /// Not queued: the caller writes these itself, holding the statement
+    Done(Result<W::Output>),
+    /// Not queued: the caller writes this itself, holding the statement
     /// slot if one is given (nothing was waiting and a slot was free: the
     /// call is its own statement, with no hop to another task), or none
     /// (too big, or the coalescer is closed).
-    Direct(Vec<NewMemoryLog>, Option<OwnedSemaphorePermit>),
+    Direct(W::Item, Option<OwnedSemaphorePermit>),
 }
 
 /// A boxed, sendable future.
 pub(crate) type Boxed<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-/// Writes one call's rows on its own: the store's plain path. Gives the
-/// rows back.
-pub(crate) type WriteOne = fn(Db, UserId, Vec<NewMemoryLog>) -> Boxed<(Result<()>, Vec<NewMemoryLog>)>;
-
-/// Writes several calls' rows in one statement (a binary `COPY` above the
-/// given row count); the error only tells the flusher to split. Gives the
-/// requests back.
-pub(crate) type WriteMany = fn(Db, Vec<Request>, usize) -> Boxed<(Result<()>, Vec<Request>)>;
-
 /// The queue and its flusher, shared by a store's clones. Started on first
 /// use, inside the caller's runtime.
-#[derive(Debug)]
-pub(crate) struct Coalescer {
+pub(crate) struct Coalescer<W: Work> {
     config: CoalesceConfig,
-    running: OnceLock<Running>,
+    running: OnceLock<Running<W>>,
     counters: Arc<Counters>,
-    write_one: WriteOne,
-    write_many: WriteMany,
 }
 
-#[derive(Debug)]
-struct Running {
-    tx: mpsc::Sender<Request>,
+impl<W: Work> std::fmt::Debug for Coalescer<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalescer").field("config", &self.config).field("stats", &self.stats()).finish()
+    }
+}
+
+struct Running<W: Work> {
+    tx: mpsc::Sender<Request<W>>,
     /// The statements in flight, shared with the flusher.
     slots: Arc<Semaphore>,
     close: Arc<Notify>,
@@ -221,9 +238,9 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-impl Coalescer {
-    pub(crate) fn new(config: CoalesceConfig, write_one: WriteOne, write_many: WriteMany) -> Self {
-        Self { config, running: OnceLock::new(), counters: Arc::default(), write_one, write_many }
+impl<W: Work> Coalescer<W> {
+    pub(crate) fn new(config: CoalesceConfig) -> Self {
+        Self { config, running: OnceLock::new(), counters: Arc::default() }
     }
 
     pub(crate) fn stats(&self) -> CoalesceStats {
@@ -238,30 +255,29 @@ impl Coalescer {
         }
     }
 
-    fn running(&self, db: &Db) -> &Running {
+    fn running(&self, db: &Db) -> &Running<W> {
         self.running.get_or_init(|| {
             let (tx, rx) = mpsc::channel(self.config.queue);
             let close = Arc::new(Notify::new());
             let (done_tx, done) = watch::channel(false);
             let slots = Arc::new(Semaphore::new(self.config.max_in_flight));
-            let flusher = Flusher {
+            let flusher = Flusher::<W> {
                 db: db.clone(),
                 config: self.config,
                 counters: self.counters.clone(),
-                write_one: self.write_one,
-                write_many: self.write_many,
+                work: std::marker::PhantomData,
             };
             tokio::spawn(flusher.run(rx, slots.clone(), close.clone(), done_tx));
             Running { tx, slots, close, done }
         })
     }
 
-    /// Queues `logs` (validated) for `user` and waits for their commit,
+    /// Queues `item` (validated) for `user` and waits for its commit,
     /// until `deadline`.
-    pub(crate) async fn submit(&self, db: &Db, user: UserId, logs: Vec<NewMemoryLog>, deadline: Instant) -> Submitted {
-        let bytes = logs.iter().map(row_bytes).sum::<usize>();
-        if logs.len() > self.config.max_rows || bytes > self.config.max_bytes {
-            return Submitted::Direct(logs, None);
+    pub(crate) async fn submit(&self, db: &Db, user: UserId, item: W::Item, deadline: Instant) -> Submitted<W> {
+        let (rows, bytes) = W::size(&item);
+        if rows > self.config.max_rows || bytes > self.config.max_bytes {
+            return Submitted::Direct(item, None);
         }
         let running = self.running(db);
         // Nothing waiting and a statement slot free: this call would be a
@@ -279,21 +295,21 @@ impl Coalescer {
                     self.counters.calls.fetch_add(1, Ordering::Relaxed);
                     self.counters.direct.fetch_add(1, Ordering::Relaxed);
                     self.counters.statements.fetch_add(1, Ordering::Relaxed);
-                    self.counters.rows.fetch_add(logs.len() as u64, Ordering::Relaxed);
-                    return Submitted::Direct(logs, Some(slot));
+                    self.counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
+                    return Submitted::Direct(item, Some(slot));
                 }
             }
         }
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, answer) = oneshot::channel();
-        let request = Request { user, logs, bytes, state: state.clone(), reply };
+        let request = Request { user, item, rows, bytes, state: state.clone(), reply };
         let guard = CancelOnDrop(&state, &self.counters);
         match tokio::time::timeout_at(deadline, running.tx.send(request)).await {
             Ok(Ok(())) => {}
             // Closed: the caller writes on its own.
             Ok(Err(mpsc::error::SendError(request))) => {
                 std::mem::forget(guard);
-                return Submitted::Direct(request.logs, None);
+                return Submitted::Direct(request.item, None);
             }
             Err(_) => {
                 guard.cancel();
@@ -339,7 +355,7 @@ impl Coalescer {
 
 /// Estimated bytes of a row's content and metadata (see
 /// [`CoalesceConfig::max_bytes`]).
-fn row_bytes(log: &NewMemoryLog) -> usize {
+pub(crate) fn row_bytes(log: &NewMemoryLog) -> usize {
     fn value(v: &Value) -> usize {
         match v {
             Value::String(s) => s.len() + 2,
@@ -351,29 +367,28 @@ fn row_bytes(log: &NewMemoryLog) -> usize {
     log.content().len() + 2 + log.metadata().iter().map(|(k, v)| k.len() + 3 + value(v)).sum::<usize>()
 }
 
-struct Flusher {
+struct Flusher<W: Work> {
     db: Db,
     config: CoalesceConfig,
     counters: Arc<Counters>,
-    write_one: WriteOne,
-    write_many: WriteMany,
+    work: std::marker::PhantomData<fn() -> W>,
 }
 
-impl Flusher {
+impl<W: Work> Flusher<W> {
     async fn run(
         self,
-        mut rx: mpsc::Receiver<Request>,
+        mut rx: mpsc::Receiver<Request<W>>,
         slots: Arc<Semaphore>,
         close: Arc<Notify>,
         done: watch::Sender<bool>,
     ) {
         let this = Arc::new(self);
         // A request that did not fit the previous batch opens the next one.
-        let mut carry: Option<Request> = None;
+        let mut carry: Option<Request<W>> = None;
         let mut closing = false;
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else { break };
-            let mut batch: Vec<Request> = Vec::new();
+            let mut batch: Vec<Request<W>> = Vec::new();
             let (mut rows, mut bytes) = (0usize, 0usize);
             loop {
                 let next = match carry.take() {
@@ -403,7 +418,7 @@ impl Flusher {
                     },
                 };
                 if !batch.is_empty()
-                    && (rows + next.logs.len() > this.config.max_rows || bytes + next.bytes > this.config.max_bytes)
+                    && (rows + next.rows > this.config.max_rows || bytes + next.bytes > this.config.max_bytes)
                 {
                     carry = Some(next);
                     break;
@@ -412,7 +427,7 @@ impl Flusher {
                     // Its caller gave up while it waited: never written.
                     continue;
                 }
-                rows += next.logs.len();
+                rows += next.rows;
                 bytes += next.bytes;
                 batch.push(next);
             }
@@ -434,38 +449,39 @@ impl Flusher {
         let _ = done.send(true);
     }
 
-    async fn write(&self, mut batch: Vec<Request>) {
-        let rows: usize = batch.iter().map(|r| r.logs.len()).sum();
+    async fn write(&self, mut batch: Vec<Request<W>>) {
+        let rows: usize = batch.iter().map(|r| r.rows).sum();
         self.counters.statements.fetch_add(1, Ordering::Relaxed);
         self.counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
         if batch.len() == 1 {
             let r = batch.pop().expect("one request");
-            let (result, logs) = (self.write_one)(self.db.clone(), r.user, r.logs).await;
-            let _ = r.reply.send(result.map(|()| logs));
+            let _ = r.reply.send(W::one(self.db.clone(), r.user, r.item).await);
             return;
         }
-        let (result, batch) = (self.write_many)(self.db.clone(), batch, self.config.copy_above).await;
-        if result.is_ok() {
-            for r in batch {
-                let _ = r.reply.send(Ok(r.logs));
+        let (calls, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|r| ((r.user, r.item), r.reply)).unzip();
+        let calls = match W::many(self.db.clone(), calls, self.config).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+                return;
             }
-            return;
-        }
+            Err(calls) => calls,
+        };
         // Nothing of the statement is committed (or, after a lost
         // connection, maybe all of it): each call is written again alone,
-        // retry-safe by id, and gets its own outcome.
+        // retry-safe, and gets its own outcome.
         self.counters.split.fetch_add(1, Ordering::Relaxed);
         let mut alone = tokio::task::JoinSet::new();
-        for r in batch {
-            if r.reply.is_closed() {
-                // Its caller gave up with the rows in flight: it was told
-                // they may be committed; nobody waits for the answer.
+        for ((user, item), reply) in calls.into_iter().zip(replies) {
+            if reply.is_closed() {
+                // Its caller gave up with the call in flight: it was told
+                // it may be committed; nobody waits for the answer.
                 continue;
             }
-            let (db, write_one) = (self.db.clone(), self.write_one);
+            let db = self.db.clone();
             alone.spawn(async move {
-                let (result, logs) = write_one(db, r.user, r.logs).await;
-                let _ = r.reply.send(result.map(|()| logs));
+                let _ = reply.send(W::one(db, user, item).await);
             });
         }
         while alone.join_next().await.is_some() {}

@@ -18,7 +18,7 @@ use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Error as PgError, Row};
 use uuid::Uuid;
 
-use crate::coalesce::{Boxed, CoalesceConfig, CoalesceStats, Coalescer, Request, Submitted};
+use crate::coalesce::{row_bytes, Boxed, CoalesceConfig, CoalesceStats, Coalescer, Many, Submitted, Work};
 use crate::conn::Db;
 use crate::{error, explain, users};
 
@@ -96,7 +96,7 @@ pub struct PostgresMemoryStore {
     /// The operation timeout, kept here for the deadline of a call that
     /// waits in the coalescing queue.
     timeout: std::time::Duration,
-    coalescer: Option<Arc<Coalescer>>,
+    coalescer: Option<Arc<Coalescer<Appends>>>,
 }
 
 impl PostgresMemoryStore {
@@ -137,7 +137,7 @@ impl PostgresMemoryStore {
     /// Clones share the queue; [`close_coalescing`](Self::close_coalescing)
     /// flushes it. Dropping the last clone flushes it too.
     pub fn coalescing(mut self, config: CoalesceConfig) -> Self {
-        self.coalescer = Some(Arc::new(Coalescer::new(config, write_one, write_many)));
+        self.coalescer = Some(Arc::new(Coalescer::new(config)));
         self
     }
 
@@ -240,45 +240,58 @@ async fn write_direct(db: &Db, user: UserId, logs: &[NewMemoryLog]) -> Result<()
     }
 }
 
-/// The coalescer's write of one call alone: [`write_direct`].
-fn write_one(db: Db, user: UserId, logs: Vec<NewMemoryLog>) -> Boxed<(Result<()>, Vec<NewMemoryLog>)> {
-    Box::pin(async move {
-        let result = write_direct(&db, user, &logs).await;
-        (result, logs)
-    })
-}
+/// Coalesced appends: one call is [`write_direct`]; several are one
+/// [`insert_many`].
+#[derive(Debug)]
+struct Appends;
 
-/// The coalescer's write of several calls in one statement (one commit).
-/// Any error only tells the coalescer to write each call alone, so it is not
-/// mapped with care.
-fn write_many(db: Db, batch: Vec<Request>, copy_above: usize) -> Boxed<(Result<()>, Vec<Request>)> {
-    Box::pin(async move {
-        let op = db.op("append memory logs (coalesced)");
-        let result = async {
-            let conn = op.conn().await?;
-            op.run(async { insert_many(&conn, &batch, copy_above).await.map_err(error::pg) }).await
-        }
-        .await;
-        (result.map(drop), batch)
-    })
+impl Work for Appends {
+    /// The call's rows, given back on success so the caller returns them
+    /// without a copy.
+    type Item = Vec<NewMemoryLog>;
+    type Output = Vec<NewMemoryLog>;
+
+    fn size(logs: &Vec<NewMemoryLog>) -> (usize, usize) {
+        (logs.len(), logs.iter().map(row_bytes).sum())
+    }
+
+    fn one(db: Db, user: UserId, logs: Vec<NewMemoryLog>) -> Boxed<Result<Vec<NewMemoryLog>>> {
+        Box::pin(async move { write_direct(&db, user, &logs).await.map(|()| logs) })
+    }
+
+    fn many(db: Db, calls: Vec<(UserId, Vec<NewMemoryLog>)>, config: CoalesceConfig) -> Boxed<Many<Self>> {
+        Box::pin(async move {
+            let op = db.op("append memory logs (coalesced)");
+            let result = async {
+                let conn = op.conn().await?;
+                op.run(async { insert_many(&conn, &calls, config.copy_above).await.map_err(error::pg) }).await
+            }
+            .await;
+            match result {
+                Ok(_) => Ok(calls.into_iter().map(|(_, logs)| logs).collect()),
+                Err(_) => Err(calls),
+            }
+        })
+    }
 }
 
 /// Writes the rows of several calls (of any users) in one statement: a
 /// binary `COPY` above `copy_above` rows, else one `unnest` insert.
-async fn insert_many(conn: &Object, batch: &[Request], copy_above: usize) -> std::result::Result<u64, PgError> {
-    let rows: usize = batch.iter().map(|r| r.logs.len()).sum();
+async fn insert_many(
+    conn: &Object,
+    batch: &[(UserId, Vec<NewMemoryLog>)],
+    copy_above: usize,
+) -> std::result::Result<u64, PgError> {
+    let rows: usize = batch.iter().map(|(_, logs)| logs.len()).sum();
     if rows > copy_above {
         let stmt = conn.prepare_cached(COPY_IN).await?;
         let sink = conn.copy_in(&stmt).await?;
         let writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COLUMN_TYPES));
         let mut writer = writer;
-        for r in batch {
-            for log in &r.logs {
+        for (user, logs) in batch {
+            for log in logs {
                 let (id, ts, meta) = (*log.id().as_uuid(), log.timestamp(), Json(log.metadata()));
-                writer
-                    .as_mut()
-                    .write(&[&id, r.user.as_uuid(), &ts, &log.kind().as_str(), &log.content(), &meta])
-                    .await?;
+                writer.as_mut().write(&[&id, user.as_uuid(), &ts, &log.kind().as_str(), &log.content(), &meta]).await?;
             }
         }
         return writer.finish().await;
@@ -289,9 +302,9 @@ async fn insert_many(conn: &Object, batch: &[Request], copy_above: usize) -> std
     let mut types = Vec::with_capacity(rows);
     let mut contents = Vec::with_capacity(rows);
     let mut metas = Vec::with_capacity(rows);
-    for r in batch {
-        for log in &r.logs {
-            users.push(*r.user.as_uuid());
+    for (user, logs) in batch {
+        for log in logs {
+            users.push(*user.as_uuid());
             ids.push(*log.id().as_uuid());
             timestamps.push(log.timestamp());
             types.push(log.kind().as_str());
