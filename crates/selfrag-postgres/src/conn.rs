@@ -111,6 +111,11 @@ impl Db {
         &self.pool
     }
 
+    /// The deadline of each operation, from its start.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

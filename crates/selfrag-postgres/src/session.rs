@@ -1,5 +1,7 @@
 //! [`SessionStore`] on the `user_sessions` table.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +13,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 use tokio_postgres::{Error as PgError, Row};
 
+use crate::coalesce::{Boxed, CoalesceConfig, CoalesceStats, Coalescer, Many, Submitted, Work};
 use crate::conn::Db;
 use crate::{error, explain};
 
@@ -72,6 +75,24 @@ SET last_activity = GREATEST(last_activity, now()),
 WHERE id = $1 AND user_id = $2 AND expires_at > now()
 RETURNING id, user_id, created_at, last_activity, expires_at, ttl_ms, data";
 
+// Several touches (coalesced) in one statement and one commit: the same
+// update as `TOUCH` for each (id, user) pair given. The live rows are
+// locked in id order first, so two such statements touching overlapping
+// sessions wait on each other instead of deadlocking; a pair given twice
+// is updated once.
+const TOUCH_MANY: &str = "WITH t AS (
+    SELECT s.id FROM user_sessions s
+    JOIN unnest($1::uuid[], $2::uuid[]) AS b(id, user_id) ON s.id = b.id AND s.user_id = b.user_id
+    WHERE s.expires_at > now()
+    ORDER BY s.id
+    FOR NO KEY UPDATE OF s)
+UPDATE user_sessions s
+SET last_activity = GREATEST(s.last_activity, now()),
+    expires_at = GREATEST(s.expires_at, now() + s.ttl_ms * interval '1 millisecond')
+FROM (SELECT DISTINCT id FROM t) u
+WHERE s.id = u.id
+RETURNING s.id, s.user_id, s.created_at, s.last_activity, s.expires_at, s.ttl_ms, s.data";
+
 const SET_DATA: &str = "UPDATE user_sessions SET data = $3
 WHERE id = $1 AND user_id = $2 AND expires_at > now()
 RETURNING id, user_id, created_at, last_activity, expires_at, ttl_ms, data";
@@ -130,10 +151,18 @@ fn list_sql() -> String {
 /// Clones share the pool. Every call runs under the operation timeout (see
 /// [`crate::PostgresMemoryStore::operation_timeout`]), `create`'s
 /// transaction and all batches of `revoke_all` included.
+///
+/// # Coalesced touches
+/// With [`coalescing`](Self::coalescing), the `touch` calls waiting at the
+/// same moment are one `UPDATE` and one commit (see
+/// [`CoalesceConfig`]; its `max_rows` bounds the touches per statement,
+/// `max_bytes` and `copy_above` do not apply). Each call still returns only
+/// after its own touch is committed, with its own session or `None`.
 #[derive(Debug, Clone)]
 pub struct PostgresSessionStore {
     db: Db,
     limits: SessionLimits,
+    coalescer: Option<Arc<Coalescer<Touches>>>,
 }
 
 pool_store_common!(PostgresSessionStore);
@@ -143,7 +172,51 @@ impl PostgresSessionStore {
     /// default [`SessionLimits`] and operation timeout
     /// ([`PostgresConfig::DEFAULT_OPERATION_TIMEOUT`](crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT)).
     pub fn new(pool: Pool) -> Self {
-        Self { db: Db::new(pool, crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT), limits: SessionLimits::default() }
+        Self {
+            db: Db::new(pool, crate::PostgresConfig::DEFAULT_OPERATION_TIMEOUT),
+            limits: SessionLimits::default(),
+            coalescer: None,
+        }
+    }
+
+    /// Turns on coalesced touches, bounded by `config`: the `touch` calls
+    /// that wait at the same moment go out as one `UPDATE` and one commit,
+    /// as [`PostgresMemoryStore::coalescing`](crate::PostgresMemoryStore::coalescing)
+    /// does for appends (same queue, bounds, fast path and shutdown). A
+    /// lone touch is the plain single-row statement, sent at once.
+    ///
+    /// Each call's contract is unchanged: it returns after its touch is
+    /// committed, with the session as it now is, or `None` when the session
+    /// is missing, expired or another user's (only that caller sees
+    /// `None`); the expiry only moves forward. If a shared statement fails,
+    /// each of its touches is sent again on its own (a touch is safe to
+    /// repeat) and gets its own outcome. A call that gives up (its future
+    /// dropped, its deadline passed) while still queued is never sent.
+    ///
+    /// Worth it when many sessions are touched at once: each touch is a
+    /// commit (a WAL flush), which the shared statement pays once
+    /// (`docs/postgres.md`, "Coalesced writes"). Clones share the queue;
+    /// [`close_coalescing`](Self::close_coalescing) shuts it down cleanly.
+    pub fn coalescing(mut self, config: CoalesceConfig) -> Self {
+        self.coalescer = Some(Arc::new(Coalescer::new(config)));
+        self
+    }
+
+    /// Counters of coalesced touches (calls, statements, touches as rows,
+    /// split statements, cancelled and fast-path calls), or `None` without
+    /// [`coalescing`](Self::coalescing).
+    pub fn coalescing_stats(&self) -> Option<CoalesceStats> {
+        self.coalescer.as_ref().map(|c| c.stats())
+    }
+
+    /// Shuts the coalescing queue down cleanly: stops queueing (later
+    /// touches are sent on their own), sends every touch already queued and
+    /// returns when each has been answered. Does nothing without
+    /// coalescing.
+    pub async fn close_coalescing(&self) {
+        if let Some(c) = &self.coalescer {
+            c.close().await;
+        }
     }
 
     /// This store with `limits` on each user's live sessions (checked when
@@ -198,14 +271,7 @@ impl PostgresSessionStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Option<Session>> {
-        let op = self.db.op(what);
-        let conn = op.conn().await?;
-        op.run(async {
-            let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
-            let row = conn.query_opt(&stmt, params).await.map_err(error::pg)?;
-            row.as_ref().map(to_session).transpose()
-        })
-        .await
+        one_session(&self.db, what, sql, params).await
     }
 
     /// One attempt of `create`, in one transaction on `conn`.
@@ -271,6 +337,62 @@ enum Created {
     Taken,
     Full,
     NoUser,
+}
+
+/// Runs `sql`, which returns at most one session row.
+async fn one_session(
+    db: &Db,
+    what: &'static str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<Session>> {
+    let op = db.op(what);
+    let conn = op.conn().await?;
+    op.run(async {
+        let stmt = conn.prepare_cached(sql).await.map_err(error::pg)?;
+        let row = conn.query_opt(&stmt, params).await.map_err(error::pg)?;
+        row.as_ref().map(to_session).transpose()
+    })
+    .await
+}
+
+/// Coalesced touches: one call is `TOUCH`; several are one `TOUCH_MANY`.
+#[derive(Debug)]
+struct Touches;
+
+impl Work for Touches {
+    type Item = SessionId;
+    type Output = Option<Session>;
+
+    fn size(_: &SessionId) -> (usize, usize) {
+        (1, 0)
+    }
+
+    fn one(db: Db, user: UserId, id: SessionId) -> Boxed<Result<Option<Session>>> {
+        Box::pin(async move { one_session(&db, "touch session", TOUCH, &[id.as_uuid(), user.as_uuid()]).await })
+    }
+
+    fn many(db: Db, calls: Vec<(UserId, SessionId)>, _: CoalesceConfig) -> Boxed<Many<Self>> {
+        Box::pin(async move {
+            let op = db.op("touch sessions (coalesced)");
+            let result = async {
+                let conn = op.conn().await?;
+                op.run(async {
+                    let ids: Vec<uuid::Uuid> = calls.iter().map(|(_, id)| *id.as_uuid()).collect();
+                    let users: Vec<uuid::Uuid> = calls.iter().map(|(user, _)| *user.as_uuid()).collect();
+                    let stmt = conn.prepare_cached(TOUCH_MANY).await.map_err(error::pg)?;
+                    let rows = conn.query(&stmt, &[&ids, &users]).await.map_err(error::pg)?;
+                    rows.iter().map(to_session).collect::<Result<Vec<_>>>()
+                })
+                .await
+            }
+            .await;
+            let Ok(touched) = result else { return Err(calls) };
+            let touched: HashMap<(SessionId, UserId), Session> =
+                touched.into_iter().map(|s| ((s.id, s.user_id), s)).collect();
+            Ok(calls.iter().map(|(user, id)| touched.get(&(*id, *user)).cloned()).collect())
+        })
+    }
 }
 
 fn to_session(row: &Row) -> Result<Session> {
@@ -340,6 +462,18 @@ impl SessionStore for PostgresSessionStore {
         self.db
             .obs
             .run("user_sessions", "touch", async move {
+                // `_slot`: a coalescing statement slot this call holds while
+                // it touches on its own (the fast path).
+                let _slot = match &self.coalescer {
+                    Some(c) => {
+                        let deadline = tokio::time::Instant::now() + self.db.timeout();
+                        match c.submit(&self.db, user, id, deadline).await {
+                            Submitted::Done(result) => return result,
+                            Submitted::Direct(_, slot) => slot,
+                        }
+                    }
+                    None => None,
+                };
                 self.one("touch session", TOUCH, &[id.as_uuid(), user.as_uuid()]).await
             })
             .await
