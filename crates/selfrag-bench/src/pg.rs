@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use selfrag_core::{MemoryQuery, MemoryStore, NewMemoryLog, UserId, UserStore};
-use selfrag_postgres::{CoalesceConfig, PostgresConfig, PostgresMemoryStore, PostgresUserStore};
+use selfrag_core::{MemoryQuery, MemoryStore, NewMemoryLog, SessionId, SessionStore, UserId, UserStore};
+use selfrag_postgres::{CoalesceConfig, PostgresConfig, PostgresMemoryStore, PostgresSessionStore, PostgresUserStore};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -109,6 +109,7 @@ RESET search_path;"#
 pub(crate) async fn run(url: &str, plan: &Plan, only_coalesced: bool, rows: &mut Vec<Row>) -> Res<()> {
     let admin = admin(url).await?;
     coalesced_rows(url, plan, &admin, rows).await?;
+    coalesced_touch_rows(url, plan, &admin, rows).await?;
     if only_coalesced {
         return Ok(());
     }
@@ -452,6 +453,38 @@ async fn counted(
     Ok(m)
 }
 
+/// The counting passes after a coalesced row: about a second of the raw
+/// side (CPU times are read in 10 ms ticks for this process), the same
+/// calls for ours, with the coalescer's own counters (`stats`) around ours.
+/// Adds them to `row`; returns the console lines.
+async fn count_sides(
+    admin: &tokio_postgres::Client,
+    (ours_pool, raw_pool): (&Pool, &Pool),
+    (ours, raw): (&Op, &Op),
+    c: usize,
+    row: &mut Row,
+    stats: impl Fn() -> selfrag_postgres::CoalesceStats,
+) -> Res<[String; 2]> {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let count_ops = (row.raw.ops_per_s as u64).max(c as u64 * 4);
+    let before = stats();
+    let mut ours_counts = counted(admin, ours_pool, ours, c, count_ops).await?;
+    let after = stats();
+    let statements = after.statements - before.statements;
+    #[allow(clippy::cast_precision_loss)]
+    let per_statement = (after.rows - before.rows) as f64 / statements.max(1) as f64;
+    ours_counts.insert("statements".into(), json!(statements));
+    ours_counts.insert("rows_per_statement".into(), json!(crate::measure::round(per_statement, 1)));
+    ours_counts.insert("split_statements".into(), json!(after.split - before.split));
+    ours_counts.insert("direct_calls".into(), json!(after.direct - before.direct));
+    let raw_counts = counted(admin, raw_pool, raw, c, count_ops).await?;
+    let lines = [counters_line("coalesced", &ours_counts), counters_line("raw", &raw_counts)];
+    row.extra.insert("counted_rows".into(), json!(count_ops));
+    row.extra.insert("ours_counters".into(), Value::Object(ours_counts));
+    row.extra.insert("raw_counters".into(), Value::Object(raw_counts));
+    Ok(lines)
+}
+
 /// One line of a counting pass's figures, for the console.
 fn counters_line(side: &str, m: &serde_json::Map<String, Value>) -> String {
     let g = |k: &str| m.get(k).map_or_else(|| "-".to_owned(), Value::to_string);
@@ -471,6 +504,86 @@ fn counters_line(side: &str, m: &serde_json::Map<String, Value>) -> String {
         g("wal_bytes_per_row"),
         g("rows_per_statement"),
     )
+}
+
+/// What a user would write for a sliding-expiry touch: one prepared
+/// `UPDATE` per call.
+const RAW_TOUCH: &str = "UPDATE user_sessions SET last_activity = now(),
+    expires_at = now() + ttl_ms * interval '1 millisecond'
+WHERE id = $1 AND user_id = $2 AND expires_at > now()
+RETURNING id, user_id, created_at, last_activity, expires_at, ttl_ms, data";
+
+/// Sessions of the touch rows: 10,000 live ones over 4 users.
+const TOUCH_SESSIONS: i64 = 10_000;
+
+/// Session touches with coalescing on against the raw prepared `UPDATE`, at
+/// 1, 8, 64 and 256 tasks, two pools of 16, over [`TOUCH_SESSIONS`] live
+/// sessions (call `i` touches a session picked by `i`, spread over all of
+/// them), then a counting pass of each side, as for appends.
+async fn coalesced_touch_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Client, rows: &mut Vec<Row>) -> Res<()> {
+    let size = std::env::var("SELFRAG_BENCH_POOL_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let sized = |side: &str| -> Res<Pool> {
+        let config = PostgresConfig::with_url(url).schema(WRITES_SCHEMA).max_connections(size);
+        Ok(config.application_name(format!("selfrag-bench-touch-{side}")).build()?)
+    };
+    let (ours_pool, raw_pool) = (sized("ours")?, sized("raw")?);
+    let users = PostgresUserStore::new(ours_pool.clone());
+    let mut owners = Vec::new();
+    for _ in 0..4 {
+        owners.push(*users.create_user().await?.as_uuid());
+    }
+    // Inserted directly: the store caps live sessions per user.
+    let inserted = admin
+        .query(
+            &format!(
+                "INSERT INTO {WRITES_SCHEMA}.user_sessions (id, user_id, created_at, last_activity, expires_at, ttl_ms, data)
+                 SELECT gen_random_uuid(), ($1::uuid[])[1 + g % 4], now(), now(), now() + interval '1 day', 86400000, '{{}}'
+                 FROM generate_series(1, $2::bigint) g RETURNING id, user_id"
+            ),
+            &[&owners, &TOUCH_SESSIONS],
+        )
+        .await?;
+    admin.batch_execute(&format!("ANALYZE {WRITES_SCHEMA}.user_sessions")).await?;
+    let sessions: Arc<Vec<(Uuid, Uuid)>> = Arc::new(inserted.iter().map(|r| (r.get(0), r.get(1))).collect());
+    let pick = |i: u64, n: usize| usize::try_from(i.wrapping_mul(7_919)).unwrap_or(0) % n;
+    let in_flight = std::env::var("SELFRAG_BENCH_COALESCE_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let store = PostgresSessionStore::new(ours_pool.clone()).coalescing(CoalesceConfig::new().max_in_flight(in_flight));
+    let raw_pool = Arc::new(raw_pool);
+    for c in COALESCED_CONCURRENCY {
+        let ops = plan.ops(c, 2_000);
+        let (s, v) = (store.clone(), sessions.clone());
+        let ours = op(move |i| {
+            let (s, v) = (s.clone(), v.clone());
+            async move {
+                let (id, user) = v[pick(i, v.len())];
+                s.touch(UserId::from_uuid(user), SessionId::from_uuid(id)).await?.ok_or("session vanished")?;
+                Ok(())
+            }
+        });
+        let (p, v) = (raw_pool.clone(), sessions.clone());
+        let raw = op(move |i| {
+            let (p, v) = (p.clone(), v.clone());
+            async move {
+                let (id, user) = v[pick(i, v.len())];
+                let conn = p.get().await?;
+                let stmt = conn.prepare_cached(RAW_TOUCH).await?;
+                conn.query_opt(&stmt, &[&id, &user]).await?.ok_or("session vanished")?;
+                Ok(())
+            }
+        });
+        let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
+        let mut row = crate::row("session touch (coalesced) vs prepared UPDATE", c, cmp);
+        let stats = || store.coalescing_stats().unwrap_or_default();
+        let lines = count_sides(admin, (&ours_pool, &raw_pool), (&ours, &raw), c, &mut row, stats).await?;
+        rows.push(row);
+        crate::print_last(rows);
+        for line in lines {
+            println!("{line}");
+        }
+    }
+    store.close_coalescing().await;
+    admin.batch_execute(&format!("TRUNCATE {WRITES_SCHEMA}.user_sessions")).await?;
+    Ok(())
 }
 
 /// Single-row appends with coalescing on against the raw prepared `INSERT`,
@@ -517,25 +630,8 @@ async fn coalesced_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Client, 
         let raw = raw_append(&raw_pool, *raw_user.as_uuid());
         let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
         let mut row = crate::row("memory append (1 row, coalesced) vs prepared INSERT", c, cmp);
-        // Counting passes: about a second of the raw side (CPU times are
-        // read in 10 ms ticks for this process), the same rows for ours.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let count_ops = (row.raw.ops_per_s as u64).max(c as u64 * 4);
-        let stats_before = store.coalescing_stats().unwrap_or_default();
-        let mut ours_counts = counted(admin, &ours_pool, &ours, c, count_ops).await?;
-        let stats = store.coalescing_stats().unwrap_or_default();
-        let statements = stats.statements - stats_before.statements;
-        #[allow(clippy::cast_precision_loss)]
-        let per_statement = (stats.rows - stats_before.rows) as f64 / statements.max(1) as f64;
-        ours_counts.insert("statements".into(), json!(statements));
-        ours_counts.insert("rows_per_statement".into(), json!(crate::measure::round(per_statement, 1)));
-        ours_counts.insert("split_statements".into(), json!(stats.split - stats_before.split));
-        ours_counts.insert("direct_calls".into(), json!(stats.direct - stats_before.direct));
-        let raw_counts = counted(admin, &raw_pool, &raw, c, count_ops).await?;
-        let lines = [counters_line("coalesced", &ours_counts), counters_line("raw", &raw_counts)];
-        row.extra.insert("counted_rows".into(), json!(count_ops));
-        row.extra.insert("ours_counters".into(), Value::Object(ours_counts));
-        row.extra.insert("raw_counters".into(), Value::Object(raw_counts));
+        let stats = || store.coalescing_stats().unwrap_or_default();
+        let lines = count_sides(admin, (&ours_pool, &raw_pool), (&ours, &raw), c, &mut row, stats).await?;
         rows.push(row);
         crate::print_last(rows);
         for line in lines {
