@@ -546,7 +546,10 @@ async fn coalesced_touch_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Cl
     admin.batch_execute(&format!("ANALYZE {WRITES_SCHEMA}.user_sessions")).await?;
     let sessions: Arc<Vec<(Uuid, Uuid)>> = Arc::new(inserted.iter().map(|r| (r.get(0), r.get(1))).collect());
     let pick = |i: u64, n: usize| usize::try_from(i.wrapping_mul(7_919)).unwrap_or(0) % n;
-    let in_flight = std::env::var("SELFRAG_BENCH_COALESCE_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let in_flight = std::env::var("SELFRAG_BENCH_COALESCE_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CoalesceConfig::new().max_in_flight);
     let store = PostgresSessionStore::new(ours_pool.clone()).coalescing(CoalesceConfig::new().max_in_flight(in_flight));
     let raw_pool = Arc::new(raw_pool);
     for c in COALESCED_CONCURRENCY {
@@ -603,9 +606,12 @@ async fn coalesced_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Client, 
     admin.batch_execute(&format!("TRUNCATE {WRITES_SCHEMA}.memory_logs")).await?;
     let users = PostgresUserStore::new(ours_pool.clone());
     let (ours_user, raw_user) = (users.create_user().await?, users.create_user().await?);
-    // SELFRAG_BENCH_COALESCE_IN_FLIGHT overrides `max_in_flight` (default 4),
+    // SELFRAG_BENCH_COALESCE_IN_FLIGHT overrides `max_in_flight` (default 2),
     // to compare statement sizes against flushes.
-    let in_flight = std::env::var("SELFRAG_BENCH_COALESCE_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let in_flight = std::env::var("SELFRAG_BENCH_COALESCE_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CoalesceConfig::new().max_in_flight);
     println!("postgres: coalesced appends with max_in_flight {in_flight}, pools of {size}");
     // SELFRAG_BENCH_COALESCE_COPY_ABOVE overrides `copy_above` (default 32):
     // binary COPY against one unnest INSERT for the shared statements.

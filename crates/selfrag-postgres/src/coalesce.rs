@@ -55,9 +55,13 @@ pub struct CoalesceConfig {
     /// Most calls waiting in the queue (default 4,096). A call that finds
     /// it full waits for room (back-pressure) within its operation timeout.
     pub queue: usize,
-    /// Most coalesced statements in flight at once (default 4), each on its
+    /// Most coalesced statements in flight at once (default 2), each on its
     /// own pooled connection. While all are in flight, new calls queue up
-    /// and form the next statement.
+    /// and form the next statement. Fewer statements in flight make larger
+    /// ones (fewer commits); two keep one statement filling while the
+    /// other commits. Measured on a 2-core machine (`docs/benchmarks.md`):
+    /// 2 beat 4 and 8 at 8, 64 and 256 callers. A server with more cores
+    /// and faster flushes may do better with more.
     pub max_in_flight: usize,
     /// A coalesced statement of more rows than this is one binary `COPY`;
     /// up to it, one `INSERT ... SELECT * FROM unnest(...)` (one prepared
@@ -69,7 +73,7 @@ pub struct CoalesceConfig {
 
 impl Default for CoalesceConfig {
     fn default() -> Self {
-        Self { max_rows: 512, max_bytes: 4 * 1024 * 1024, queue: 4096, max_in_flight: 4, copy_above: 32 }
+        Self { max_rows: 512, max_bytes: 4 * 1024 * 1024, queue: 4096, max_in_flight: 2, copy_above: 32 }
     }
 }
 
