@@ -46,14 +46,25 @@ impl<F: Future + Unpin> Future for WithRecorder<F> {
 }
 
 /// `op` with a subscriber and a recorder installed around each call.
+/// `SELFRAG_BENCH_OBSERVE=spans` (or `metrics`) installs only that one, to
+/// tell their costs apart.
 fn observed(op: Op) -> Op {
+    let only = std::env::var("SELFRAG_BENCH_OBSERVE").unwrap_or_default();
     let subscriber = tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::sink));
-    let dispatch = tracing::Dispatch::new(subscriber);
+    let dispatch = (only != "metrics").then(|| tracing::Dispatch::new(subscriber));
     // Leaked: the rows run once per process.
     let recorder: &'static PrometheusRecorder = Box::leak(Box::new(PrometheusBuilder::new().build_recorder()));
+    let recorder = (only != "spans").then_some(recorder);
     Arc::new(move |i| {
-        let fut = op(i).with_subscriber(dispatch.clone());
-        Box::pin(WithRecorder { recorder, fut })
+        let fut = op(i);
+        let fut: futures::future::BoxFuture<'static, crate::measure::Res<()>> = match &dispatch {
+            Some(d) => Box::pin(fut.with_subscriber(d.clone())),
+            None => fut,
+        };
+        match recorder {
+            Some(recorder) => Box::pin(WithRecorder { recorder, fut }),
+            None => fut,
+        }
     })
 }
 
