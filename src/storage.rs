@@ -95,6 +95,14 @@ pub struct StorageOptions {
     /// `SELFRAG_SESSIONS_MAX_PER_USER` and `SELFRAG_SESSIONS_ON_LIMIT`
     /// override its fields in [`Storage::from_env`].
     pub session_limits: SessionLimits,
+    /// Coalesce Postgres writes (default: false): the memory-log appends,
+    /// and the session touches when Postgres serves sessions, that wait at
+    /// the same moment go out as one statement and one commit, with the
+    /// default `CoalesceConfig` (`docs/postgres.md`, "Coalesced appends").
+    /// Each call's contract is unchanged. Worth it when many tasks write at
+    /// once; `SELFRAG_POSTGRES_COALESCE` (`on`/`off`, `true`/`false`,
+    /// `1`/`0`) overrides it in [`Storage::from_env`].
+    pub coalesce_postgres_writes: bool,
 }
 
 impl Default for StorageOptions {
@@ -106,7 +114,18 @@ impl Default for StorageOptions {
             migrate: true,
             startup_timeout: std::time::Duration::from_secs(60),
             session_limits: SessionLimits::default(),
+            coalesce_postgres_writes: false,
         }
+    }
+}
+
+/// A switch read from variable `name`: `on`/`true`/`1` or `off`/`false`/`0`
+/// (any case); anything else is [`Error::InvalidInput`] naming it.
+fn switch(name: &'static str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(Error::invalid(name, format!("{value:?} is not a switch: use on or off (true/false, 1/0)"))),
     }
 }
 
@@ -138,6 +157,7 @@ impl Storage {
     /// | `QDRANT_URL` (+ `QDRANT_API_KEY`, `SELFRAG_QDRANT_COLLECTION`) | `qdrant` | vectors (the collection is ensured) |
     /// | `SELFRAG_EDGE_PATH` | `edge` | vectors, embedded, in that directory (when `QDRANT_URL` is unset) |
     /// | `SELFRAG_SESSIONS_MAX_PER_USER`, `SELFRAG_SESSIONS_ON_LIMIT` | | [`StorageOptions::session_limits`] of whichever backend serves sessions |
+    /// | `SELFRAG_POSTGRES_COALESCE` | `postgres` | [`StorageOptions::coalesce_postgres_writes`] |
     ///
     /// # Errors
     /// [`Error::Incompatible`] when a variable names a backend this build
@@ -165,8 +185,16 @@ impl Storage {
     }
 
     async fn compose(options: &StorageOptions, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let options =
-            &StorageOptions { session_limits: options.session_limits.overridden_by(&lookup)?, ..options.clone() };
+        const COALESCE: &str = "SELFRAG_POSTGRES_COALESCE";
+        let coalesce_postgres_writes = match lookup(COALESCE).filter(|v| !v.trim().is_empty()) {
+            Some(v) => switch(COALESCE, &v)?,
+            None => options.coalesce_postgres_writes,
+        };
+        let options = &StorageOptions {
+            session_limits: options.session_limits.overridden_by(&lookup)?,
+            coalesce_postgres_writes,
+            ..options.clone()
+        };
         let mut storage = Self::local(options);
         if let Some(url) = lookup("DATABASE_URL") {
             postgres(&mut storage, options, url, lookup("SELFRAG_POSTGRES_SCHEMA")).await?;
@@ -211,7 +239,8 @@ fn missing_feature(variable: &str, feature: &str) -> Error {
 #[cfg(feature = "postgres")]
 async fn postgres(storage: &mut Storage, options: &StorageOptions, url: String, schema: Option<String>) -> Result<()> {
     use selfrag_postgres::{
-        PostgresConfig, PostgresErasureLedger, PostgresMemoryStore, PostgresSessionStore, PostgresUserStore,
+        CoalesceConfig, PostgresConfig, PostgresErasureLedger, PostgresMemoryStore, PostgresSessionStore,
+        PostgresUserStore,
     };
     let mut config = PostgresConfig::with_url(url);
     if let Some(schema) = schema {
@@ -222,9 +251,15 @@ async fn postgres(storage: &mut Storage, options: &StorageOptions, url: String, 
         selfrag_postgres::migrate(&pool).await?;
     }
     storage.users = Arc::new(PostgresUserStore::with_config(pool.clone(), &config));
-    storage.memory = Arc::new(PostgresMemoryStore::with_config(pool.clone(), &config));
-    storage.erasures = Arc::new(PostgresErasureLedger::with_config(pool.clone(), &config));
-    storage.sessions = Arc::new(PostgresSessionStore::with_config(pool, &config).with_limits(options.session_limits));
+    let mut memory = PostgresMemoryStore::with_config(pool.clone(), &config);
+    let mut sessions = PostgresSessionStore::with_config(pool.clone(), &config).with_limits(options.session_limits);
+    if options.coalesce_postgres_writes {
+        memory = memory.coalescing(CoalesceConfig::new());
+        sessions = sessions.coalescing(CoalesceConfig::new());
+    }
+    storage.memory = Arc::new(memory);
+    storage.erasures = Arc::new(PostgresErasureLedger::with_config(pool, &config));
+    storage.sessions = Arc::new(sessions);
     storage.backends.memory = "postgres";
     storage.backends.sessions = "postgres";
     Ok(())

@@ -207,3 +207,75 @@ async fn session_limits_come_from_the_options_and_the_environment() {
     let err = Storage::from_lookup(&options, bad).await.unwrap_err();
     assert_eq!(err.field(), Some("max_per_user"));
 }
+
+/// `SELFRAG_POSTGRES_COALESCE` switches coalesced Postgres writes on: with
+/// the table locked, twelve concurrent appends hold twelve connections
+/// waiting on the lock when off, and at most two (the default statements
+/// in flight; the rest wait in the queue) when on. Every append lands
+/// either way. A value that is not a switch is an error naming it.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writes_coalesce_when_switched_on() {
+    let Some(server) = selfrag_testkit::servers::postgres().await else { return };
+    let bad = [("SELFRAG_POSTGRES_COALESCE", "sometimes".to_owned())];
+    let err = Storage::from_lookup(&StorageOptions::default(), lookup(&bad)).await.unwrap_err();
+    assert_eq!(err.kind(), selfrag::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("SELFRAG_POSTGRES_COALESCE"), "{err}");
+
+    let (client, conn) =
+        selfrag::postgres::tokio_postgres::connect(&server.url, selfrag::postgres::tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (switch, on) in [("off", false), ("on", true)] {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let schema = format!("facade_{tag}");
+        client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+        let vars = [
+            ("DATABASE_URL", server.url.clone()),
+            ("SELFRAG_POSTGRES_SCHEMA", schema.clone()),
+            ("SELFRAG_POSTGRES_COALESCE", switch.to_owned()),
+        ];
+        let storage = Storage::from_lookup(&StorageOptions::default(), lookup(&vars)).await.unwrap();
+        let user = storage.users.create_user().await.unwrap();
+        client.batch_execute(&format!("BEGIN; LOCK TABLE {schema}.memory_logs IN EXCLUSIVE MODE")).await.unwrap();
+        let appends: Vec<_> = (0..12)
+            .map(|i| {
+                let memory = storage.memory.clone();
+                tokio::spawn(
+                    async move { memory.append(user, NewMemoryLog::new("fact", format!("m{i}")).unwrap()).await },
+                )
+            })
+            .collect();
+        let waiting = || async {
+            let q = format!(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '{schema}.memory_logs'::regclass"
+            );
+            client.query_one(&q, &[]).await.unwrap().get::<_, i64>(0)
+        };
+        let mut seen = 0;
+        for _ in 0..300 {
+            seen = waiting().await;
+            if seen == 12 || (on && seen >= 1) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if on {
+            // Give any further statement time to show up.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            seen = waiting().await;
+            assert!((1..=2).contains(&seen), "{seen} connections wait on the lock with coalescing on");
+        } else {
+            assert_eq!(seen, 12, "each append waits on its own connection with coalescing off");
+        }
+        client.batch_execute("COMMIT").await.unwrap();
+        for a in appends {
+            a.await.unwrap().unwrap();
+        }
+        let q = format!("SELECT count(*) FROM {schema}.memory_logs");
+        assert_eq!(client.query_one(&q, &[]).await.unwrap().get::<_, i64>(0), 12);
+        drop(storage);
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
+}
