@@ -468,11 +468,18 @@ pub(crate) async fn hot_backup_hold(
     }
     ix.flush().await?;
     let mut figures = serde_json::Map::new();
-    for (pass, label) in [(0u64, "unoptimized"), (1, "optimized")] {
+    // The third pass waits until the optimizer's files are over a second
+    // old: only then does the backup trust them to stay as listed and copy
+    // them after the hold (right after an optimization, the second pass,
+    // they are copied in it).
+    for (pass, label) in [(0u64, "unoptimized"), (1, "optimized just now"), (2, "optimized, files settled")] {
         if pass == 1 {
             let t = Instant::now();
             ix.optimize_now().await?;
             println!("edge hot backup: optimize_now at {n} points took {:.1} s", t.elapsed().as_secs_f64());
+        }
+        if pass == 2 {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
         }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
@@ -490,7 +497,7 @@ pub(crate) async fn hot_backup_hold(
             })
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let copy = dir.path().join(format!("hot-copy-{label}"));
+        let copy = dir.path().join(format!("hot-copy-{pass}"));
         let hot = ix.backup_to(&copy).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
