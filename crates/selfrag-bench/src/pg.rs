@@ -453,18 +453,22 @@ async fn counted(
     Ok(m)
 }
 
-/// The counting passes after a coalesced row: about a second of the raw
-/// side (CPU times are read in 10 ms ticks for this process), the same
-/// calls for ours, with the coalescer's own counters (`stats`) around ours.
-/// Adds them to `row`; returns the console lines.
-async fn count_sides(
+/// One coalesced row (`label`, `c` tasks, `ops` calls): ours against raw,
+/// then the counting passes: about a second of the raw side (CPU times are
+/// read in 10 ms ticks for this process), the same calls for ours, with
+/// the coalescer's own counters (`stats`) around ours. Pushed to `rows` and
+/// printed.
+async fn coalesced_row(
     admin: &tokio_postgres::Client,
     (ours_pool, raw_pool): (&Pool, &Pool),
     (ours, raw): (&Op, &Op),
-    c: usize,
-    row: &mut Row,
+    (label, c, ops): (&str, usize, u64),
+    plan: &Plan,
+    rows: &mut Vec<Row>,
     stats: impl Fn() -> selfrag_postgres::CoalesceStats,
-) -> Res<[String; 2]> {
+) -> Res<()> {
+    let cmp = compare(ours, raw, c, ops, plan.rounds, plan.target).await?;
+    let mut row = crate::row(label, c, cmp);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let count_ops = (row.raw.ops_per_s as u64).max(c as u64 * 4);
     let before = stats();
@@ -482,7 +486,12 @@ async fn count_sides(
     row.extra.insert("counted_rows".into(), json!(count_ops));
     row.extra.insert("ours_counters".into(), Value::Object(ours_counts));
     row.extra.insert("raw_counters".into(), Value::Object(raw_counts));
-    Ok(lines)
+    rows.push(row);
+    crate::print_last(rows);
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// One line of a counting pass's figures, for the console.
@@ -574,15 +583,9 @@ async fn coalesced_touch_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Cl
                 Ok(())
             }
         });
-        let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
-        let mut row = crate::row("session touch (coalesced) vs prepared UPDATE", c, cmp);
         let stats = || store.coalescing_stats().unwrap_or_default();
-        let lines = count_sides(admin, (&ours_pool, &raw_pool), (&ours, &raw), c, &mut row, stats).await?;
-        rows.push(row);
-        crate::print_last(rows);
-        for line in lines {
-            println!("{line}");
-        }
+        let label = "session touch (coalesced) vs prepared UPDATE";
+        coalesced_row(admin, (&ours_pool, &raw_pool), (&ours, &raw), (label, c, ops), plan, rows, stats).await?;
     }
     store.close_coalescing().await;
     admin.batch_execute(&format!("TRUNCATE {WRITES_SCHEMA}.user_sessions")).await?;
@@ -634,15 +637,9 @@ async fn coalesced_rows(url: &str, plan: &Plan, admin: &tokio_postgres::Client, 
             }
         });
         let raw = raw_append(&raw_pool, *raw_user.as_uuid());
-        let cmp = compare(&ours, &raw, c, ops, plan.rounds, plan.target).await?;
-        let mut row = crate::row("memory append (1 row, coalesced) vs prepared INSERT", c, cmp);
         let stats = || store.coalescing_stats().unwrap_or_default();
-        let lines = count_sides(admin, (&ours_pool, &raw_pool), (&ours, &raw), c, &mut row, stats).await?;
-        rows.push(row);
-        crate::print_last(rows);
-        for line in lines {
-            println!("{line}");
-        }
+        let label = "memory append (1 row, coalesced) vs prepared INSERT";
+        coalesced_row(admin, (&ours_pool, &raw_pool), (&ours, &raw), (label, c, ops), plan, rows, stats).await?;
     }
     store.close_coalescing().await;
     admin.batch_execute(&format!("TRUNCATE {WRITES_SCHEMA}.memory_logs")).await?;

@@ -35,6 +35,7 @@ fn quick_run_reports_every_row() {
         expected.extend([
             ("memory append (1 row) ", USUAL),
             ("memory append (1 row, coalesced)", &[1, 8, 64, 256][..]),
+            ("session touch (coalesced)", &[1, 8, 64, 256][..]),
             ("memory batch append", USUAL),
             ("memory query", USUAL),
             ("control: SQL", USUAL),
@@ -42,7 +43,7 @@ fn quick_run_reports_every_row() {
     }
     if let Some(u) = &redis {
         cmd.arg("--redis").arg(u);
-        for op in ["session get", "control: HMGET", "session touch", "rate-limit check"] {
+        for op in ["session get", "control: HMGET", "session touch vs", "rate-limit check"] {
             expected.push((op, USUAL));
         }
     }

@@ -43,22 +43,10 @@ impl Setup {
         self.admin.batch_execute("COMMIT").await.expect("unlock");
     }
 
-    /// Waits until some backend waits on the lock (the first statement is
-    /// in flight), then until `queued` more calls have been queued.
+    /// Waits until the first statement is blocked on the lock, then until
+    /// `queued` more calls have been queued.
     async fn wait_blocked(&self, queued: u64) {
-        for _ in 0..500 {
-            let q =
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
-            let blocked: i64 = self.admin.query_one(q, &[]).await.expect("activity").get(0);
-            if blocked >= 1 && self.stats().calls > queued {
-                // The calls are counted once queued; give the flusher a
-                // moment to be parked on its only slot.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the first append never blocked on the lock: {:?}", self.stats());
+        common::wait_blocked(&self.admin, queued, || self.stats()).await;
     }
 
     fn stats(&self) -> CoalesceStats {

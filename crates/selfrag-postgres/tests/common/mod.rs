@@ -38,6 +38,27 @@ pub(crate) async fn admin(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// For the coalescing tests: waits until some backend of the test database
+/// waits on a lock (the first statement is in flight, blocked), then until
+/// the coalescer has counted more than `queued` calls (`stats`), and gives
+/// the flusher a moment to park on its slot.
+pub(crate) async fn wait_blocked(
+    admin: &tokio_postgres::Client,
+    queued: u64,
+    stats: impl Fn() -> selfrag_postgres::CoalesceStats,
+) {
+    let q = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    for _ in 0..500 {
+        let blocked: i64 = admin.query_one(q, &[]).await.expect("activity").get(0);
+        if blocked >= 1 && stats().calls > queued {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the first call never blocked on the lock: {:?}", stats());
+}
+
 struct DropSchema {
     url: String,
     schema: String,
