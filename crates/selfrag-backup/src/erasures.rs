@@ -97,6 +97,35 @@ pub(crate) async fn read_all(client: &Client, schema: &str) -> Result<Vec<Ledger
     Ok(rows.iter().map(|r| LedgerEntry { user_id: r.get(0), erased_at: r.get(1), vectors: r.get(2) }).collect())
 }
 
+/// The erasures listed in a file that `selfrag erasures --json` wrote (an
+/// object whose `erasures` field is the array of records), or a bare JSON
+/// array of such records (`seq`, `user`, `erased_at` in RFC 3339,
+/// `vectors`): a copy of the ledger kept beside the backups, for when the
+/// server that held the ledger is lost with it.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming `erasures_file` and the path when the
+/// file cannot be read or is not such a list.
+pub fn read_erasures_file(path: &std::path::Path) -> Result<Vec<LedgerEntry>> {
+    let bad = |why: String| Error::invalid("erasures_file", format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON (`selfrag erasures --json` writes it): {e}")))?;
+    let list = match doc {
+        serde_json::Value::Object(mut o) => o
+            .remove("erasures")
+            .ok_or_else(|| bad("no `erasures` field (`selfrag erasures --json` writes one)".into()))?,
+        list @ serde_json::Value::Array(_) => list,
+        _ => return Err(bad("expected the output of `selfrag erasures --json` or an array of erasures".into())),
+    };
+    let records: Vec<selfrag_core::ErasureRecord> =
+        serde_json::from_value(list).map_err(|e| bad(format!("not a list of erasures: {e}")))?;
+    Ok(records
+        .into_iter()
+        .map(|r| LedgerEntry { user_id: *r.user.as_uuid(), erased_at: r.erased_at, vectors: r.vectors })
+        .collect())
+}
+
 /// Merges ledgers, keeping each user's earliest erasure.
 pub(crate) fn merge(sources: Vec<Vec<LedgerEntry>>) -> Vec<LedgerEntry> {
     let mut seen = std::collections::HashMap::<Uuid, usize>::new();

@@ -139,7 +139,7 @@ pub mod run;
 use std::path::Path;
 
 pub use edge::{backup_edge, restore_edge, EdgeDirLock};
-pub use erasures::{LedgerEntry, LedgerPosition};
+pub use erasures::{read_erasures_file, LedgerEntry, LedgerPosition};
 pub use manifest::{Entry, EntryKind, FileEntry, Manifest, RetentionClass, MANIFEST_FILE, MANIFEST_FORMAT};
 pub use postgres::{
     backup_postgres, restore_postgres, verify_postgres, PgTools, PostgresBackup, PostgresRestore,

@@ -718,6 +718,11 @@ pub struct PostgresRestore {
     pub jobs: Option<u32>,
     /// Where the tools are.
     pub tools: PgTools,
+    /// Copies of an erasure ledger to honour besides the databases' own
+    /// (files `selfrag erasures --json` wrote; see
+    /// [`read_erasures_file`](crate::read_erasures_file)): for a restore
+    /// after the server that held the ledger was lost. Default: none.
+    pub erasures_files: Vec<std::path::PathBuf>,
 }
 
 impl fmt::Debug for PostgresRestore {
@@ -729,6 +734,7 @@ impl fmt::Debug for PostgresRestore {
             .field("clean", &self.clean)
             .field("jobs", &self.jobs)
             .field("tools", &self.tools)
+            .field("erasures_files", &self.erasures_files)
             .finish()
     }
 }
@@ -743,7 +749,14 @@ impl PostgresRestore {
             clean: false,
             jobs: None,
             tools: PgTools::new(),
+            erasures_files: Vec::new(),
         }
+    }
+
+    /// Adds a file to [`PostgresRestore::erasures_files`].
+    pub fn erasures_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.erasures_files.push(path.into());
+        self
     }
 
     /// Sets [`PostgresRestore::database`].
@@ -791,8 +804,9 @@ pub struct PostgresRestoreReport {
     /// The erasure ledger's position in the archive, as the manifest
     /// recorded it.
     pub backup_ledger: Option<crate::LedgerPosition>,
-    /// The databases whose ledgers were read before the restore (the
-    /// target when it existed, and the URL's database when it is another).
+    /// The ledgers read before the restore: the target database when it
+    /// existed, the URL's database when it is another, and each of
+    /// [`PostgresRestore::erasures_files`] (as `file <path>`).
     pub ledger_sources: Vec<String>,
     /// The users erased again after the restore: erasures those ledgers
     /// held and the archive did not.
@@ -849,6 +863,14 @@ pub async fn restore_postgres(
     if opts.jobs == Some(0) {
         return Err(Error::invalid("jobs", "must be at least 1"));
     }
+    // Ledger copies are read first: a bad file stops the restore before
+    // anything is touched.
+    let mut ledgers = Vec::new();
+    let mut ledger_sources = Vec::new();
+    for file in &opts.erasures_files {
+        ledgers.push(erasures::read_erasures_file(file)?);
+        ledger_sources.push(format!("file {}", file.display()));
+    }
 
     check_entry_files(run_dir, entry)?;
     let pg_restore = opts.tools.version("pg_restore").await?;
@@ -883,8 +905,6 @@ pub async fn restore_postgres(
     }
     // Erasures the archive may not hold, read before anything is touched: a
     // clean restore replaces the target's own ledger.
-    let mut ledgers = Vec::new();
-    let mut ledger_sources = Vec::new();
     if admin_db.as_deref() != Some(database.as_str()) {
         let entries = erasures::read_all(&admin, schema).await?;
         ledger_sources.push(admin_db.clone().unwrap_or_else(|| "postgres".to_owned()));

@@ -448,3 +448,99 @@ async fn a_restore_reapplies_erasures_recorded_after_the_backup() {
     admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     result.unwrap();
 }
+
+/// After the server that held the ledger is lost, a copy of the ledger
+/// (`selfrag erasures --json`) given as an erasures file keeps an erasure
+/// recorded after the backup applied; without it the user comes back. A
+/// file that is not such a list stops the restore before anything is
+/// created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_file_keeps_erasures_when_the_ledger_is_lost() {
+    let Some(server) = selfrag_testkit::servers::postgres().await else { return };
+    let url = server.url.clone();
+    let admin = connect(&url).await;
+    let schema = populated_schema(&url, 3, 20).await;
+    let users: Vec<uuid::Uuid> = admin
+        .query(&format!("SELECT id FROM {schema}.users ORDER BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let root = tempfile::tempdir().unwrap();
+    let mut run = BackupRun::begin(root.path()).unwrap();
+    backup_postgres(&mut run, &PostgresBackup::new(&url).schema(&schema)).await.unwrap();
+    let done = run.finish().unwrap();
+
+    // Erased after the backup; the ledger copy is written as the CLI does.
+    erase_in_sql(&admin, &schema, users[0]).await;
+    let row = admin
+        .query_one(&format!("SELECT seq, erased_at FROM {schema}.erasures WHERE user_id = $1"), &[&users[0]])
+        .await
+        .unwrap();
+    let (seq, erased_at): (i64, time::OffsetDateTime) = (row.get(0), row.get(1));
+    let record = selfrag_core::ErasureRecord {
+        seq: u64::try_from(seq).unwrap(),
+        user: selfrag_core::UserId::from_uuid(users[0]),
+        erased_at,
+        vectors: serde_json::json!([]),
+    };
+    let file = root.path().join("erasures.json");
+    let doc = serde_json::json!({ "position": seq, "after": 0, "erasures": [record] });
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    // The server's ledger is lost (here: its rows deleted).
+    admin.batch_execute(&format!("DELETE FROM {schema}.erasures")).await.unwrap();
+
+    let bad = root.path().join("bad.json");
+    std::fs::write(&bad, "{\"position\": 1}").unwrap();
+    let (with_file, without, refused) = (restore_db_name(), restore_db_name(), restore_db_name());
+    let result = async {
+        let err = restore_postgres(
+            &done.dir,
+            None,
+            &PostgresRestore::new(&url).database(&refused).create_database(true).erasures_file(&bad),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), selfrag_core::ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("erasures_file") && err.to_string().contains("bad.json"), "{err}");
+        let exists = |db: String| {
+            let admin = &admin;
+            async move {
+                admin
+                    .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&db])
+                    .await
+                    .unwrap()
+                    .get::<_, bool>(0)
+            }
+        };
+        assert!(!exists(refused.clone()).await, "a bad file stops the restore before the database is created");
+
+        let report = restore_postgres(
+            &done.dir,
+            None,
+            &PostgresRestore::new(&url).database(&with_file).create_database(true).erasures_file(&file),
+        )
+        .await?;
+        assert_eq!(report.erasures_reapplied, 1, "{report:?}");
+        assert!(report.ledger_sources.contains(&format!("file {}", file.display())), "{report:?}");
+        let target = connect(&with_db(&url, &with_file)).await;
+        assert_eq!(traces(&target, &schema, users[0]).await, [0, 0, 0], "the erased user came back");
+        assert_eq!(traces(&target, &schema, users[1]).await, [1, 20, 2], "a neighbour lost data");
+        drop(target);
+
+        let report =
+            restore_postgres(&done.dir, None, &PostgresRestore::new(&url).database(&without).create_database(true))
+                .await?;
+        assert_eq!(report.erasures_reapplied, 0, "{report:?}");
+        let target = connect(&with_db(&url, &without)).await;
+        assert_eq!(traces(&target, &schema, users[0]).await, [1, 20, 2], "without the file the ledger is lost");
+        Ok::<_, Error>(())
+    }
+    .await;
+    for db in [&with_file, &without, &refused] {
+        drop_database(&admin, db).await;
+    }
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    result.unwrap();
+}

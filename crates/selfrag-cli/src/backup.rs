@@ -427,10 +427,14 @@ pub(crate) async fn verify(global: &Global, args: &VerifyArgs, out: Out) -> Resu
 }
 
 pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Result<Exit, Failure> {
-    let postgres_only = args.database.is_some() || args.create_database || args.clean || args.jobs.is_some();
+    let postgres_only = args.database.is_some()
+        || args.create_database
+        || args.clean
+        || args.jobs.is_some()
+        || !args.erasures_file.is_empty();
     if postgres_only && args.target != RestoreTarget::Postgres {
         return Err(Failure::usage(
-            "--database, --create-database, --clean and --jobs apply to `restore postgres` only",
+            "--database, --create-database, --clean, --jobs and --erasures-file apply to `restore postgres` only",
         ));
     }
     if args.replace && args.target != RestoreTarget::Qdrant {
@@ -454,6 +458,9 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
             if let Some(jobs) = args.jobs {
                 opts = opts.jobs(jobs);
             }
+            for file in &args.erasures_file {
+                opts = opts.erasures_file(file);
+            }
             out.progress(format_args!("restoring Postgres from {} (checks first, then pg_restore)", dir.display()));
             let total = entry_size(&dir, EntryKind::Postgres, entry);
             let meter = Progress::start(out, "archive checksum, then pg_restore", total, Source::Checksummed);
@@ -470,9 +477,14 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
             let _ = writeln!(human, "  tables: {}", report.tables.join(", "));
             let _ = writeln!(
                 human,
-                "  erasures re-applied: {} (recorded after the backup, read from database {})",
+                "  erasures re-applied: {} (recorded after the backup, read from {})",
                 report.erasures_reapplied,
-                if report.ledger_sources.is_empty() { "-".to_owned() } else { report.ledger_sources.join(", ") }
+                if report.ledger_sources.is_empty() {
+                    "-".to_owned()
+                } else {
+                    let named = |s: &String| if s.starts_with("file ") { s.clone() } else { format!("database {s}") };
+                    report.ledger_sources.iter().map(named).collect::<Vec<_>>().join(", ")
+                }
             );
             let doc = json!({
                 "run": dir.display().to_string(),

@@ -258,6 +258,11 @@ pub(crate) struct RestoreArgs {
     /// Postgres: parallel restore with this many jobs (not atomic).
     #[arg(long)]
     pub(crate) jobs: Option<u32>,
+    /// Postgres: a copy of the erasure ledger (`selfrag erasures --json`
+    /// output) whose erasures the restore also re-applies; for when the
+    /// server that held the ledger is lost. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) erasures_file: Vec<std::path::PathBuf>,
     /// Qdrant: replace the collection if it exists (default: refuse, so a
     /// restore never silently overwrites live vectors).
     #[arg(long)]

@@ -1084,6 +1084,11 @@ async fn erase_user_configuration_mistakes_exit_2() {
     assert!(wrong_dir.stderr.contains("holds no embedded index"), "{wrong_dir:?}");
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "no index was created");
 
+    // A ledger copy is an input of `restore postgres` only.
+    let misplaced = selfrag(&["restore", "edge", "--erasures-file", "erasures.json"], &pg.env());
+    assert_eq!(misplaced.code, 2, "{misplaced:?}");
+    assert!(misplaced.stderr.contains("--erasures-file apply to `restore postgres` only"), "{misplaced:?}");
+
     // None of these recorded anything.
     let ledger = selfrag(&["erasures", "--json"], &pg.env());
     assert_eq!(ledger.code, 0, "{ledger:?}");
