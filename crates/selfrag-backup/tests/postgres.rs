@@ -364,6 +364,12 @@ async fn erase_in_sql(client: &Client, schema: &str, user: uuid::Uuid) {
         .unwrap();
 }
 
+/// The ids of the users in `schema`, in id order.
+async fn user_ids(client: &Client, schema: &str) -> Vec<uuid::Uuid> {
+    let rows = client.query(&format!("SELECT id FROM {schema}.users ORDER BY id"), &[]).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
 /// How many rows of `user` each user-owned table holds.
 async fn traces(client: &Client, schema: &str, user: uuid::Uuid) -> [i64; 3] {
     let mut out = [0; 3];
@@ -386,13 +392,7 @@ async fn a_restore_reapplies_erasures_recorded_after_the_backup() {
     let admin = connect(&url).await;
     let url_db = url.rsplit_once('/').unwrap().1.split('?').next().unwrap().to_owned();
     let schema = populated_schema(&url, 5, 20).await;
-    let users: Vec<uuid::Uuid> = admin
-        .query(&format!("SELECT id FROM {schema}.users ORDER BY id"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let users = user_ids(&admin, &schema).await;
     // One erasure before the backup: the archive holds it.
     erase_in_sql(&admin, &schema, users[0]).await;
 
@@ -460,13 +460,7 @@ async fn a_ledger_file_keeps_erasures_when_the_ledger_is_lost() {
     let url = server.url.clone();
     let admin = connect(&url).await;
     let schema = populated_schema(&url, 3, 20).await;
-    let users: Vec<uuid::Uuid> = admin
-        .query(&format!("SELECT id FROM {schema}.users ORDER BY id"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let users = user_ids(&admin, &schema).await;
     let root = tempfile::tempdir().unwrap();
     let mut run = BackupRun::begin(root.path()).unwrap();
     backup_postgres(&mut run, &PostgresBackup::new(&url).schema(&schema)).await.unwrap();
