@@ -132,8 +132,12 @@ fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ru
 mod tests {
     use super::*;
 
+    /// Distinctive, so that no generated temporary path can contain it (a
+    /// CI run once saw a certificate directory named `...VeFpwE`).
+    const PASSWORD: &str = "unit-secret-7f3a";
+
     fn tls_config() -> RedisConfig {
-        RedisConfig { url: "rediss://u:pw@redis.internal:6380".into(), ..RedisConfig::default() }
+        RedisConfig { url: format!("rediss://u:{PASSWORD}@redis.internal:6380"), ..RedisConfig::default() }
     }
 
     #[test]
@@ -186,7 +190,7 @@ mod tests {
             ..tls_config()
         };
         let pool = good.create_pool().expect("TLS pool without a server");
-        assert!(!format!("{pool:?} {good:?}").contains("pw"), "{good:?}");
+        assert!(!format!("{pool:?} {good:?}").contains(PASSWORD), "{good:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
