@@ -25,9 +25,8 @@ use time::OffsetDateTime;
 use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
+use crate::postgres::sql_err;
 use crate::{Error, Result};
-
-const PG: &str = "postgres";
 
 /// Where a database's erasure ledger stood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,15 +51,6 @@ pub struct LedgerEntry {
 /// `schema.erasures`, quoted.
 fn table(schema: &str) -> String {
     format!("\"{schema}\".erasures")
-}
-
-fn sql_err(what: &str, e: tokio_postgres::Error) -> Error {
-    if e.as_db_error().is_none() {
-        Error::unavailable(PG, format!("{what}: connection failed"), e)
-    } else {
-        let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
-        Error::backend(PG, format!("{what}: {msg}"), false, e)
-    }
 }
 
 /// Whether `schema` holds the ledger table (a database migrated before

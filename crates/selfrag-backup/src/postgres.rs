@@ -310,7 +310,9 @@ fn label_for(url: &str, database: &str) -> String {
     format!("{} (database {database})", selfrag_postgres::redact_url(url))
 }
 
-fn sql_err(what: &str, e: tokio_postgres::Error) -> Error {
+/// A driver error of step `what`: [`Error::Unavailable`] when the
+/// connection failed, else [`Error::Backend`] with the server's message.
+pub(crate) fn sql_err(what: &str, e: tokio_postgres::Error) -> Error {
     if e.as_db_error().is_none() {
         Error::unavailable(PG, format!("{what}: connection failed"), e)
     } else {
