@@ -1,8 +1,9 @@
 //! Postgres backends of selfrag storage, on tokio-postgres + deadpool-postgres:
 //! [`PostgresMemoryStore`] ([`MemoryStore`](selfrag_core::MemoryStore)),
 //! [`PostgresSessionStore`] ([`SessionStore`](selfrag_core::SessionStore)) and
-//! [`PostgresUserStore`] ([`UserStore`](selfrag_core::UserStore)), sharing one
-//! connection pool.
+//! [`PostgresUserStore`] ([`UserStore`](selfrag_core::UserStore)) and
+//! [`PostgresErasureLedger`] ([`ErasureLedger`](selfrag_core::ErasureLedger)),
+//! sharing one connection pool.
 //!
 //! ```no_run
 //! use selfrag_core::{MemoryQuery, MemoryStore, NewMemoryLog, NewSession, SessionStore, UserStore};
@@ -67,7 +68,9 @@
 //!   with no timer; each call keeps its own outcome (a failed shared
 //!   statement is split and each call written alone), a call that gives up
 //!   while queued is never written, and the queue is bounded in rows, bytes
-//!   and waiting calls ([`CoalesceConfig`]).
+//!   and waiting calls ([`CoalesceConfig`]). Session touches coalesce the
+//!   same way ([`PostgresSessionStore::coalescing`]): one `UPDATE` that locks
+//!   its rows in id order, each caller answered with its own session.
 //! - **Sessions** use the database clock; reads filter on
 //!   `expires_at > now()`, so an expired session is never returned, and a
 //!   touch slides the expiry in one `UPDATE`. Expired rows are reclaimed by
