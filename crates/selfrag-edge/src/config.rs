@@ -42,13 +42,19 @@ pub enum Durability {
     /// power loss loses what was written since the last engine flush (at
     /// most [`EdgeIndexConfig::engine_flush_interval`] ago).
     JournalNoSync,
-    /// Flush the engine before every write call returns (no journal). As
-    /// safe as [`Durability::Journal`] and far slower: a flush rewrites the
-    /// changed parts of every segment, about a second on 100,000 points.
+    /// Flush the engine before every write call returns (no journal). Far
+    /// slower than [`Durability::Journal`] (a flush rewrites the changed
+    /// parts of every segment, about a second on 100,000 points), and not
+    /// quite as safe: while an optimization runs, the engine keeps
+    /// deletions of the points it rebuilds in memory, which a flush does
+    /// not write, so a crash during an optimization brings those points
+    /// back. The index flushes as soon as the optimization ends.
     FlushEveryWrite,
     /// Flush the engine on a background thread every period, when something
     /// was written since the last flush (no journal): a crash loses the
-    /// writes of the last period. The period must be above zero.
+    /// writes of the last period, and deletions made during a running
+    /// optimization (see [`Durability::FlushEveryWrite`]). The period must
+    /// be above zero.
     Periodic(Duration),
     /// Flush only when the index is closed or dropped, or when
     /// [`EdgeIndex::flush`](crate::EdgeIndex::flush) is called (no journal).

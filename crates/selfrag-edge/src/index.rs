@@ -402,7 +402,9 @@ impl EdgeIndex {
     }
 
     /// Forces everything written so far to stable storage, whatever the
-    /// [`Durability`] setting.
+    /// [`Durability`] setting; under a non-journal setting, except
+    /// deletions made while an optimization runs, which the engine writes
+    /// only once it is over (see [`Durability::FlushEveryWrite`]).
     ///
     /// # Errors
     /// [`Error::Backend`] when the engine fails to flush.
@@ -603,6 +605,19 @@ impl Inner {
     }
 
     fn flush_engine(&self) -> Result<()> {
+        // While an optimization runs, the engine keeps the deletions made
+        // in the segments it rebuilds in memory (its proxy segments); a
+        // flush writes the other changes but not those, and when the
+        // optimization ends the new segment holds them in memory until the
+        // next flush. So the journal may only be emptied by a flush that no
+        // optimization overlaps: holding the optimization lock keeps one
+        // from starting, and when it is taken (an optimization runs, or a
+        // hot backup of this thread holds it) the journal keeps its records.
+        let no_optimization = match self.optimize_lock.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
         self.dirty.store(false, Ordering::SeqCst);
         let mut attempts = 0;
         loop {
@@ -610,11 +625,15 @@ impl Inner {
                 Ok(()) => {
                     // Everything journaled so far is in the flushed engine
                     // files now (the write lock keeps appends out).
-                    if let Some(j) = &self.journal {
+                    if let (Some(j), Some(_)) = (&self.journal, &no_optimization) {
                         if let Err(e) = j.flushed(j.last_appended()) {
                             self.dirty.store(true, Ordering::SeqCst);
                             return Err(e);
                         }
+                    }
+                    if no_optimization.is_none() {
+                        // Flush again once the optimization is over.
+                        self.dirty.store(true, Ordering::SeqCst);
                     }
                     return Ok(());
                 }
@@ -836,14 +855,24 @@ impl Inner {
 
     /// One optimization, never concurrent with another.
     fn run_optimize(&self) -> Result<bool> {
-        let _o = lock(&self.optimize_lock);
+        let o = lock(&self.optimize_lock);
         self.pending.store(0, Ordering::SeqCst);
         let started = std::time::Instant::now();
         let result = self.shard.optimize();
+        drop(o);
         self.optimizations.fetch_add(1, Ordering::SeqCst);
         record_activity(names::EDGE_OPTIMIZER_RUNS, names::EDGE_OPTIMIZER_DURATION, started, result.is_ok());
         tracing::debug!(path = %self.path.display(), elapsed = ?started.elapsed(), ok = result.is_ok(), "optimization finished");
-        result.map_err(|e| engine_err("optimization", e))
+        // The new segments hold the deletions made during the optimization
+        // in memory only (see `flush_engine`): the next flush writes them.
+        // Under `FlushEveryWrite` no flusher runs, so flush at once.
+        self.dirty.store(true, Ordering::SeqCst);
+        let changed = result.map_err(|e| engine_err("optimization", e))?;
+        if self.config.durability == Durability::FlushEveryWrite {
+            let _w = lock(&self.write_lock);
+            self.flush_locked()?;
+        }
+        Ok(changed)
     }
 
     fn stats(&self) -> EdgeStats {

@@ -405,6 +405,52 @@ async fn the_journal_is_replayed_under_every_setting() {
     assert_eq!(ids.len(), 64);
 }
 
+/// While an optimization runs, the engine keeps deletions of the points it
+/// rebuilds in memory (a flush does not write them), and after it the new
+/// segment holds them in memory until the next flush. A flush during the
+/// optimization must therefore not empty the journal: here deletions are
+/// flushed mid-optimization, and a crash image taken right after it (a hot
+/// backup, with no flush in between) must still not hold the deleted points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_during_an_optimization_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    // No periodic flush: only the explicit ones below.
+    let cfg = config(Durability::Journal, Duration::from_secs(3_600)).indexing_threshold_kb(Some(1));
+    let index = Arc::new(EdgeIndex::open(dir.path().join("src"), spec(DIM), cfg).await.unwrap());
+    let base: Vec<Chunk> = (0..4_000).map(|i| keyed(99, i, u32::MAX)).collect();
+    for part in base.chunks(500) {
+        index.upsert(&tenant(), part.to_vec()).await.unwrap();
+    }
+    index.flush().await.unwrap();
+    let optimizer = {
+        let index = index.clone();
+        tokio::spawn(async move { index.optimize_now().await.unwrap() })
+    };
+    // The optimization copies the points first, then builds the graph:
+    // deletions from then on reach the new segment only at its end.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut deleted = Vec::new();
+    while !optimizer.is_finished() {
+        let chunk = &base[deleted.len()];
+        index.delete(&tenant(), &[chunk.id]).await.unwrap();
+        deleted.push(expected_point(chunk).0);
+        if deleted.len() % 5 == 0 {
+            index.flush().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(optimizer.await.unwrap(), "the optimization rebuilt segments");
+    assert!(deleted.len() >= 10, "only {} deletions during the optimization", deleted.len());
+    let backup = index.backup_to(dir.path().join("copy")).await.unwrap();
+    assert!(backup.replay >= deleted.len() as u64, "the journal keeps the deletions: {} records", backup.replay);
+    let copy = EdgeIndex::open(dir.path().join("copy"), spec(DIM), EdgeIndexConfig::default()).await.unwrap();
+    let got = stored(&copy).await;
+    let back: Vec<_> = deleted.iter().filter(|id| got.contains_key(id)).collect();
+    assert!(back.is_empty(), "{} of {} deleted points are back after the crash", back.len(), deleted.len());
+    assert_eq!(got.len(), base.len() - deleted.len());
+    copy.close().await.unwrap();
+}
+
 /// Keys each hot-backup writer overwrites and deletes.
 const KEYS: u32 = 24;
 
