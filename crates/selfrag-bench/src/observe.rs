@@ -3,7 +3,10 @@
 //! run. Both are installed per call (the subscriber with
 //! `WithSubscriber`, the recorder as the polling thread's local recorder),
 //! so the sides alternate in rounds like every other row while nothing
-//! process-wide changes.
+//! process-wide changes. The raw side is wrapped the same way with a
+//! subscriber that listens to nothing and the no-op recorder, so that
+//! setting them around every poll (which a service, with global ones, does
+//! not do) costs both sides alike.
 //!
 //! The subscriber is `tracing-subscriber`'s registry with a fmt layer
 //! writing to `io::sink()` (it records every span's fields as text, as a
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use selfrag_core::{MemoryStore, NewMemoryLog, NewSession, SessionId, SessionStore, UserId, UserStore};
 use selfrag_postgres::{PostgresConfig, PostgresMemoryStore, PostgresUserStore};
 use selfrag_redis::{RedisConfig, RedisSessionStore};
@@ -32,7 +35,7 @@ const PREFIX: &str = "selfrag_bench_observe:";
 
 /// Polls a future with `recorder` as the thread's metrics recorder.
 struct WithRecorder<F> {
-    recorder: &'static PrometheusRecorder,
+    recorder: &'static (dyn metrics::Recorder + Sync),
     fut: F,
 }
 
@@ -45,27 +48,53 @@ impl<F: Future + Unpin> Future for WithRecorder<F> {
     }
 }
 
+/// `op` with `dispatch` as the thread's subscriber and `recorder` as its
+/// metrics recorder, set around every poll.
+fn wrapped(op: Op, dispatch: tracing::Dispatch, recorder: &'static (dyn metrics::Recorder + Sync)) -> Op {
+    Arc::new(move |i| {
+        let fut = op(i).with_subscriber(dispatch.clone());
+        Box::pin(WithRecorder { recorder, fut: Box::pin(fut) })
+    })
+}
+
+/// A subscriber that listens to nothing, behind an `Arc` like a real one:
+/// setting it around a poll costs what setting the real one costs.
+fn no_subscriber() -> tracing::Dispatch {
+    tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default())
+}
+
 /// `op` with a subscriber and a recorder installed around each call.
 /// `SELFRAG_BENCH_OBSERVE=spans` (or `metrics`) installs only that one, to
 /// tell their costs apart.
 fn observed(op: Op) -> Op {
     let only = std::env::var("SELFRAG_BENCH_OBSERVE").unwrap_or_default();
-    let subscriber = tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::sink));
-    let dispatch = (only != "metrics").then(|| tracing::Dispatch::new(subscriber));
-    // Leaked: the rows run once per process.
-    let recorder: &'static PrometheusRecorder = Box::leak(Box::new(PrometheusBuilder::new().build_recorder()));
-    let recorder = (only != "spans").then_some(recorder);
-    Arc::new(move |i| {
-        let fut = op(i);
-        let fut: futures::future::BoxFuture<'static, crate::measure::Res<()>> = match &dispatch {
-            Some(d) => Box::pin(fut.with_subscriber(d.clone())),
-            None => fut,
-        };
-        match recorder {
-            Some(recorder) => Box::pin(WithRecorder { recorder, fut }),
-            None => fut,
-        }
-    })
+    let dispatch = if only == "metrics" {
+        no_subscriber()
+    } else {
+        tracing::Dispatch::new(
+            tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::sink)),
+        )
+    };
+    let recorder: &'static (dyn metrics::Recorder + Sync) = if only == "spans" {
+        &metrics::NoopRecorder
+    } else {
+        // Leaked: the rows run once per process.
+        Box::leak(Box::new(PrometheusBuilder::new().build_recorder()))
+    };
+    wrapped(op, dispatch, recorder)
+}
+
+/// `op` with a subscriber that listens to nothing and the no-op recorder,
+/// set the same way: the baseline pays the same per-poll cost of setting
+/// them as the observed side, so the ratio is the instrumentation's cost
+/// alone (a service sets both once, globally, and pays neither).
+/// `SELFRAG_BENCH_OBSERVE_BASELINE=bare` leaves the baseline unwrapped,
+/// to show what the wrapping itself costs.
+fn baseline(op: Op) -> Op {
+    if std::env::var("SELFRAG_BENCH_OBSERVE_BASELINE").is_ok_and(|v| v == "bare") {
+        return op;
+    }
+    wrapped(op, no_subscriber(), &metrics::NoopRecorder)
 }
 
 fn idx(i: u64, n: usize) -> usize {
@@ -96,7 +125,8 @@ pub(crate) async fn run(postgres: Option<&str>, redis: Option<&str>, plan: &Plan
                 }
             });
             let cmp =
-                compare(&observed(plain.clone()), &plain, c, plan.ops(c, 20_000), plan.rounds, plan.target).await?;
+                compare(&observed(plain.clone()), &baseline(plain), c, plan.ops(c, 20_000), plan.rounds, plan.target)
+                    .await?;
             rows.push(crate::row("session get: subscriber + recorder vs none", c, cmp));
             crate::print_last(rows);
         }
@@ -125,7 +155,8 @@ pub(crate) async fn run(postgres: Option<&str>, redis: Option<&str>, plan: &Plan
                 }
             });
             let cmp =
-                compare(&observed(plain.clone()), &plain, c, plan.ops(c, 2_000), plan.rounds, plan.target).await?;
+                compare(&observed(plain.clone()), &baseline(plain), c, plan.ops(c, 2_000), plan.rounds, plan.target)
+                    .await?;
             rows.push(crate::row("memory append: subscriber + recorder vs none", c, cmp));
             crate::print_last(rows);
         }
