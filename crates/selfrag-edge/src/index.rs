@@ -612,7 +612,8 @@ impl Inner {
         // next flush. So the journal may only be emptied by a flush that no
         // optimization overlaps: holding the optimization lock keeps one
         // from starting, and when it is taken (an optimization runs, or a
-        // hot backup of this thread holds it) the journal keeps its records.
+        // hot backup of this thread holds it) the journal keeps its records
+        // until the flush that `run_optimize` asks for when it ends.
         let no_optimization = match self.optimize_lock.try_lock() {
             Ok(guard) => Some(guard),
             Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
@@ -630,10 +631,6 @@ impl Inner {
                             self.dirty.store(true, Ordering::SeqCst);
                             return Err(e);
                         }
-                    }
-                    if no_optimization.is_none() {
-                        // Flush again once the optimization is over.
-                        self.dirty.store(true, Ordering::SeqCst);
                     }
                     return Ok(());
                 }

@@ -107,8 +107,9 @@ pub struct NodeView {
 impl PrivateRedisCluster {
     /// Starts `masters × (1 + replicas_per_master)` nodes and creates the
     /// cluster (other options at their defaults), returning once every node
-    /// reports `cluster_state:ok` with all 16384 slots and every replica's
-    /// link to its master is up (about 3 s).
+    /// reports `cluster_state:ok` with all 16384 slots, every replica's
+    /// link to its master is up and every node's view agrees on who is a
+    /// master (see [`PrivateRedisCluster::wait_ok`]; about 3 s).
     ///
     /// # Errors
     /// When there is no `redis-server` or `redis-cli` (see
@@ -301,7 +302,9 @@ impl PrivateRedisCluster {
     }
 
     /// Waits until every running node reports `cluster_state:ok` with all
-    /// 16384 slots ok, and every running replica's link to its master is up.
+    /// 16384 slots ok, every running replica's link to its master is up,
+    /// and every running node sees every other running one, none of them
+    /// failing and none a master without slots.
     ///
     /// # Errors
     /// When that does not happen within `within` (the message says what
@@ -434,6 +437,34 @@ fn wait_ok(cli: &PathBuf, ports: &[u16], within: Duration) -> Result<(), String>
                     break;
                 }
                 Ok(_) => {}
+                Err(e) => {
+                    problem = Some(e);
+                    break;
+                }
+            }
+            // `cluster_state:ok` comes before gossip has told every node
+            // which of the others became replicas: until it has, a node's
+            // view lists a replica as a master without slots (what a test
+            // reading that view would then treat as a master).
+            match run_cli(cli, port, &["CLUSTER".into(), "NODES".into()]).and_then(|t| parse_nodes(&t)) {
+                Ok(view) => {
+                    let unsettled = view
+                        .iter()
+                        .find(|n| ports.contains(&n.port) && (n.failing || (n.master && n.slots.is_empty())));
+                    let missing = ports.iter().find(|p| !view.iter().any(|n| n.port == **p));
+                    if let Some(n) = unsettled {
+                        problem = Some(format!(
+                            "node on port {port} still sees the node on port {} as {}",
+                            n.port,
+                            if n.failing { "failing" } else { "a master without slots" }
+                        ));
+                        break;
+                    }
+                    if let Some(p) = missing {
+                        problem = Some(format!("node on port {port} does not know the node on port {p} yet"));
+                        break;
+                    }
+                }
                 Err(e) => {
                     problem = Some(e);
                     break;
