@@ -163,10 +163,8 @@ pub async fn restore_edge(run_dir: &Path, entry: Option<&str>, target: &Path) ->
     let target = target.to_path_buf();
     blocking(move || {
         if !fsutil::is_missing_or_empty(&target)? {
-            return Err(Error::Conflict {
-                what: "restore target",
-                id: format!("{} is not empty; restore an embedded index into an empty directory", target.display()),
-            });
+            // Displays as "restore target `DIR` already exists".
+            return Err(Error::Conflict { what: "restore target", id: target.display().to_string() });
         }
         check_entry_files(&run_dir, &entry)?;
         let in_place = target.exists();

@@ -535,7 +535,15 @@ pub(crate) async fn restore(global: &Global, args: &RestoreArgs, out: Out) -> Re
             let meter = Progress::start(out, "checksums and copy", total, Source::Checksummed);
             let result = selfrag_backup::restore_edge(&dir, entry, target).await;
             meter.finish().await;
-            result.map_err(|e| Failure::from_core("embedded index restore failed", &e))?;
+            result.map_err(|e| match e {
+                selfrag_core::Error::Conflict { what: "restore target", .. } => Failure::failed(format!(
+                    "embedded index restore refused: {} is not empty, and restoring into it could mix two \
+                     indexes. Fix: restore into a new or empty directory with --edge-path DIR (or \
+                     SELFRAG_EDGE_PATH), or move the directory aside first",
+                    target.display()
+                )),
+                e => Failure::from_core("embedded index restore failed", &e),
+            })?;
             let reapplied =
                 crate::user::reapply_vector_erasures(global, crate::user::RestoredVectors::Edge(target), out).await?;
             let mut human = format!("restored the embedded index from {} into {}\n", dir.display(), target.display());

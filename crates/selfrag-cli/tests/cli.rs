@@ -445,6 +445,10 @@ async fn backup_and_restore_the_embedded_index() {
     // Into a non-empty directory: refused.
     let refused = selfrag(&["restore", "edge"], &env);
     assert_eq!(refused.code, 1, "{refused:?}");
+    let says = format!("embedded index restore refused: {} is not empty", index_dir.display());
+    assert!(refused.stderr.contains(&says) && refused.stderr.contains("--edge-path"), "{refused:?}");
+    let refused = selfrag(&["restore", "edge", "--json"], &env);
+    assert!(refused.json()["error"].as_str().unwrap().contains(&says), "{refused:?}");
     let restored_dir = dir.path().join("restored");
     let restore = selfrag(&["restore", "edge", "--edge-path", restored_dir.to_str().unwrap()], &env);
     assert_eq!(restore.code, 0, "{restore:?}");

@@ -741,10 +741,7 @@ impl Inner {
         match std::fs::read_dir(dest) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
-                    return Err(Error::Conflict {
-                        what: "backup target",
-                        id: format!("{} is not empty", dest.display()),
-                    });
+                    return Err(Error::Conflict { what: "backup target", id: dest.display().to_string() });
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
