@@ -85,8 +85,8 @@
 //! replayed on open, because the engine version used here (0.7.2) does not
 //! replay its own WAL. The journal is emptied after a flush, but never
 //! after one that an optimization overlaps: the engine writes deletions
-//! made during an optimization only at the first flush after it. Nothing acknowledged is lost on a process crash or a
-//! power loss. A torn last record is dropped; a damaged record followed by
+//! made during an optimization only at the first flush after it. Nothing
+//! acknowledged is lost on a process crash or a power loss. A torn last record is dropped; a damaged record followed by
 //! intact ones, or a record of another dimension, makes
 //! [`EdgeIndex::open`] refuse with `Error::Incompatible`.
 //!

@@ -421,62 +421,46 @@ fn run_cli(cli: &PathBuf, port: u16, args: &[String]) -> Result<String, String> 
 fn wait_ok(cli: &PathBuf, ports: &[u16], within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
     loop {
-        let mut problem = None;
-        for &port in ports {
-            let info = run_cli(cli, port, &["CLUSTER".into(), "INFO".into()]);
-            let ok = info.as_ref().is_ok_and(|t| {
-                field(t, "cluster_state") == Some("ok") && field(t, "cluster_slots_ok") == Some("16384")
-            });
-            if !ok {
-                problem = Some(format!("node on port {port}: {}", info.unwrap_or_else(|e| e).replace("\r\n", " ")));
-                break;
-            }
-            match run_cli(cli, port, &["INFO".into(), "replication".into()]) {
-                Ok(t) if field(&t, "role") == Some("slave") && field(&t, "master_link_status") != Some("up") => {
-                    problem = Some(format!("replica on port {port}: link to its master is not up"));
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    problem = Some(e);
-                    break;
-                }
-            }
-            // `cluster_state:ok` comes before gossip has told every node
-            // which of the others became replicas: until it has, a node's
-            // view lists a replica as a master without slots (what a test
-            // reading that view would then treat as a master).
-            match run_cli(cli, port, &["CLUSTER".into(), "NODES".into()]).and_then(|t| parse_nodes(&t)) {
-                Ok(view) => {
-                    let unsettled = view
-                        .iter()
-                        .find(|n| ports.contains(&n.port) && (n.failing || (n.master && n.slots.is_empty())));
-                    let missing = ports.iter().find(|p| !view.iter().any(|n| n.port == **p));
-                    if let Some(n) = unsettled {
-                        problem = Some(format!(
-                            "node on port {port} still sees the node on port {} as {}",
-                            n.port,
-                            if n.failing { "failing" } else { "a master without slots" }
-                        ));
-                        break;
-                    }
-                    if let Some(p) = missing {
-                        problem = Some(format!("node on port {port} does not know the node on port {p} yet"));
-                        break;
-                    }
-                }
-                Err(e) => {
-                    problem = Some(e);
-                    break;
-                }
-            }
-        }
-        let Some(problem) = problem else { return Ok(()) };
+        let Some(problem) = ports.iter().find_map(|&port| node_problem(cli, port, ports)) else { return Ok(()) };
         if Instant::now() > deadline {
             return Err(format!("the cluster is not ok within {within:?}: {problem}"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// What keeps the node on `port` from being settled (see
+/// [`PrivateRedisCluster::wait_ok`]), if anything; `ports` are the running
+/// nodes.
+fn node_problem(cli: &PathBuf, port: u16, ports: &[u16]) -> Option<String> {
+    let info = run_cli(cli, port, &["CLUSTER".into(), "INFO".into()]);
+    let ok = info
+        .as_ref()
+        .is_ok_and(|t| field(t, "cluster_state") == Some("ok") && field(t, "cluster_slots_ok") == Some("16384"));
+    if !ok {
+        return Some(format!("node on port {port}: {}", info.unwrap_or_else(|e| e).replace("\r\n", " ")));
+    }
+    let replication = match run_cli(cli, port, &["INFO".into(), "replication".into()]) {
+        Ok(t) => t,
+        Err(e) => return Some(e),
+    };
+    if field(&replication, "role") == Some("slave") && field(&replication, "master_link_status") != Some("up") {
+        return Some(format!("replica on port {port}: link to its master is not up"));
+    }
+    // `cluster_state:ok` comes before gossip has told every node which of
+    // the others became replicas: until it has, a node's view lists a
+    // replica as a master without slots (what a test reading that view
+    // would then treat as a master).
+    let view = match run_cli(cli, port, &["CLUSTER".into(), "NODES".into()]).and_then(|t| parse_nodes(&t)) {
+        Ok(view) => view,
+        Err(e) => return Some(e),
+    };
+    if let Some(n) = view.iter().find(|n| ports.contains(&n.port) && (n.failing || (n.master && n.slots.is_empty()))) {
+        let seen = if n.failing { "failing" } else { "a master without slots" };
+        return Some(format!("node on port {port} still sees the node on port {} as {seen}", n.port));
+    }
+    let missing = ports.iter().find(|p| !view.iter().any(|n| n.port == **p))?;
+    Some(format!("node on port {port} does not know the node on port {missing} yet"))
 }
 
 fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
